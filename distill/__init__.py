@@ -1,0 +1,1 @@
+"""VLA interface, reference teacher, ActDistill core, baselines and FLOPs accounting."""

@@ -1,0 +1,1 @@
+"""Rollouts, the evaluator (sequential and Ray), results store, latency, regression checks, report."""

@@ -1,0 +1,17 @@
+"""Task suites as gymnasium environments, scripted experts and demonstration datasets.
+
+Quick use::
+
+    import tasks
+    tasks.suites()                                   # ['libero_10', ..., 'simpler_google', 'simpler_widowx']
+    env = tasks.make("simpler_widowx", "carrot_on_plate", variant="visual_matching", seed=0)
+    obs, info = env.reset(options={"episode_index": 3})
+    expert = tasks.expert(env)
+    obs, reward, terminated, truncated, info = env.step(expert.act(obs))
+
+The environment contract every suite follows is documented in :mod:`tasks.base`.
+"""
+
+from tasks.registry import expert, make, suites, tasks, variants
+
+__all__ = ["suites", "tasks", "variants", "make", "expert"]
