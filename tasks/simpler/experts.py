@@ -1,0 +1,128 @@
+"""Scripted experts for the SIMPLER-style suites: a phase machine over waypoints computed from
+privileged state, driving the same 7-D delta controller a policy drives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.simpler.env import DOWN_QUAT, SimplerEnv, _quat_mul, _rotvec_to_quat, quat_error
+
+
+def down_quat(yaw: float = 0.0) -> np.ndarray:
+    """Top-down grasp orientation rotated by ``yaw`` about the world z axis (wxyz)."""
+    return _quat_mul(_rotvec_to_quat(np.array([0.0, 0.0, yaw])), DOWN_QUAT)
+
+
+@dataclass
+class Waypoint:
+    """Move the end effector to ``pos`` / ``quat`` with the gripper command ``grip`` (-1 open, +1 close).
+
+    ``pos`` and ``quat`` may be callables of the env, evaluated when the phase starts. The phase
+    ends when within ``tol`` metres (and ``rot_tol`` radians), or after ``max_steps``; ``hold``
+    extra steps are spent in place once reached (e.g. to let the fingers close)."""
+
+    pos: np.ndarray | Callable[[SimplerEnv], np.ndarray]
+    grip: float = -1.0
+    quat: np.ndarray | Callable[[SimplerEnv], np.ndarray] | None = None
+    tol: float = 0.01
+    rot_tol: float = 0.08
+    max_steps: int = 30
+    hold: int = 0
+
+
+class WaypointExpert:
+    """Follows a list of waypoints built by ``plan(env) -> list[Waypoint]`` at reset."""
+
+    def __init__(self, env: SimplerEnv, plan: Callable[[SimplerEnv], list[Waypoint]], gain: float = 1.0):
+        self.env = env
+        self.plan = plan
+        self.gain = gain
+        self.reset()
+
+    def reset(self) -> None:
+        self.waypoints: list[Waypoint] | None = None
+        self.index = 0
+        self._phase_steps = 0
+        self._held = 0
+        self._resolved: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _resolve(self, wp: Waypoint) -> tuple[np.ndarray, np.ndarray]:
+        env = self.env
+        pos = wp.pos(env) if callable(wp.pos) else np.asarray(wp.pos, dtype=float)
+        if wp.quat is None:
+            quat = env.target_quat.copy()
+        else:
+            quat = wp.quat(env) if callable(wp.quat) else np.asarray(wp.quat, dtype=float)
+        return pos, quat
+
+    def act(self, obs=None) -> np.ndarray:
+        env = self.env
+        if self.waypoints is None:
+            self.waypoints = self.plan(env)
+        if self.index >= len(self.waypoints):
+            last = self.waypoints[-1] if self.waypoints else Waypoint(pos=env.eef_pose()[0])
+            return np.array([0, 0, 0, 0, 0, 0, last.grip], dtype=np.float32)
+        wp = self.waypoints[self.index]
+        if self._resolved is None:
+            self._resolved = self._resolve(wp)
+        pos, quat = self._resolved
+        eef, cur = env.eef_pose()
+        # Command relative to the controller's own target so small residuals do not stall.
+        dpos = (pos - env.target_pos) / env.arm.pos_scale
+        drot = quat_error(quat, env.target_quat) / env.arm.rot_scale
+        reached = np.linalg.norm(pos - eef) < wp.tol and np.linalg.norm(quat_error(quat, cur)) < wp.rot_tol
+        self._phase_steps += 1
+        if reached:
+            self._held += 1
+        if (reached and self._held > wp.hold) or self._phase_steps >= wp.max_steps:
+            self.index += 1
+            self._phase_steps = 0
+            self._held = 0
+            self._resolved = None
+        action = np.concatenate([np.clip(self.gain * dpos, -1, 1), np.clip(drot, -1, 1), [wp.grip]])
+        return action.astype(np.float32)
+
+
+def pick_and_place_plan(obj: str, place: Callable[[SimplerEnv], np.ndarray], *, grasp_height: float,
+                        yaw: Callable[[SimplerEnv], float] | float = 0.0, lift: float = 0.12,
+                        release_height: float = 0.03) -> Callable[[SimplerEnv], list[Waypoint]]:
+    """Plan: above ``obj`` -> down to ``grasp_height`` above its origin -> close -> lift -> over the
+    place point -> down to ``release_height`` above it -> open -> retreat."""
+
+    def plan(env: SimplerEnv) -> list[Waypoint]:
+        y = yaw(env) if callable(yaw) else yaw
+        q = down_quat(y)
+
+        def above_obj(e):
+            return e.body_pos(obj) + [0, 0, grasp_height + 0.08]
+
+        def at_obj(e):
+            return e.body_pos(obj) + [0, 0, grasp_height]
+
+        def lifted(e):
+            return e.eef_pose()[0] * [1, 1, 0] + [0, 0, lift + grasp_height]
+
+        def over_place(e):
+            return place(e) + [0, 0, lift]
+
+        def down_place(e):
+            return place(e) + [0, 0, release_height]
+
+        def retreat(e):
+            return e.eef_pose()[0] + [0, 0, 0.08]
+
+        return [
+            Waypoint(above_obj, -1, q, tol=0.015, max_steps=25),
+            Waypoint(at_obj, -1, q, tol=0.008, max_steps=15),
+            Waypoint(at_obj, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3),
+            Waypoint(lifted, 1, q, tol=0.02, max_steps=12),
+            Waypoint(over_place, 1, q, tol=0.02, max_steps=20),
+            Waypoint(down_place, 1, q, tol=0.015, max_steps=10),
+            Waypoint(down_place, -1, q, tol=1.0, rot_tol=10, max_steps=3, hold=2),
+            Waypoint(retreat, -1, q, tol=0.02, max_steps=10),
+        ]
+
+    return plan
