@@ -35,9 +35,14 @@ VARIANTS = (
     "camera_pose_2",
 )
 
-# Renderers still open at interpreter exit are closed before EGL itself is torn down.
+# Renderers still open at interpreter exit are closed before the GL backend is torn down (the
+# hook is registered after the backend's own, so it runs first).
 _LIVE_ENVS: weakref.WeakSet = weakref.WeakSet()
-atexit.register(lambda: [env.close() for env in list(_LIVE_ENVS)])
+
+
+def _close_live_envs() -> None:
+    for env in list(_LIVE_ENVS):
+        env.close()
 
 TABLE_HALF = (0.45, 0.6)  # table top half extents (x, y); the top surface is z = 0
 PHYSICS_DT = 0.002
@@ -403,6 +408,8 @@ class SimplerEnv(gymnasium.Env):
         """(H, W, 3) uint8 image of ``camera`` with cheap settings (no shadows, reflections, skybox)."""
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            if not _LIVE_ENVS:
+                atexit.register(_close_live_envs)
             _LIVE_ENVS.add(self)
             self._scene_opt = mujoco.MjvOption()
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
