@@ -1,0 +1,199 @@
+"""Evaluate a policy on a suite and store one row per episode in a resumable run folder.
+
+    from harness.evaluate import evaluate
+    summary = evaluate("expert", "simpler_widowx", episodes=10, out="runs/expert")
+    summary = evaluate("ckpt/teacher", "simpler_google", variant="all", episodes=5, out="runs/teacher")
+
+Episodes ``0..episodes-1`` of every (task, variant) are run with the same ``seed``; the
+environment's initial state is a pure function of (seed, episode index), so every policy meets
+the same initial states. Episodes already in the run folder (same key, see
+:mod:`harness.results`) are skipped, so an interrupted evaluation resumes where it stopped.
+
+A backend turns a list of :class:`Job` into ``(job, EpisodeResult)`` pairs as episodes
+finish; the driver here stores each row as it arrives. ``sequential`` is built in; other
+backends (e.g. Ray) register in :data:`BACKENDS` with the same signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import tasks as suites
+from harness.results import ResultsStore, episode_key, format_table, make_row
+from harness.rollout import EpisodeResult, rollout
+from harness.versions import versions
+from tasks.registry import resolve_task, resolve_variant
+
+
+@dataclass(frozen=True)
+class Job:
+    """One episode to run: the environment it needs and the episode index within it."""
+
+    suite: str
+    task: str
+    variant: str
+    episode_index: int
+    seed: int
+    video: bool = False
+
+
+@dataclass
+class PolicySource:
+    """Where policies come from: ``build(env)`` returns a policy for ``env`` (see
+    :mod:`harness.rollout` for the protocol); ``hash_for(env)`` identifies its weights/code."""
+
+    name: str
+    build: Callable[[Any], Any]
+    hash_for: Callable[[Any], str]
+
+
+@dataclass
+class RunOptions:
+    """Everything a backend needs besides the jobs and the policy."""
+
+    max_steps: int | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _hash_files(paths: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _expert_hash(env) -> str:
+    """Hash of the Python sources in the expert's package folder (expert and env code)."""
+    folder = Path(inspect.getsourcefile(type(suites.expert(env)))).parent
+    return "expert-" + _hash_files(list(folder.glob("*.py")), folder)
+
+
+def policy_source(policy: str) -> PolicySource:
+    """``"expert"`` (the suite's scripted expert) or a checkpoint folder for ``distill.load_policy``.
+
+    Raises ``FileNotFoundError`` naming the path when ``policy`` is neither.
+    """
+    if policy == "expert":
+        return PolicySource("expert", build=suites.expert, hash_for=_expert_hash)
+    path = Path(policy)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder")
+    from distill import load_policy  # lazy: torch and the model code load only for checkpoints
+
+    loaded = load_policy(path)
+    digest = "ckpt-" + _hash_files([p for p in path.rglob("*") if p.is_file()], path)
+    return PolicySource(str(path), build=lambda env: loaded, hash_for=lambda env: digest)
+
+
+def run_sequential(jobs: list[Job], source: PolicySource, options: RunOptions) -> Iterator[tuple[Job, EpisodeResult]]:
+    """Run ``jobs`` one after another in this process, one environment per (task, variant)."""
+    env, env_id, policy = None, None, None
+    try:
+        for job in jobs:
+            if (job.task, job.variant) != env_id:
+                if env is not None:
+                    env.close()
+                env = suites.make(job.suite, job.task, variant=job.variant, seed=job.seed, **options.env_kwargs)
+                env_id, policy = (job.task, job.variant), source.build(env)
+            yield job, rollout(policy, env, episode_index=job.episode_index, seed=job.seed,
+                               max_steps=options.max_steps, videos=job.video)
+    finally:
+        if env is not None:
+            env.close()
+
+
+Backend = Callable[[list[Job], PolicySource, RunOptions], Iterator[tuple[Job, EpisodeResult]]]
+BACKENDS: dict[str, Backend] = {"sequential": run_sequential}
+
+
+def resolve_variants(suite: str, variant: str | None) -> list[str]:
+    """``None`` -> the default variant, ``"all"`` -> every variant, else the checked name."""
+    if variant == "all":
+        return suites.variants(suite)
+    return [resolve_variant(suite, variant)]
+
+
+def save_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> None:
+    """Write agentview ``frames`` ((H, W, 3) uint8 each; ``None`` entries skipped) as an mp4."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+        for frame in frames:
+            if frame is not None:
+                writer.append_data(frame)
+
+
+def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None = None,
+             variant: str | None = None, episodes: int = 10, seed: int = 0, out: str | os.PathLike,
+             videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
+             env_kwargs: dict[str, Any] | None = None, progress: bool = True,
+             quiet: bool = False) -> dict[str, Any]:
+    """Run the missing episodes of ``policy`` on ``suite`` and return the run folder's summary.
+
+    ``tasks``: task names or indices (default: all); ``variant``: a name, ``"all"`` or ``None``
+    (the default variant); ``videos``: save agentview mp4s of the first ``videos`` episodes of
+    each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
+    finish and ``out/summary.json`` (for this policy's rows) at the end; prints the table
+    unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
+    variant_names = resolve_variants(suite, variant)
+    source = policy if isinstance(policy, PolicySource) else policy_source(policy)
+    env_kwargs = dict(env_kwargs or {})
+
+    probe = suites.make(suite, task_names[0], variant=variant_names[0], seed=seed, **env_kwargs)
+    try:
+        policy_hash = source.hash_for(probe)
+        render_mode = getattr(probe.unwrapped, "render_mode", None) or "default"
+    finally:
+        probe.close()
+
+    store = ResultsStore(out)
+    done = store.done_keys()
+    jobs = [Job(suite, t, v, i, seed, video=i < videos)
+            for t in task_names for v in variant_names for i in range(episodes)
+            if episode_key(policy_hash, suite, t, v, i, render_mode) not in done]
+    total = len(task_names) * len(variant_names) * episodes
+    if not quiet:
+        print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {len(variant_names)} variant(s) "
+              f"x {episodes} episode(s); {total - len(jobs)} already done, {len(jobs)} to run -> {out}")
+    run_versions = versions()
+    bar = None
+    if progress and jobs:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"{suite}", unit="ep", dynamic_ncols=True)
+    successes = 0
+    for n, (job, result) in enumerate(BACKENDS[backend](jobs, source, RunOptions(max_steps, env_kwargs)), 1):
+        store.add([make_row(result, policy=source.name, policy_hash=policy_hash, suite=job.suite,
+                            task=job.task, variant=job.variant, episode_index=job.episode_index,
+                            seed=job.seed, render_mode=render_mode, versions=run_versions)])
+        if job.video and result.frames:
+            save_video(result.frames, Path(out) / "videos" / job.suite / job.task / job.variant
+                       / f"ep{job.episode_index:04d}.mp4")
+        successes += result.success
+        if bar is not None:
+            bar.set_postfix(task=job.task[:24], success=f"{successes}/{n}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    summary = store.write_summary(policy_hash)
+    if not quiet:
+        print(format_table(summary))
+    return summary

@@ -1,0 +1,176 @@
+"""Results store of a run folder: one row per episode, resumable, never counting an episode twice.
+
+    store = ResultsStore("runs/expert")
+    store.done_keys()                      # keys already recorded
+    store.add([row, ...])                  # skips keys already present; atomic rewrite
+    summary = store.write_summary()        # -> runs/expert/summary.json
+    print(format_table(summary))
+
+Files in the run folder:
+
+- ``episodes.parquet``: one row per episode with the columns of :data:`COLUMNS`. ``info`` holds
+  the policy's aggregated ``last_info`` (see :mod:`harness.rollout`) and ``versions`` the code
+  and package versions, both as JSON strings.
+- ``summary.json``: ``{"per_task": {"suite/task": entry}, "per_group": {"suite": entry,
+  "suite/variant": entry}, "overall": entry}``; an entry is ``{"success_rate", "successes", "n",
+  "ci_low", "ci_high", "mean_steps", "mean_policy_ms", "failures"}`` with a 95% Wilson interval;
+  per-task entries add ``"per_variant": {variant: entry}``.
+
+The episode key is (policy hash, suite, task, variant, episode index, render mode). Writes go to
+a temporary file then ``os.replace``, so a crash leaves the previous complete file. One process
+writes a store at a time (parallel backends send their rows to the driver, which calls ``add``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.stats import wilson
+
+COLUMNS = ("key", "policy", "policy_hash", "suite", "task", "variant", "episode_index", "seed",
+           "render_mode", "success", "steps", "wall_s", "policy_calls", "policy_ms_mean",
+           "policy_ms_median", "failure_reason", "instruction", "info", "versions", "finished_at")
+
+
+def episode_key(policy_hash: str, suite: str, task: str, variant: str, episode_index: int,
+                render_mode: str) -> str:
+    """The identity of one episode: equal keys are the same episode and are stored once."""
+    return f"{policy_hash}|{suite}|{task}|{variant}|{int(episode_index)}|{render_mode}"
+
+
+def make_row(result, *, policy: str, policy_hash: str, suite: str, task: str, variant: str,
+             episode_index: int, seed: int, render_mode: str, versions: dict) -> dict[str, Any]:
+    """One ``episodes.parquet`` row from a :class:`harness.rollout.EpisodeResult`."""
+    return {
+        "key": episode_key(policy_hash, suite, task, variant, episode_index, render_mode),
+        "policy": policy, "policy_hash": policy_hash, "suite": suite, "task": task, "variant": variant,
+        "episode_index": int(episode_index), "seed": int(seed), "render_mode": render_mode,
+        "success": bool(result.success), "steps": int(result.steps), "wall_s": float(result.wall_s),
+        "policy_calls": int(result.policy_calls), "policy_ms_mean": result.policy_ms_mean,
+        "policy_ms_median": result.policy_ms_median, "failure_reason": result.failure_reason,
+        "instruction": result.instruction, "info": json.dumps(result.info, sort_keys=True),
+        "versions": json.dumps(versions, sort_keys=True),
+        "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
+    }
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class ResultsStore:
+    """Episode rows of one run folder (``episodes.parquet``) and its ``summary.json``."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.path = self.dir / "episodes.parquet"
+        self.summary_path = self.dir / "summary.json"
+
+    def frame(self) -> pd.DataFrame:
+        """All stored rows (an empty frame with :data:`COLUMNS` when nothing is stored yet)."""
+        if not self.path.exists():
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
+        try:
+            return pd.read_parquet(self.path)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"results file {self.path} is unreadable ({type(exc).__name__}: {exc}); "
+                             f"move it away to start this run folder afresh") from exc
+
+    def done_keys(self) -> set[str]:
+        """Keys of the episodes already stored."""
+        return set(self.frame()["key"])
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Store ``rows`` whose key is not stored yet (first one wins); return how many were added."""
+        existing = self.frame()
+        seen = set(existing["key"])
+        fresh = []
+        for row in rows:
+            missing = set(COLUMNS) - set(row)
+            if missing:
+                raise ValueError(f"result row lacks columns {sorted(missing)}; expected {list(COLUMNS)}")
+            if row["key"] not in seen:
+                seen.add(row["key"])
+                fresh.append({c: row[c] for c in COLUMNS})
+        if not fresh:
+            return 0
+        new = pd.DataFrame(fresh, columns=list(COLUMNS))
+        table = new if existing.empty else pd.concat([existing, new], ignore_index=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path)
+        return len(fresh)
+
+    def summary(self, policy_hash: str | None = None) -> dict[str, Any]:
+        """Summary of the stored rows (only those of ``policy_hash`` when given); see the module doc."""
+        df = self.frame()
+        if policy_hash is not None:
+            df = df[df["policy_hash"] == policy_hash]
+        return summarize(df)
+
+    def write_summary(self, policy_hash: str | None = None) -> dict[str, Any]:
+        """Compute :meth:`summary`, write it to ``summary.json`` atomically and return it."""
+        summary = self.summary(policy_hash)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return summary
+
+
+def _entry(df: pd.DataFrame) -> dict[str, Any]:
+    n = len(df)
+    k = int(df["success"].astype(bool).sum()) if n else 0
+    low, high = wilson(k, n)
+    ms = pd.to_numeric(df["policy_ms_mean"], errors="coerce").dropna() if n else pd.Series(dtype=float)
+    return {
+        "success_rate": k / n if n else None,
+        "successes": k,
+        "n": n,
+        "ci_low": low,
+        "ci_high": high,
+        "mean_steps": float(df["steps"].mean()) if n else None,
+        "mean_policy_ms": float(ms.mean()) if len(ms) else None,
+        "failures": int(df["failure_reason"].notna().sum()) if n else 0,
+    }
+
+
+def summarize(df: pd.DataFrame) -> dict[str, Any]:
+    """``{"per_task", "per_group", "overall"}`` of episode rows (see the module docstring)."""
+    per_task: dict[str, Any] = {}
+    for (suite, task), g in df.groupby(["suite", "task"], sort=True):
+        entry = _entry(g)
+        entry["per_variant"] = {str(v): _entry(gv) for v, gv in g.groupby("variant", sort=True)}
+        per_task[f"{suite}/{task}"] = entry
+    per_group: dict[str, Any] = {}
+    for suite, g in df.groupby("suite", sort=True):
+        per_group[str(suite)] = _entry(g)
+        for variant, gv in g.groupby("variant", sort=True):
+            per_group[f"{suite}/{variant}"] = _entry(gv)
+    return {"per_task": per_task, "per_group": per_group, "overall": _entry(df)}
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A fixed-width text table of a summary: per task, then per group, then overall."""
+    header = f"{'':<48} {'n':>5} {'success':>8} {'95% CI':>15} {'steps':>7} {'failed':>6}"
+    lines = [header, "-" * len(header)]
+
+    def line(name: str, e: dict[str, Any]) -> str:
+        rate = "-" if e["n"] == 0 else f"{100 * e['success_rate']:.1f}%"
+        ci = f"[{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
+        steps = "-" if e["n"] == 0 else f"{e['mean_steps']:.1f}"
+        return f"{name[:48]:<48} {e['n']:>5} {rate:>8} {ci:>15} {steps:>7} {e['failures']:>6}"
+
+    lines += [line(name, e) for name, e in summary["per_task"].items()]
+    lines.append("-" * len(header))
+    lines += [line(name, e) for name, e in summary["per_group"].items()]
+    lines.append("-" * len(header))
+    lines.append(line("overall", summary["overall"]))
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""One episode of a policy in an environment: plain Python, no Ray.
+
+    from harness.rollout import rollout
+    env = tasks.make("simpler_widowx", "carrot_on_plate")
+    result = rollout(tasks.expert(env), env, episode_index=3, seed=0)
+    result.success, result.steps, result.policy_ms_mean
+
+The policy protocol
+-------------------
+Required:
+
+- ``reset()``: called once per episode, after the environment's reset.
+- ``act(obs) -> (7,) float array``: called once per environment step with the observation of
+  :mod:`tasks.base`; returns the action for this step.
+
+Optional:
+
+- ``needs_obs_next() -> bool``: asked after every ``act`` call. ``False`` means the next
+  ``act`` call will not look at the camera images (e.g. the policy executes an action chunk
+  open-loop and the next action is already queued), so the environment steps with
+  ``render=False`` and that observation's image entries are ``None``. Without the method
+  every step renders. Recording (``record=True``) and videos always render.
+- ``last_info: dict``: read after every ``act`` call, e.g. ``{"executed_layers": [...],
+  "flops": 1.2e9}``. Set it to a *new* dict each time the model actually runs (a call served
+  from a queued chunk may leave the previous dict in place or set ``{}``): each distinct dict
+  is aggregated once. Numbers and equal-shaped numeric arrays are averaged over the model calls
+  (``{"flops": {"mean": ..., "sum": ..., "n": ...}}``, arrays element-wise, e.g. the fraction of
+  steps each layer ran); any other value keeps its last value.
+
+Failures never escape: a policy that raises or returns a non-finite or wrongly shaped action,
+or an environment that raises in ``reset`` or ``step``, ends the episode as failed with
+``failure_reason`` set; such an episode is never a success.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tasks.base import ACTION_DIM, IMAGE_KEYS
+
+
+@dataclass
+class EpisodeResult:
+    """Outcome of one episode.
+
+    ``policy_ms`` holds the wall time of every ``act`` call in milliseconds (``policy_calls``
+    entries). ``info`` aggregates the policy's ``last_info`` (see the module docstring).
+    ``record`` (only with ``record=True``) holds, for the ``steps`` executed steps,
+    ``agentview``/``wrist`` (T, H, W, 3) uint8, ``proprio`` (T, 8) float32 and ``actions``
+    (T, 7) float32, where observation t is what produced action t, plus ``instruction``.
+    ``frames`` (only with ``videos=True``) is the list of agentview frames including the first
+    and last observation.
+    """
+
+    success: bool
+    steps: int
+    wall_s: float
+    policy_calls: int
+    policy_ms: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    failure_reason: str | None = None
+    instruction: str = ""
+    record: dict[str, Any] | None = None
+    frames: list[np.ndarray] | None = None
+
+    @property
+    def policy_ms_mean(self) -> float:
+        return float(np.mean(self.policy_ms)) if self.policy_ms else math.nan
+
+    @property
+    def policy_ms_median(self) -> float:
+        return float(np.median(self.policy_ms)) if self.policy_ms else math.nan
+
+
+class _InfoAggregator:
+    """Aggregates each distinct ``last_info`` dict once (see the module docstring)."""
+
+    def __init__(self):
+        self._seen_id: int | None = None
+        self._sums: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
+        self._other: dict[str, Any] = {}
+
+    def add(self, info: Any) -> None:
+        if not isinstance(info, dict) or not info or id(info) == self._seen_id:
+            return
+        self._seen_id = id(info)
+        for key, value in info.items():
+            arr = _numeric(value)
+            if arr is None or (key in self._sums and self._sums[key].shape != arr.shape):
+                self._other[key] = value
+                continue
+            self._sums[key] = self._sums.get(key, 0.0) + arr
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, total in self._sums.items():
+            n = self._counts[key]
+            out[key] = {"mean": (total / n).tolist(), "sum": total.tolist(), "n": n}
+        for key, value in self._other.items():
+            out.setdefault(key, _jsonable(value))
+        return out
+
+
+def _numeric(value: Any) -> np.ndarray | None:
+    if isinstance(value, bool):
+        return np.asarray(float(value))
+    if isinstance(value, (int, float, np.number, np.ndarray, list, tuple)) or hasattr(value, "numpy"):
+        try:
+            arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value,
+                             dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        return arr if np.all(np.isfinite(arr)) else None
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+def _check_action(action: Any) -> tuple[np.ndarray | None, str | None]:
+    try:
+        arr = np.asarray(action.detach().cpu().numpy() if hasattr(action, "detach") else action,
+                         dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        return None, f"policy returned a non-numeric action ({type(action).__name__}: {exc})"
+    if arr.shape != (ACTION_DIM,):
+        return None, f"policy returned an action of shape {arr.shape}; expected ({ACTION_DIM},)"
+    if not np.all(np.isfinite(arr)):
+        return None, f"policy returned a non-finite action {arr.tolist()}"
+    return arr, None
+
+
+def rollout(policy, env, *, episode_index: int, seed: int, max_steps: int | None = None,
+            record: bool = False, videos: bool = False) -> EpisodeResult:
+    """Run one episode and return its :class:`EpisodeResult`.
+
+    Resets ``env`` with ``seed`` and ``options={"episode_index": episode_index}``, calls
+    ``policy.reset()``, then alternates ``policy.act(obs)`` and ``env.step`` until the env
+    terminates or truncates, or ``max_steps`` (default: ``env.unwrapped.max_steps``) steps ran.
+    Success is ``info["success"]`` of the last step, as the env reports it: SIMPLER-style suites
+    judge it at the final step, LIBERO-style ones terminate on success.
+    """
+    limit = int(max_steps if max_steps is not None else env.unwrapped.max_steps)
+    always_render = record or videos
+    start = time.perf_counter()
+    policy_ms: list[float] = []
+    infos = _InfoAggregator()
+    rec: dict[str, list] = {key: [] for key in (*IMAGE_KEYS, "proprio", "actions")}
+    frames: list[np.ndarray] | None = [] if videos else None
+    steps, success, reason = 0, False, None
+    instruction = getattr(env.unwrapped, "instruction", "")
+
+    def finish() -> EpisodeResult:
+        record_out = None
+        if record:
+            record_out = {key: np.stack(rec[key]) if rec[key] else None for key in IMAGE_KEYS}
+            record_out["proprio"] = np.asarray(rec["proprio"], np.float32).reshape(-1, 8)  # (T, 8)
+            record_out["actions"] = np.asarray(rec["actions"], np.float32).reshape(-1, ACTION_DIM)  # (T, 7)
+            record_out["instruction"] = instruction
+        return EpisodeResult(success=bool(success) and reason is None, steps=steps,
+                             wall_s=time.perf_counter() - start, policy_calls=len(policy_ms),
+                             policy_ms=policy_ms, info=infos.result(), failure_reason=reason,
+                             instruction=instruction, record=record_out, frames=frames)
+
+    try:
+        obs, _ = env.reset(seed=seed, options={"episode_index": int(episode_index)})
+    except Exception as exc:  # noqa: BLE001 - a broken env must not crash the caller
+        reason = f"env.reset raised {type(exc).__name__}: {exc}"
+        return finish()
+    instruction = obs.get("instruction", instruction)
+    try:
+        policy.reset()
+    except Exception as exc:  # noqa: BLE001
+        reason = f"policy.reset raised {type(exc).__name__}: {exc}"
+        return finish()
+    if frames is not None:
+        frames.append(obs["agentview"])
+
+    while steps < limit:
+        t0 = time.perf_counter()
+        try:
+            raw = policy.act(obs)
+            policy_ms.append((time.perf_counter() - t0) * 1e3)
+            wants_images = bool(policy.needs_obs_next()) if hasattr(policy, "needs_obs_next") else True
+        except Exception as exc:  # noqa: BLE001
+            reason = f"policy raised {type(exc).__name__}: {exc}"
+            break
+        infos.add(getattr(policy, "last_info", None))
+        action, reason = _check_action(raw)
+        if reason is not None:
+            break
+        render = always_render or wants_images
+        if record:
+            for key in IMAGE_KEYS:
+                rec[key].append(obs[key])
+            rec["proprio"].append(obs["proprio"])
+            rec["actions"].append(action)
+        try:
+            obs, _, terminated, truncated, info = env.step(action, render=render)
+        except Exception as exc:  # noqa: BLE001
+            reason = f"env.step raised {type(exc).__name__}: {exc}"
+            break
+        steps += 1
+        success = bool(info.get("success", False))
+        if frames is not None:
+            frames.append(obs["agentview"])
+        if terminated or truncated:
+            break
+    return finish()
