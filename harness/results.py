@@ -80,7 +80,7 @@ class ResultsStore:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
         try:
             return pd.read_parquet(self.path)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        except Exception as exc:
             raise ValueError(f"results file {self.path} is unreadable ({type(exc).__name__}: {exc}); "
                              f"move it away to start this run folder afresh") from exc
 

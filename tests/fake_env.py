@@ -17,6 +17,8 @@ Variants: ``base`` (default) and ``dark`` (images at half brightness).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gymnasium
 import numpy as np
 from gymnasium import spaces
@@ -53,7 +55,7 @@ def make_expert(env: FakeEnv) -> FakeExpert:
 
 def register(monkeypatch) -> str:
     """Make the registry serve only this family (via ``monkeypatch``); return the suite name."""
-    import tasks.registry as registry
+    from tasks import registry
 
     monkeypatch.setattr(registry, "_FAMILIES", {"fake": __name__})
     monkeypatch.setattr(registry, "_suite_list", lambda: (SUITE,))
@@ -63,7 +65,7 @@ def register(monkeypatch) -> str:
 class FakeEnv(gymnasium.Env):
     """Point-reaching env with two 128x128 cameras; see the module docstring."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, suite: str, task: str, variant: str, seed: int, max_steps: int = 12):
         self.suite, self.task, self.variant, self.seed = suite, task, variant, seed

@@ -1,0 +1,97 @@
+"""Record successful scripted-expert episodes as a demonstration dataset (see tasks/datasets.py).
+
+    actdistill demos --suite simpler_widowx --episodes 50 --out data/widowx
+    actdistill demos --suite simpler_google --tasks move_near,0 --episodes 20 --out data/google --overwrite
+
+Per task it runs the expert on episode indices 0, 1, 2, ... (initial states from --seed; the
+default seed 1 keeps demonstrations off the evaluation states of seed 0) and keeps successful
+episodes until --episodes are stored or --max-attempts were tried, then reports the expert's
+success rate. An existing dataset is never overwritten without --overwrite.
+"""
+
+from __future__ import annotations
+
+HELP = "record scripted-expert demonstrations into a dataset folder"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--suite", required=True, help="suite name, e.g. simpler_widowx")
+    parser.add_argument("--tasks", default=None, help="comma-separated task names or indices (default: all)")
+    parser.add_argument("--variant", default=None, help="variant name (default: the suite's first)")
+    parser.add_argument("--episodes", type=int, default=50, help="successful episodes per task (default 50)")
+    parser.add_argument("--max-attempts", type=int, default=None,
+                        help="episodes tried per task before giving up (default 2 x episodes + 10)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the initial states (default 1)")
+    parser.add_argument("--crf", type=int, default=0, help="H.264 constant rate factor; 0 = lossless (default)")
+    parser.add_argument("--out", required=True, help="dataset folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+
+
+def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, variant: str | None = None,
+                 episodes: int = 50, max_attempts: int | None = None, seed: int = 1, crf: int = 0,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Record ``episodes`` successful expert episodes per task into ``out``; return the dataset meta.
+
+    ``meta["expert_success"][task]`` holds ``{"attempts", "successes", "rate"}``; a task where the
+    expert never succeeds is reported and contributes no episodes. Raises ``ValueError`` for
+    unknown names or when no task yields a successful episode.
+    """
+    import tasks as suites
+    from harness.rollout import rollout
+    from harness.versions import versions
+    from tasks.datasets import DemoWriter
+    from tasks.registry import resolve_task, resolve_variant
+
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    attempts_cap = max_attempts if max_attempts is not None else 2 * episodes + 10
+    if attempts_cap < episodes:
+        raise ValueError(f"--max-attempts {attempts_cap} is below --episodes {episodes}")
+    task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
+    variant = resolve_variant(suite, variant)
+    writer = DemoWriter(out, suite=suite, variant=variant, crf=crf, overwrite=overwrite, versions=versions())
+    stats: dict[str, dict] = {}
+    failures: dict[str, dict[str, int]] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes * len(task_names), desc=f"demos {suite}", unit="demo", dynamic_ncols=True)
+    for task in task_names:
+        env = suites.make(suite, task, variant=variant, seed=seed)
+        try:
+            expert = suites.expert(env)
+            kept = tried = 0
+            while kept < episodes and tried < attempts_cap:
+                result = rollout(expert, env, episode_index=tried, seed=seed, record=True)
+                if result.success:
+                    writer.add(result.record, task=task, seed=seed, episode_index=tried)
+                    kept += 1
+                    if bar is not None:
+                        bar.update(1)
+                elif result.failure_reason:
+                    failures.setdefault(task, {}).setdefault(result.failure_reason, 0)
+                    failures[task][result.failure_reason] += 1
+                tried += 1
+        finally:
+            env.close()
+        stats[task] = {"attempts": tried, "successes": kept, "rate": kept / tried}
+        line = f"[demos] {suite}/{task}: expert success {kept}/{tried} ({100 * kept / tried:.0f}%)"
+        if failures.get(task):
+            line += f"; errors: {failures[task]}"
+        (print if bar is None else bar.write)(line)
+    if bar is not None:
+        bar.close()
+    return writer.close(extra={"expert_success": stats, "seed": seed, "failure_reasons": failures})
+
+
+def run(args) -> int:
+    task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    meta = record_demos(args.suite, args.out, tasks=task_list, variant=args.variant, episodes=args.episodes,
+                        max_attempts=args.max_attempts, seed=args.seed, crf=args.crf, overwrite=args.overwrite)
+    short = [t for t, s in meta["expert_success"].items() if s["successes"] < args.episodes]
+    print(f"[demos] wrote {meta['episodes']} episodes ({meta['steps']} steps, {meta['bytes'] / 1e6:.1f} MB of video, "
+          f"max pixel error {meta['image_codec']['max_abs_error']}) to {args.out}")
+    if short:
+        print(f"[demos] warning: fewer than {args.episodes} demos for {', '.join(short)} (attempt cap reached)")
+    return 0

@@ -1,0 +1,334 @@
+"""Demonstration datasets: compact on-disk storage and a torch ``Dataset`` for training.
+
+Recording (``actdistill demos`` drives this)::
+
+    writer = DemoWriter("data/widowx", suite="simpler_widowx", variant="visual_matching")
+    writer.add(record, task="carrot_on_plate", seed=1, episode_index=7)   # record from rollout(..., record=True)
+    writer.close(extra={"expert_success": {...}})
+
+Loading::
+
+    ds = DemoDataset(["data/widowx", "data/google"], chunk=8)
+    item = ds[0]   # agentview/wrist (128,128,3) uint8, proprio (8,), actions (8,7), action_mask (8,), ...
+
+Layout of a dataset folder:
+
+- ``meta.json``: format, dataset id, suite, variant, tasks, episode and step counts, image
+  shape, the image codec and its measured error, versions, plus what the recorder adds (e.g.
+  the expert's success rate). Written last: a folder without it is an unfinished recording.
+- ``episodes.parquet``: one row per episode: episode, suite, task, variant, seed,
+  episode_index, instruction, length, video file, its size and sha256, and the largest absolute
+  pixel error of its images after decoding (0 for the default lossless codec).
+- ``steps.parquet``: one row per step: episode, t, proprio (8 float32), action (7 float32).
+- ``videos/epNNNNNN.mp4``: the episode's agentview and wrist frames side by side
+  ((H, 2W, 3) per frame), H.264 in RGB (``libx264rgb``) at constant rate factor ``crf``
+  (0, the default, is lossless).
+
+Why lossless H.264 by default: measured with ``python -m tasks.datasets --measure`` (see the
+project README), CRF 0 keeps the images bit-exact, so a policy trains on exactly the pixels it
+will see in evaluation, at a size of tens of MB per 100 episodes of one task; lossy CRF values
+save a further factor of about 2 to 3 at a mean pixel error below one level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from tasks.base import ACTION_DIM, PROPRIO_DIM
+
+FORMAT = "actdistill-demos/1"
+DATASET_FILES = ("meta.json", "episodes.parquet", "steps.parquet", "videos")
+# sample_id = dataset_id * 2**40 + episode * 2**20 + t: 22 + 20 + 20 bits fit an int64.
+_EP_SHIFT, _DS_SHIFT = 20, 40
+_MAX_DATASET_ID = 1 << 22
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is missing, truncated or corrupted; the message names the file."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_video(path: Path, frames: np.ndarray, crf: int = 0, fps: int = 10) -> None:
+    """Encode ``frames`` (T, H, W, 3) uint8 as RGB H.264 (``libx264rgb``) at ``crf`` (0 = lossless)."""
+    import imageio.v2 as imageio
+
+    writer = imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264rgb", pixelformat="rgb24",
+                                quality=None, macro_block_size=1, ffmpeg_log_level="error",
+                                output_params=["-crf", str(int(crf)), "-preset", "medium"])
+    try:
+        for frame in frames:
+            writer.append_data(frame)
+    finally:
+        writer.close()
+
+
+def read_video(path: Path) -> np.ndarray:
+    """Decode an mp4 to (T, H, W, 3) uint8; raise :class:`DatasetError` naming ``path`` if it fails."""
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(path, format="FFMPEG")
+        try:
+            frames = [frame for frame in reader]
+        finally:
+            reader.close()
+    except Exception as exc:
+        raise DatasetError(f"cannot decode video {path} ({type(exc).__name__}: {exc})") from exc
+    if not frames:
+        raise DatasetError(f"video {path} holds no frames")
+    return np.stack(frames)  # (T, H, W, 3)
+
+
+class DemoWriter:
+    """Writes a dataset folder (see the module docstring); refuses to touch an existing dataset
+    unless ``overwrite`` (then only the dataset's own files are removed first)."""
+
+    def __init__(self, out: str | os.PathLike, *, suite: str, variant: str, crf: int = 0,
+                 overwrite: bool = False, versions: dict[str, Any] | None = None):
+        self.dir = Path(out)
+        present = [name for name in DATASET_FILES if (self.dir / name).exists()]
+        if present and not overwrite:
+            state = "a dataset" if "meta.json" in present else "an unfinished recording"
+            raise FileExistsError(f"{self.dir} already holds {state} ({', '.join(present)}); "
+                                  f"pass --overwrite to replace it or choose another --out")
+        for name in present:
+            target = self.dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        (self.dir / "videos").mkdir(parents=True, exist_ok=True)
+        self.suite, self.variant, self.crf = suite, variant, int(crf)
+        self.versions = dict(versions or {})
+        self.episodes: list[dict[str, Any]] = []
+        self.steps: list[tuple[np.ndarray, np.ndarray]] = []
+        self.image_shape: tuple[int, ...] | None = None
+
+    def add(self, record: dict[str, Any], *, task: str, seed: int, episode_index: int) -> int:
+        """Store one episode from ``rollout(..., record=True).record``; return its episode number."""
+        agent, wrist = record["agentview"], record["wrist"]
+        proprio = np.asarray(record["proprio"], np.float32)  # (T, 8)
+        actions = np.asarray(record["actions"], np.float32)  # (T, 7)
+        length = len(actions)
+        if length == 0 or agent is None or wrist is None:
+            raise ValueError(f"episode {episode_index} of {task!r} has no recorded steps or images")
+        if agent.shape != wrist.shape or agent.shape[0] != length or proprio.shape != (length, PROPRIO_DIM) \
+                or actions.shape != (length, ACTION_DIM):
+            raise ValueError(f"inconsistent record shapes: agentview {agent.shape}, wrist {wrist.shape}, "
+                             f"proprio {proprio.shape}, actions {actions.shape}")
+        if self.image_shape is None:
+            self.image_shape = tuple(agent.shape[1:])
+        elif tuple(agent.shape[1:]) != self.image_shape:
+            raise ValueError(f"image shape {agent.shape[1:]} differs from the dataset's {self.image_shape}")
+        episode = len(self.episodes)
+        frames = np.concatenate([agent, wrist], axis=2)  # (T, H, 2W, 3)
+        rel = f"videos/ep{episode:06d}.mp4"
+        path = self.dir / rel
+        write_video(path, frames, crf=self.crf)
+        decoded = read_video(path)
+        if decoded.shape != frames.shape:
+            raise DatasetError(f"video {path} decoded to {decoded.shape}, wrote {frames.shape}")
+        max_err = int(np.abs(decoded.astype(np.int16) - frames.astype(np.int16)).max())
+        self.episodes.append({
+            "episode": episode, "suite": self.suite, "task": task, "variant": self.variant,
+            "seed": int(seed), "episode_index": int(episode_index), "instruction": record["instruction"],
+            "length": length, "video": rel, "video_bytes": path.stat().st_size,
+            "video_sha256": _sha256(path), "image_max_abs_error": max_err,
+        })
+        self.steps.append((proprio, actions))
+        return episode
+
+    def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``episodes.parquet``, ``steps.parquet`` and finally ``meta.json``; return the meta."""
+        if not self.episodes:
+            raise ValueError(f"no episodes were added to {self.dir}; nothing to write")
+        lengths = [e["length"] for e in self.episodes]
+        pq.write_table(pa.Table.from_pylist(self.episodes), self.dir / "episodes.parquet")
+        proprio = np.concatenate([p for p, _ in self.steps])  # (N, 8)
+        actions = np.concatenate([a for _, a in self.steps])  # (N, 7)
+        steps = pa.table({
+            "episode": pa.array(np.repeat(np.arange(len(lengths)), lengths), pa.int32()),
+            "t": pa.array(np.concatenate([np.arange(n) for n in lengths]), pa.int32()),
+            "proprio": pa.FixedSizeListArray.from_arrays(pa.array(proprio.ravel(), pa.float32()), PROPRIO_DIM),
+            "action": pa.FixedSizeListArray.from_arrays(pa.array(actions.ravel(), pa.float32()), ACTION_DIM),
+        })
+        pq.write_table(steps, self.dir / "steps.parquet")
+        meta = {
+            "format": FORMAT,
+            "dataset_id": secrets.randbelow(_MAX_DATASET_ID),
+            "suite": self.suite,
+            "variant": self.variant,
+            "tasks": sorted({e["task"] for e in self.episodes}),
+            "episodes": len(self.episodes),
+            "steps": int(sum(lengths)),
+            "image_shape": list(self.image_shape),
+            "image_codec": {"container": "mp4", "codec": "libx264rgb", "pix_fmt": "rgb24", "crf": self.crf,
+                            "layout": "agentview | wrist side by side along width",
+                            "max_abs_error": max(e["image_max_abs_error"] for e in self.episodes)},
+            "bytes": int(sum(e["video_bytes"] for e in self.episodes)),
+            "versions": self.versions,
+            **(extra or {}),
+        }
+        tmp = self.dir / ".meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.dir / "meta.json")
+        return meta
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} is missing")
+    try:
+        return pq.read_table(path)
+    except Exception as exc:
+        raise DatasetError(f"dataset file {path} is truncated or corrupted ({type(exc).__name__}: {exc})") from exc
+
+
+class _Folder:
+    """One loaded dataset folder: meta, per-episode rows, low-dim arrays and step offsets."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        meta_path = path / "meta.json"
+        if not meta_path.exists():
+            raise DatasetError(f"{meta_path} is missing: {path} is not a dataset or its recording did not finish")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"dataset file {meta_path} is corrupted ({exc})") from exc
+        if self.meta.get("format") != FORMAT:
+            raise DatasetError(f"{meta_path} has format {self.meta.get('format')!r}; expected {FORMAT!r}")
+        self.episodes = _read_parquet(path / "episodes.parquet").to_pylist()
+        steps = _read_parquet(path / "steps.parquet")
+        self.lengths = np.array([e["length"] for e in self.episodes], np.int64)
+        if len(self.episodes) != self.meta["episodes"] or steps.num_rows != int(self.lengths.sum()):
+            raise DatasetError(f"{path / 'steps.parquet'} holds {steps.num_rows} steps of {len(self.episodes)} "
+                               f"episodes; meta.json says {self.meta['steps']} steps of {self.meta['episodes']}")
+        self.proprio = steps.column("proprio").combine_chunks().flatten().to_numpy().reshape(-1, PROPRIO_DIM)
+        self.actions = steps.column("action").combine_chunks().flatten().to_numpy().reshape(-1, ACTION_DIM)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])  # first step row of each episode
+
+    def frames(self, episode: int) -> np.ndarray:
+        """Decoded (T, H, 2W, 3) frames of ``episode``, checked against the stored size and hash."""
+        row = self.episodes[episode]
+        path = self.path / row["video"]
+        if not path.exists():
+            raise DatasetError(f"video {path} is missing")
+        if path.stat().st_size != row["video_bytes"] or _sha256(path) != row["video_sha256"]:
+            raise DatasetError(f"video {path} is truncated or corrupted (size or sha256 differs from "
+                               f"{self.path / 'episodes.parquet'})")
+        frames = read_video(path)
+        expected = (row["length"], *self.meta["image_shape"][:1], 2 * self.meta["image_shape"][1], 3)
+        if frames.shape != expected:
+            raise DatasetError(f"video {path} decoded to {frames.shape}; expected {expected}")
+        return frames
+
+
+class DemoDataset(torch.utils.data.Dataset):
+    """Training samples, one per recorded step of every episode of ``dirs``.
+
+    Item ``i`` is a dict: ``agentview``/``wrist`` (H, W, 3) uint8 tensors, ``proprio`` (8,)
+    float32, ``instruction`` str, ``actions`` (chunk, 7) float32 (the actions of steps t..t+chunk-1;
+    past the episode's end the last action repeats), ``action_mask`` (chunk,) bool (False on that
+    padding), ``sample_id`` int64 (``dataset_id * 2**40 + episode * 2**20 + t``: stable under
+    shuffling and unique across ``dirs``), ``suite`` and ``task`` str.
+
+    Images are decoded per episode on first use and kept in an LRU cache of ``cache_episodes``
+    episodes (per process, so per ``DataLoader`` worker); ``preload=True`` decodes everything up
+    front. Missing, truncated or corrupted files raise :class:`DatasetError` naming the file.
+    """
+
+    def __init__(self, dirs: str | os.PathLike | list[str | os.PathLike], chunk: int = 8,
+                 cache_episodes: int = 32, preload: bool = False):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        paths = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
+        if not paths:
+            raise ValueError("DemoDataset needs at least one dataset folder")
+        self.folders = [_Folder(p) for p in paths]
+        ids: dict[int, Path] = {}
+        for folder in self.folders:
+            ds_id = int(folder.meta["dataset_id"])
+            if ds_id in ids:
+                raise DatasetError(f"{folder.path} and {ids[ds_id]} share dataset_id {ds_id} "
+                                   f"(the same dataset twice, or a copy)")
+            ids[ds_id] = folder.path
+        self.chunk = int(chunk)
+        index = [np.stack([np.full(f.lengths.sum(), d), np.repeat(np.arange(len(f.lengths)), f.lengths),
+                           np.concatenate([np.arange(n) for n in f.lengths])], axis=1)
+                 for d, f in enumerate(self.folders)]
+        self.index = np.concatenate(index)  # (N, 3): folder, episode, t
+        self.cache_episodes = max(1, int(cache_episodes))
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        if preload:
+            self.cache_episodes = sum(len(f.episodes) for f in self.folders)
+            for d, folder in enumerate(self.folders):
+                for e in range(len(folder.episodes)):
+                    self._frames(d, e)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _frames(self, d: int, e: int) -> np.ndarray:
+        key = (d, e)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        frames = self.folders[d].frames(e)
+        self._cache[key] = frames
+        while len(self._cache) > self.cache_episodes:
+            self._cache.popitem(last=False)
+        return frames
+
+    def episode_of(self, i: int) -> tuple[int, int]:
+        """(folder index, episode) of item ``i``: lets a sampler keep items of one episode together."""
+        d, e, _ = self.index[i]
+        return int(d), int(e)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
+        d, e, t = (int(v) for v in self.index[i])
+        folder = self.folders[d]
+        row = folder.episodes[e]
+        length, start = int(folder.lengths[e]), int(folder.starts[e])
+        frame = self._frames(d, e)[t]  # (H, 2W, 3)
+        width = frame.shape[1] // 2
+        steps = np.minimum(np.arange(t, t + self.chunk), length - 1)  # (K,)
+        return {
+            "agentview": torch.from_numpy(np.ascontiguousarray(frame[:, :width])),  # (H, W, 3) uint8
+            "wrist": torch.from_numpy(np.ascontiguousarray(frame[:, width:])),  # (H, W, 3) uint8
+            "proprio": torch.from_numpy(folder.proprio[start + t].copy()),  # (8,)
+            "instruction": row["instruction"],
+            "actions": torch.from_numpy(folder.actions[start + steps]),  # (K, 7)
+            "action_mask": torch.from_numpy(np.arange(t, t + self.chunk) < length),  # (K,)
+            "sample_id": torch.tensor((int(folder.meta["dataset_id"]) << _DS_SHIFT) + (e << _EP_SHIFT) + t,
+                                      dtype=torch.int64),
+            "suite": row["suite"],
+            "task": row["task"],
+        }
+
+    def instructions(self) -> list[str]:
+        """Distinct instruction strings, sorted."""
+        return sorted({row["instruction"] for f in self.folders for row in f.episodes})
+
+    def action_stats(self) -> dict[str, np.ndarray]:
+        """Per-dimension ``mean``, ``std``, ``min``, ``max`` of every recorded action, each (7,) float32."""
+        actions = np.concatenate([f.actions for f in self.folders])  # (N, 7)
+        return {"mean": actions.mean(0), "std": actions.std(0), "min": actions.min(0), "max": actions.max(0)}

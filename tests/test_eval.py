@@ -1,0 +1,111 @@
+"""Results store, Wilson intervals, summary shape and the sequential evaluator on the fake suite."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from fake_env import register
+
+from harness.evaluate import evaluate
+from harness.results import ResultsStore, format_table, make_row
+from harness.rollout import EpisodeResult
+from harness.stats import wilson
+
+
+def row(i: int, success: bool, *, task: str = "reach", variant: str = "base", policy_hash: str = "h1") -> dict:
+    result = EpisodeResult(success=success, steps=10 + i, wall_s=0.1, policy_calls=10 + i,
+                           policy_ms=[1.0, 3.0], failure_reason="x" if (not success and i == 3) else None)
+    return make_row(result, policy="p", policy_hash=policy_hash, suite="fake_basic", task=task,
+                    variant=variant, episode_index=i, seed=0, render_mode="default", versions={"v": 1})
+
+
+def test_wilson_matches_hand_computation():
+    # 7/10, z = 1.96: centre (0.7 + 0.19207) / 1.38415, half-width 1.96 sqrt(0.021 + 0.0096037) / 1.38415
+    low, high = wilson(7, 10)
+    assert low == pytest.approx(0.396778, abs=1e-5) and high == pytest.approx(0.892209, abs=1e-5)
+    assert wilson(0, 10) == (0.0, pytest.approx(0.277533, abs=1e-5))
+    assert wilson(10, 10) == (pytest.approx(0.722467, abs=1e-5), 1.0)
+    assert wilson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="successes=3, n=2"):
+        wilson(3, 2)
+
+
+def test_store_skips_done_keys_and_never_duplicates(tmp_path):
+    store = ResultsStore(tmp_path)
+    assert store.add([row(0, True), row(1, False)]) == 2
+    assert store.add([row(1, True), row(2, True), row(2, False)]) == 1  # 1 is done; 2 only once
+    df = store.frame()
+    assert len(df) == 3 and df["key"].is_unique
+    assert not df.set_index("episode_index").loc[1, "success"]  # the first stored row wins
+    assert store.add([row(0, True, policy_hash="h2")]) == 1  # another policy hash is another key
+    assert len(ResultsStore(tmp_path).done_keys()) == 4
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_store_rejects_incomplete_rows_and_names_unreadable_file(tmp_path):
+    store = ResultsStore(tmp_path)
+    with pytest.raises(ValueError, match="lacks columns"):
+        store.add([{"key": "k"}])
+    (tmp_path / "episodes.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ValueError, match="episodes.parquet is unreadable"):
+        store.done_keys()
+
+
+def test_summary_shape_and_values(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.add([row(i, i < 3) for i in range(4)] + [row(i, i < 1, variant="dark") for i in range(2)]
+              + [row(i, True, task="reach_early") for i in range(2)])
+    summary = store.write_summary()
+    assert set(summary) == {"per_task", "per_group", "overall"}
+    assert set(summary["per_task"]) == {"fake_basic/reach", "fake_basic/reach_early"}
+    assert set(summary["per_group"]) == {"fake_basic", "fake_basic/base", "fake_basic/dark"}
+    reach = summary["per_task"]["fake_basic/reach"]
+    assert (reach["successes"], reach["n"]) == (4, 6)
+    assert (reach["ci_low"], reach["ci_high"]) == pytest.approx(wilson(4, 6))
+    assert reach["per_variant"]["dark"]["n"] == 2 and reach["per_variant"]["base"]["success_rate"] == 0.75
+    assert summary["per_group"]["fake_basic/base"]["n"] == 6
+    overall = summary["overall"]
+    assert (overall["successes"], overall["n"]) == (6, 8)
+    assert overall["mean_steps"] == pytest.approx((10 + 11 + 12 + 13 + 10 + 11 + 10 + 11) / 8)
+    assert overall["mean_policy_ms"] == pytest.approx(2.0)
+    assert overall["failures"] == 1  # only base episode 3 carries a failure reason
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    table = format_table(summary)
+    assert "fake_basic/reach" in table and "75.0%" in table and "overall" in table
+
+
+def test_evaluate_expert_end_to_end_and_resume(tmp_path, monkeypatch):
+    suite = register(monkeypatch)
+    out = tmp_path / "run"
+    summary = evaluate("expert", suite, tasks=["reach", "unreachable"], variant="all", episodes=3,
+                       out=out, progress=False, quiet=True, videos=1)
+    df = pd.read_parquet(out / "episodes.parquet")
+    assert len(df) == 2 * 2 * 3 and df["key"].is_unique
+    assert set(df["variant"]) == {"base", "dark"}
+    assert summary["per_task"]["fake_basic/reach"]["success_rate"] == 1.0
+    assert summary["per_task"]["fake_basic/unreachable"]["success_rate"] == 0.0
+    assert df["policy_hash"].str.startswith("expert-").all() and (df["render_mode"] == "default").all()
+    assert json.loads(df["versions"][0])["git_commit"] is not None
+    assert (out / "videos" / suite / "reach" / "dark" / "ep0000.mp4").stat().st_size > 0
+    assert not (out / "videos" / suite / "reach" / "dark" / "ep0001.mp4").exists()
+
+    # a rerun with more episodes runs only the new ones; finished rows are left as they were
+    before = df.set_index("key")["finished_at"]
+    evaluate("expert", suite, tasks=["reach"], variant="base", episodes=5, out=out, progress=False, quiet=True)
+    df2 = pd.read_parquet(out / "episodes.parquet").set_index("key")
+    assert len(df2) == 12 + 2 and df2.index.is_unique
+    assert (df2.loc[before.index, "finished_at"] == before).all()
+
+
+def test_evaluate_records_crashing_env_and_names_bad_values(tmp_path, monkeypatch):
+    suite = register(monkeypatch)
+    summary = evaluate("expert", suite, tasks=["crash"], episodes=2, out=tmp_path, progress=False, quiet=True)
+    assert summary["overall"]["failures"] == 2 and summary["overall"]["successes"] == 0
+    with pytest.raises(ValueError, match="'nope'.*valid tasks: reach, reach_early"):
+        evaluate("expert", suite, tasks=["nope"], out=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="'night'.*valid variants: base, dark"):
+        evaluate("expert", suite, variant="night", out=tmp_path, quiet=True)
+    with pytest.raises(FileNotFoundError, match="'no/such/ckpt'"):
+        evaluate("no/such/ckpt", suite, out=tmp_path, quiet=True)
