@@ -1,0 +1,255 @@
+"""VLA checkpoints (a folder: ``model.safetensors`` + ``config.json``) and the policy that runs them.
+
+    from distill import load_policy
+    policy = load_policy("runs/teacher_small")       # or load_policy(path, device="cuda")
+    policy.reset()
+    action = policy.act(obs)                          # (7,) in [-1, 1]; re-queries the model every K steps
+    policy.last_info                                  # {"executed_layers": [...], "model_ms": ...}
+
+``config.json`` holds ``vla`` (the :class:`distill.vla.VLAConfig`: architecture, tokenizer vocabulary,
+action/proprio normalisation statistics) and free metadata (training settings, suites and data dirs,
+package versions, code commit). A checkpoint may name another loader in ``"policy_loader":
+"distill.<module>:<function>"`` (called as ``function(path, device=..., dtype=...)``); routed students use
+this so that :func:`load_policy` opens every checkpoint of the project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import platform
+import subprocess
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from distill.vla import VLA, VLAConfig, postprocess_actions
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+FORMAT = "actdistill-vla"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) -> torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def file_hash(path: str | Path) -> str:
+    """First 16 hex digits of the sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def code_version() -> dict:
+    """Git commit of this checkout (``None`` outside git) and whether tracked files were modified."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict:
+    """Versions of python and the packages that change a checkpoint's numbers."""
+    import safetensors
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "safetensors": safetensors.__version__,
+            "numpy": np.__version__}
+
+
+def save_checkpoint(path: str | Path, model: VLA, meta: Mapping | None = None,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` to the folder ``path`` (created) as ``model.safetensors`` + ``config.json``.
+
+    ``meta`` is merged into ``config.json`` (keys ``format``/``vla``/``versions``/``code`` are reserved).
+    ``dtype`` is the storage dtype of floating tensors (float16 halves the file; loading is always
+    float32). Files are written to temporaries and renamed, so a crash never leaves a half-written file.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
+    tmp = path / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, path / WEIGHTS)
+    reserved = {"format", "format_version", "vla", "versions", "code"}
+    clash = sorted(reserved & set(meta or {}))
+    if clash:
+        raise ValueError(f"meta keys {clash} are reserved; reserved keys: {sorted(reserved)}")
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "vla": model.config.to_dict(),
+              **dict(meta or {}), "versions": package_versions(), "code": code_version()}
+    tmp = path / (CONFIG + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, path / CONFIG)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """The parsed ``config.json`` of the checkpoint folder ``path``; clear errors when it is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist")
+    file = path / CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} has no {CONFIG} (expected {file})")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file} is not valid JSON: {exc}") from exc
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of ``path/model.safetensors`` as float32 (integers unchanged); names the file on error."""
+    file = Path(path) / WEIGHTS
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} has no {WEIGHTS} (expected {file})")
+    try:
+        tensors = load_file(str(file))
+    except SafetensorError as exc:
+        raise ValueError(f"{file} is corrupt or truncated ({exc})") from exc
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def check_state_dict(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``ValueError`` naming missing, unexpected or wrongly shaped tensors of ``tensors`` for ``model``."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = []
+    for name, shape in expected.items():
+        if name not in tensors:
+            problems.append(f"missing tensor {name!r} (config expects shape {shape})")
+        elif tuple(tensors[name].shape) != shape:
+            problems.append(f"tensor {name!r}: checkpoint shape {tuple(tensors[name].shape)}, "
+                            f"config expects {shape}")
+    problems += [f"unexpected tensor {name!r} (shape {tuple(tensors[name].shape)}) not in the config's model"
+                 for name in tensors if name not in expected]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise ValueError(f"weights in {source} do not fit its config.json: {shown}")
+
+
+def load_vla(path: str | Path, device: str | torch.device = "cpu") -> tuple[VLA, dict]:
+    """The :class:`VLA` stored in the folder ``path`` (float32, eval mode, on ``device``) and its config.json."""
+    config = read_config(path)
+    if config.get("format") != FORMAT or "vla" not in config:
+        raise ValueError(f"{Path(path) / CONFIG} is not an {FORMAT} checkpoint config "
+                         f"(format={config.get('format')!r}, keys {sorted(config)})")
+    model = VLA(VLAConfig.from_dict(config["vla"]))
+    tensors = load_weights(path)
+    check_state_dict(model, tensors, str(Path(path) / WEIGHTS))
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config
+
+
+class VLAPolicy:
+    """Runs a VLA as a policy: predicts a K-step chunk, executes it open-loop, re-queries when it is used up.
+
+    Follows the policy protocol of :mod:`harness.rollout`. Attributes: ``model`` (the VLA),
+    ``checkpoint_hash`` (sha256 of model.safetensors, 16 hex digits) and ``last_info``, a new dict after
+    every model call (left in place while queued actions are served)::
+
+        {"executed_layers": [0, 1, ...],   # layer indices run by the last model call
+         "layer_executed": [1.0, ...],      # (L,) 1.0 where the layer ran: its mean is the per-layer rate
+         "executed_fraction": 1.0,          # fraction of the L layers that ran
+         "model_ms": 4.2}                   # wall time of the model call (device synchronised)
+
+    Routed students subclass it and override :meth:`model_call`.
+    """
+
+    def __init__(self, model: VLA, checkpoint_hash: str = "", path: str | None = None):
+        self.model = model.eval()
+        self.checkpoint_hash = checkpoint_hash
+        self.path = path
+        self.last_info: dict = {}
+        self._queue: deque[np.ndarray] = deque()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def needs_obs_next(self) -> bool:
+        """True when the next ``act`` calls the model (and so needs the camera images)."""
+        return not self._queue
+
+    def reset(self) -> None:
+        """Forget the queued actions (call at the start of every episode)."""
+        self._queue.clear()
+        self.last_info = {}
+
+    def model_call(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
+        """Normalised chunk (B, K, 7) for a prepared batch and, per row, the decoder layers executed."""
+        with torch.inference_mode():
+            chunk = self.model(batch)  # (B, K, 7)
+        return chunk, [list(range(self.model.num_layers))] * chunk.shape[0]
+
+    def predict(self, obs_list: Sequence[Mapping]) -> np.ndarray:
+        """Action chunks (B, K, 7) for a list of observations: de-normalised, clipped, gripper binarised.
+
+        Sets ``last_info`` for the first row (``model_ms`` covers the whole batch).
+        """
+        batch = self.model.prepare(obs_list)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        chunk, executed = self.model_call(batch)
+        sync()
+        model_ms = (time.perf_counter() - start) * 1e3
+        with torch.inference_mode():
+            raw = self.model.unnormalize_actions(chunk.float()).cpu().numpy()  # (B, K, 7)
+        num_layers = self.model.num_layers
+        ran = np.zeros(num_layers)
+        ran[executed[0]] = 1.0
+        self.last_info = {"executed_layers": list(executed[0]), "layer_executed": ran.tolist(),
+                          "executed_fraction": len(executed[0]) / num_layers, "model_ms": model_ms}
+        return postprocess_actions(raw)
+
+    def act(self, obs: Mapping) -> np.ndarray:
+        """Next action (7,) in [-1, 1]; calls the model only when the queued chunk is used up."""
+        if not self._queue:
+            self._queue.extend(self.predict([obs])[0])
+        return self._queue.popleft()
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu",
+                dtype: str | torch.dtype = "float32") -> VLAPolicy:
+    """The policy stored in the checkpoint folder ``path``, on ``device`` with parameters in ``dtype``.
+
+    Raises ``FileNotFoundError`` naming a missing folder or file and ``ValueError`` naming a corrupt file
+    or a tensor whose shape does not fit the config.
+    """
+    config = read_config(path)
+    loader = config.get("policy_loader")
+    if loader is not None:
+        module_name, _, func_name = str(loader).partition(":")
+        if not module_name.startswith("distill.") or not func_name:
+            raise ValueError(f"policy_loader {loader!r} in {Path(path) / CONFIG} must look like "
+                             "'distill.<module>:<function>'")
+        return getattr(importlib.import_module(module_name), func_name)(path, device=device, dtype=dtype)
+    model, _ = load_vla(path, device)
+    model = model.to(parse_dtype(dtype))
+    return VLAPolicy(model, checkpoint_hash=file_hash(Path(path) / WEIGHTS), path=str(path))

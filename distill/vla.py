@@ -1,0 +1,417 @@
+"""The VLA interface and the reference teacher.
+
+A :class:`VLA` turns observations into one token sequence, runs an ordered stack of ``transformers``
+decoder layers over it, and reads an action chunk from learned action-query tokens::
+
+    batch = vla.prepare([obs])               # images (B,H,W,3) uint8, proprio (B,8), input_ids/text_mask (B,T)
+    emb = vla.embed(batch)                   # Embedded: hidden (B,N,D), masks, rotary cos/sin, attention bias
+    h = emb.hidden
+    for idx in range(vla.num_layers):        # what forward(batch, layer_mask) does, with per-row skipping
+        h = vla.run_layer(idx, h, emb)       # (B, N, D)
+    chunk = vla.head(h, emb)                 # (B, K, 7) normalised actions
+
+Token layout (N = 2*G*G + 1 + T + K): vision tokens of each camera (G*G each, camera order of
+``config.cameras``), one proprio token, T instruction tokens (right-padded to the longest instruction in
+the batch), K action queries. Position ids count only real tokens, so padding never shifts the rotary
+positions of the action queries.
+
+Attention is bidirectional (every token sees every non-padding token). The sequence is a prefix that is
+encoded once per query, not generated token by token, so causality buys nothing; bidirectional
+attention lets vision tokens condition on the instruction and the action queries sit anywhere. Padding
+keys are masked by an additive bias, so padded rows give the same result as unpadded ones.
+
+The reference teacher is ``VLA(teacher_config(...))``: a conv-stem patch encoder over both 128x128
+cameras, a word-level instruction tokenizer built locally (:mod:`distill.tokenizer`), an MLP proprio
+token, K=8 action queries, and Llama decoder layers (RMSNorm, rotary positions, SwiGLU) built from a
+``LlamaConfig``. :func:`distill.adapter.from_transformers` puts any Llama/Qwen2/Mistral-family decoder
+stack in the same frame.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+
+from distill.tokenizer import WordTokenizer
+
+CAMERAS = ("agentview", "wrist")
+ACTION_DIM = 7
+PROPRIO_DIM = 8
+IMAGE_SIZE = 128
+_STD_FLOOR = 1e-2  # normalisation never divides by less than this (e.g. an action dim that is always 0)
+
+# Reference-teacher sizes. "small" trains on a 2-core CPU; "full" is for a GPU.
+PROFILES: dict[str, dict] = {
+    "small": {"hidden_size": 128, "num_layers": 12, "num_heads": 4, "intermediate_size": 384,
+              "vision_grid": 4, "stem_channels": 24},
+    "full": {"hidden_size": 768, "num_layers": 16, "num_heads": 12, "intermediate_size": 2048,
+             "vision_grid": 8, "stem_channels": 64},
+}
+
+
+@dataclass
+class VLAConfig:
+    """Everything needed to rebuild a VLA (serialised to the checkpoint's ``config.json``).
+
+    ``backbone`` is a ``transformers`` config as a dict (with ``model_type``); ``vocab`` the instruction
+    tokenizer's vocabulary; ``action_stats`` / ``proprio_stats`` hold per-dimension ``mean`` and ``std``
+    lists (``action_stats`` also ``min``/``max`` when known) used to normalise inputs and targets.
+    """
+
+    backbone: dict
+    vocab: list[str]
+    action_stats: dict[str, list[float]]
+    proprio_stats: dict[str, list[float]]
+    chunk: int = 8
+    action_dim: int = ACTION_DIM
+    proprio_dim: int = PROPRIO_DIM
+    image_size: int = IMAGE_SIZE
+    cameras: list[str] = field(default_factory=lambda: list(CAMERAS))
+    vision_grid: int = 4
+    stem_channels: int = 24
+    max_text_len: int = 32
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if "model_type" not in self.backbone:
+            raise ValueError(f"backbone config needs a 'model_type' (e.g. 'llama'); got keys {sorted(self.backbone)}")
+        if self.image_size % (4 * self.vision_grid) != 0:
+            raise ValueError(f"image_size {self.image_size} must be divisible by 4 * vision_grid "
+                             f"(vision_grid={self.vision_grid}); valid grids: "
+                             f"{[g for g in range(1, self.image_size // 4 + 1) if self.image_size % (4 * g) == 0]}")
+        for name, stats, dim in (("action_stats", self.action_stats, self.action_dim),
+                                 ("proprio_stats", self.proprio_stats, self.proprio_dim)):
+            for key in ("mean", "std"):
+                if key not in stats or len(stats[key]) != dim:
+                    raise ValueError(f"{name}[{key!r}] must be a list of {dim} floats, got {stats.get(key)!r}")
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation {self.attn_implementation!r} not supported; valid: sdpa, eager")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone["hidden_size"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.backbone["num_hidden_layers"])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> VLAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VLA config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**copy.deepcopy(dict(data)))
+
+
+def backbone_dict(config: transformers.PretrainedConfig) -> dict:
+    """A decoder config as a JSON-able dict for :class:`VLAConfig`, without token-embedding settings.
+
+    The VLA has its own embeddings, so the vocabulary is shrunk to one row and the special-token ids dropped.
+    """
+    data = config.to_diff_dict()
+    data.update(model_type=config.model_type, vocab_size=1, bos_token_id=None, eos_token_id=None,
+                pad_token_id=None, use_cache=False, tie_word_embeddings=False)
+    for key in ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"):
+        data.pop(key, None)
+    return data
+
+
+def build_backbone_config(backbone: Mapping) -> transformers.PretrainedConfig:
+    """Rebuild the ``transformers`` config of :attr:`VLAConfig.backbone`."""
+    data = dict(backbone)
+    model_type = data.pop("model_type")
+    return transformers.AutoConfig.for_model(model_type, **data)
+
+
+def teacher_config(profile: str, vocab: Sequence[str], action_stats: Mapping, proprio_stats: Mapping,
+                   **overrides) -> VLAConfig:
+    """Reference-teacher config for ``profile`` (``small`` or ``full``) with a Llama decoder backbone.
+
+    ``overrides`` may change any profile size (hidden_size, num_layers, num_heads, num_kv_heads,
+    intermediate_size, vision_grid, stem_channels) or any other :class:`VLAConfig` field.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    sizes = {**PROFILES[profile], "num_kv_heads": None}
+    for key in list(overrides):
+        if key in sizes:
+            sizes[key] = overrides.pop(key)
+    heads = sizes["num_heads"]
+    if sizes["hidden_size"] % heads or (sizes["hidden_size"] // heads) % 2:
+        raise ValueError(f"hidden_size {sizes['hidden_size']} must split into {heads} heads of even size")
+    llama = transformers.LlamaConfig(
+        hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_layers"], num_attention_heads=heads,
+        num_key_value_heads=sizes["num_kv_heads"] or heads, intermediate_size=sizes["intermediate_size"],
+        max_position_embeddings=1024, rms_norm_eps=1e-6, initializer_range=0.02,
+    )
+    stats = {
+        "action_stats": {k: [float(x) for x in v] for k, v in action_stats.items()},
+        "proprio_stats": {k: [float(x) for x in v] for k, v in proprio_stats.items()},
+    }
+    return VLAConfig(backbone=backbone_dict(llama), vocab=list(vocab), vision_grid=sizes["vision_grid"],
+                     stem_channels=sizes["stem_channels"], **stats, **overrides)
+
+
+@dataclass
+class Embedded:
+    """The token sequence entering the decoder stack, plus what every decoder layer needs.
+
+    ``attention_bias`` is additive, (B, 1, 1, N) in the hidden dtype: 0 for real keys, the dtype's minimum
+    for padding keys (broadcast over heads and queries). ``position_embeddings`` is the rotary
+    ``(cos, sin)``, each (B, N, head_dim).
+    """
+
+    hidden: torch.Tensor  # (B, N, D)
+    attention_mask: torch.Tensor  # (B, N) bool, False = padding
+    position_ids: torch.Tensor  # (B, N) int64
+    vision_mask: torch.Tensor  # (B, N) bool
+    text_mask: torch.Tensor  # (B, N) bool, real instruction tokens only
+    query_mask: torch.Tensor  # (B, N) bool, the K action-query tokens read by the head
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    attention_bias: torch.Tensor  # (B, 1, 1, N)
+
+    def select(self, rows: torch.Tensor) -> Embedded:
+        """The same embedding for a subset of batch rows (``rows``: int64 indices or a (B,) bool mask)."""
+        cos, sin = self.position_embeddings
+        return Embedded(
+            hidden=self.hidden[rows], attention_mask=self.attention_mask[rows],
+            position_ids=self.position_ids[rows], vision_mask=self.vision_mask[rows],
+            text_mask=self.text_mask[rows], query_mask=self.query_mask[rows],
+            position_embeddings=(cos[rows], sin[rows]), attention_bias=self.attention_bias[rows],
+        )
+
+
+class PatchEncoder(nn.Module):
+    """Conv stem: (B, H, W, 3) uint8 -> (B, G*G, D) patch tokens with learned patch positions."""
+
+    def __init__(self, hidden_size: int, grid: int, channels: int, image_size: int):
+        super().__init__()
+        last = image_size // 4 // grid  # kernel/stride of the last conv, after two stride-2 convs
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * channels, hidden_size, last, stride=last),
+        )
+        self.pos = nn.Parameter(torch.zeros(grid * grid, hidden_size))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        dtype = self.pos.dtype
+        x = images.permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
+        x = self.stem(x)  # (B, D, G, G)
+        return x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
+
+
+class VLA(nn.Module):
+    """Vision-language-action model over an ordered stack of ``transformers`` decoder layers.
+
+    ``decoder`` (optional) supplies the stack as ``(layers, rotary_emb, norm)`` modules, e.g. taken from a
+    pretrained model by :func:`distill.adapter.from_transformers`; otherwise it is built, randomly
+    initialised, from ``config.backbone``.
+    """
+
+    def __init__(self, config: VLAConfig, decoder: tuple[nn.ModuleList, nn.Module, nn.Module] | None = None):
+        super().__init__()
+        self.config = config
+        self.backbone_config = build_backbone_config(config.backbone)
+        if decoder is None:
+            model = transformers.AutoModel.from_config(self.backbone_config,
+                                                       attn_implementation=config.attn_implementation)
+            decoder = (model.layers, model.rotary_emb, model.norm)
+            self.backbone_config = model.config
+        self.layers, self.rotary_emb, self.norm = decoder
+        self.set_attn_implementation(config.attn_implementation)
+        for layer in self.layers:
+            layer.self_attn.is_causal = False  # bidirectional: see the module docstring
+        self.tokenizer = WordTokenizer(config.vocab)
+
+        d = config.hidden_size
+        self.vision = PatchEncoder(d, config.vision_grid, config.stem_channels, config.image_size)
+        self.camera_embed = nn.Parameter(torch.zeros(len(config.cameras), d))
+        self.text_embed = nn.Embedding(len(config.vocab), d)
+        self.proprio_proj = nn.Sequential(nn.Linear(config.proprio_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.action_queries = nn.Parameter(torch.zeros(config.chunk, d))
+        self.action_head = nn.Linear(d, config.action_dim)
+        for module in (self.vision, self.text_embed, self.proprio_proj, self.action_head):
+            module.apply(_init_weights)
+        for p in (self.vision.pos, self.camera_embed, self.action_queries):
+            nn.init.normal_(p, std=0.02)
+
+        def stat(stats: Mapping, key: str) -> torch.Tensor:
+            return torch.tensor(stats[key], dtype=torch.float32)
+
+        self.register_buffer("action_mean", stat(config.action_stats, "mean"), persistent=False)
+        self.register_buffer("action_std", stat(config.action_stats, "std").clamp_min(_STD_FLOOR), persistent=False)
+        self.register_buffer("proprio_mean", stat(config.proprio_stats, "mean"), persistent=False)
+        self.register_buffer("proprio_std", stat(config.proprio_stats, "std").clamp_min(_STD_FLOOR),
+                             persistent=False)
+
+    # -- interface ------------------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.backbone_config._attn_implementation
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Switch every decoder layer's attention kernel (``sdpa`` or ``eager``); results agree up to rounding."""
+        if name not in ("sdpa", "eager"):
+            raise ValueError(f"attention implementation {name!r} not supported; valid: sdpa, eager")
+        for layer in self.layers:
+            layer.self_attn.config._attn_implementation = name
+        self.backbone_config._attn_implementation = name
+
+    def prepare(self, obs_list: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        """Batch a list of observations (numpy or torch values) on the model's device.
+
+        Returns ``{camera: (B,H,W,3) uint8, "proprio": (B,8) float32, "input_ids": (B,T) int64,
+        "text_mask": (B,T) bool}``. Raises ``ValueError`` naming the key for a missing entry or wrong shape.
+        """
+        if len(obs_list) == 0:
+            raise ValueError("prepare() needs at least one observation")
+        cfg = self.config
+        img_shape = (cfg.image_size, cfg.image_size, 3)
+        device = self.action_mean.device
+        batch: dict[str, torch.Tensor] = {}
+        for cam in cfg.cameras:
+            frames = [_as_tensor(obs, cam, img_shape) for obs in obs_list]
+            batch[cam] = torch.stack(frames).to(device=device, dtype=torch.uint8)  # (B, H, W, 3)
+        proprio = [_as_tensor(obs, "proprio", (cfg.proprio_dim,)) for obs in obs_list]
+        batch["proprio"] = torch.stack(proprio).to(device=device, dtype=torch.float32)  # (B, 8)
+        texts = []
+        for i, obs in enumerate(obs_list):
+            if "instruction" not in obs or not isinstance(obs["instruction"], str):
+                raise ValueError(f"observation {i} needs an 'instruction' string, got {obs.get('instruction')!r}")
+            texts.append(obs["instruction"])
+        ids, mask = self.tokenizer.batch_encode(texts, cfg.max_text_len)
+        batch["input_ids"], batch["text_mask"] = ids.to(device), mask.to(device)  # (B, T)
+        return batch
+
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> Embedded:
+        """Tokens and per-layer inputs for ``batch`` (from :meth:`prepare`); see :class:`Embedded`."""
+        cfg = self.config
+        dtype = self.action_queries.dtype
+        b = batch["proprio"].shape[0]
+        images = torch.cat([batch[cam] for cam in cfg.cameras])  # (C*B, H, W, 3)
+        vis = self.vision(images)  # (C*B, P, D)
+        p = vis.shape[1]
+        vis = vis.view(len(cfg.cameras), b, p, -1) + self.camera_embed[:, None, None, :]  # (C, B, P, D)
+        vis = vis.transpose(0, 1).reshape(b, len(cfg.cameras) * p, -1)  # (B, C*P, D)
+        proprio = (batch["proprio"].float() - self.proprio_mean) / self.proprio_std  # (B, 8)
+        prop = self.proprio_proj(proprio.to(dtype))[:, None]  # (B, 1, D)
+        text = self.text_embed(batch["input_ids"])  # (B, T, D)
+        queries = self.action_queries.expand(b, -1, -1)  # (B, K, D)
+        hidden = torch.cat([vis, prop, text, queries], dim=1)  # (B, N, D)
+
+        n_vis, n_text, k = vis.shape[1], text.shape[1], cfg.chunk
+        dev = hidden.device
+
+        def ones(n: int) -> torch.Tensor:
+            return torch.ones(b, n, dtype=torch.bool, device=dev)
+
+        def zeros(n: int) -> torch.Tensor:
+            return torch.zeros(b, n, dtype=torch.bool, device=dev)
+
+        text_mask = batch["text_mask"].to(dev, torch.bool)  # (B, T)
+        attention_mask = torch.cat([ones(n_vis + 1), text_mask, ones(k)], dim=1)  # (B, N)
+        position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0)  # (B, N)
+        bias = torch.zeros(b, 1, 1, attention_mask.shape[1], dtype=dtype, device=dev)  # (B, 1, 1, N)
+        bias = bias.masked_fill(~attention_mask[:, None, None, :], torch.finfo(dtype).min)
+        return Embedded(
+            hidden=hidden,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            vision_mask=torch.cat([ones(n_vis), zeros(1 + n_text + k)], dim=1),
+            text_mask=torch.cat([zeros(n_vis + 1), text_mask, zeros(k)], dim=1),
+            query_mask=torch.cat([zeros(n_vis + 1 + n_text), ones(k)], dim=1),
+            position_embeddings=self.rotary_emb(hidden, position_ids),  # cos, sin: (B, N, head_dim)
+            attention_bias=bias,
+        )
+
+    def run_layer(self, idx: int, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:
+        """Decoder layer ``idx`` on ``hidden`` (B, N, D) -> (B, N, D); ``emb`` must hold the same B rows."""
+        out = self.layers[idx](hidden, attention_mask=emb.attention_bias, position_ids=emb.position_ids,
+                               position_embeddings=emb.position_embeddings)
+        return out[0] if isinstance(out, tuple) else out  # older transformers layers return a tuple
+
+    def run_layers(self, hidden: torch.Tensor, emb: Embedded, layer_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder stack on ``hidden`` (B, N, D); ``layer_mask`` (B, L) bool picks the layers per row.
+
+        A skipped layer is the identity and is not computed for that row: layers on for every row run on
+        the whole batch, layers on for some rows run on those rows only, layers off for all are skipped.
+        """
+        if layer_mask is None:
+            for idx in range(self.num_layers):
+                hidden = self.run_layer(idx, hidden, emb)
+            return hidden
+        expected = (hidden.shape[0], self.num_layers)
+        if tuple(layer_mask.shape) != expected or layer_mask.dtype != torch.bool:
+            raise ValueError(f"layer_mask must be a bool tensor of shape {expected} (batch, layers), got "
+                             f"{layer_mask.dtype} {tuple(layer_mask.shape)}")
+        on_all = layer_mask.all(0).tolist()
+        on_any = layer_mask.any(0).tolist()
+        for idx in range(self.num_layers):
+            if on_all[idx]:
+                hidden = self.run_layer(idx, hidden, emb)
+            elif on_any[idx]:
+                rows = layer_mask[:, idx].nonzero().squeeze(1)  # (R,)
+                hidden = hidden.index_copy(0, rows, self.run_layer(idx, hidden[rows], emb.select(rows)))
+        return hidden
+
+    def head(self, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:
+        """Normalised action chunk (B, K, 7) from the action-query tokens of ``hidden`` (B, N, D)."""
+        queries = hidden[:, -self.config.chunk:]  # (B, K, D): the layout puts the queries last
+        return self.action_head(self.norm(queries)).float()  # (B, K, 7)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], layer_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised action chunk (B, K, 7); ``layer_mask`` (B, L) bool as in :meth:`run_layers`."""
+        emb = self.embed(batch)
+        return self.head(self.run_layers(emb.hidden, emb, layer_mask), emb)
+
+    # -- action normalisation -------------------------------------------------------------------------
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Raw actions (..., 7) -> normalised (zero mean, unit std per dimension on the training data)."""
+        return (actions - self.action_mean) / self.action_std
+
+    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Normalised actions (..., 7) -> raw action scale (not clipped)."""
+        return actions * self.action_std + self.action_mean
+
+
+def postprocess_actions(raw: np.ndarray) -> np.ndarray:
+    """Clip raw actions (..., 7) to [-1, 1] and binarise the gripper (last dim) to -1 (open) / +1 (close)."""
+    out = np.clip(raw, -1.0, 1.0).astype(np.float32)
+    out[..., -1] = np.where(raw[..., -1] > 0, 1.0, -1.0)
+    return out
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _as_tensor(obs: Mapping, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if key not in obs or obs[key] is None:
+        raise ValueError(f"observation is missing {key!r} (expected shape {shape}); got keys {sorted(obs)}")
+    value = obs[key]
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"observation {key!r}: got shape {tuple(tensor.shape)}, expected {shape}")
+    return tensor
