@@ -138,15 +138,15 @@ def save_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> None:
 def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None = None,
              variant: str | None = None, episodes: int = 10, seed: int = 0, out: str | os.PathLike,
              videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
-             env_kwargs: dict[str, Any] | None = None, progress: bool = True,
+             env_kwargs: dict[str, Any] | None = None, progress: bool = True, table: bool = True,
              quiet: bool = False) -> dict[str, Any]:
     """Run the missing episodes of ``policy`` on ``suite`` and return the run folder's summary.
 
     ``tasks``: task names or indices (default: all); ``variant``: a name, ``"all"`` or ``None``
     (the default variant); ``videos``: save agentview mp4s of the first ``videos`` episodes of
     each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
-    finish and ``out/summary.json`` (for this policy's rows) at the end; prints the table
-    unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
+    finish and ``out/summary.json`` (for this policy's rows) at the end; prints a plan line and
+    (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -194,6 +194,6 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     if bar is not None:
         bar.close()
     summary = store.write_summary(policy_hash)
-    if not quiet:
+    if table and not quiet:
         print(format_table(summary))
     return summary

@@ -86,9 +86,16 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
 
 
 def run(args) -> int:
+    import sys
+
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    meta = record_demos(args.suite, args.out, tasks=task_list, variant=args.variant, episodes=args.episodes,
-                        max_attempts=args.max_attempts, seed=args.seed, crf=args.crf, overwrite=args.overwrite)
+    try:
+        meta = record_demos(args.suite, args.out, tasks=task_list, variant=args.variant, episodes=args.episodes,
+                            max_attempts=args.max_attempts, seed=args.seed, crf=args.crf,
+                            overwrite=args.overwrite)
+    except FileExistsError as exc:
+        print(f"actdistill demos: error: {exc}", file=sys.stderr)
+        return 2
     short = [t for t, s in meta["expert_success"].items() if s["successes"] < args.episodes]
     print(f"[demos] wrote {meta['episodes']} episodes ({meta['steps']} steps, {meta['bytes'] / 1e6:.1f} MB of video, "
           f"max pixel error {meta['image_codec']['max_abs_error']}) to {args.out}")
