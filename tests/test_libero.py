@@ -1,0 +1,156 @@
+"""LIBERO suites through the registry: protocol, observations, rendering modes, expert.
+
+LIBERO env creation takes seconds, so one module-scoped env serves most tests.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+import tasks
+import tasks.libero as libero
+from tasks.base import ACTION_DIM, PROPRIO_DIM
+
+SUITE = "libero_spatial"
+TASK = 0
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = tasks.make(SUITE, TASK, seed=0, render="fast")
+    yield e
+    e.close()
+
+
+def test_protocol_constants():
+    assert libero.NUM_INIT_STATES == 50
+    assert libero.NUM_WAIT_STEPS == 10
+    assert libero.WAIT_ACTION == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+    expected = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+    for suite, steps in expected.items():
+        assert libero.max_steps(suite) == steps
+    assert libero.max_steps("libero_goal_swap") == 300
+    assert libero.max_steps("libero_10_with_mug") == 520
+
+
+def test_suites_and_tasks_listed():
+    suites = tasks.suites()
+    for name in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"):
+        assert name in suites
+    assert all(s.startswith("libero_") for s in libero.suite_names())
+    assert len(libero.suite_names()) > 5  # the package registers more benchmarks than the five
+    assert [len(tasks.tasks(s)) for s in ("libero_spatial", "libero_object", "libero_goal", "libero_10")] == [10] * 4
+    assert len(tasks.tasks("libero_90")) == 90
+    assert tasks.variants(SUITE) == ["default"]
+
+
+def test_bad_task_name_and_index_list_valid_tasks():
+    names = tasks.tasks(SUITE)
+    with pytest.raises(ValueError, match=names[0]):
+        tasks.make(SUITE, "not_a_task")
+    with pytest.raises(ValueError, match="out of range"):
+        tasks.make(SUITE, 10)
+    with pytest.raises(ValueError, match="libero_spatial"):
+        tasks.make("libero_nope", 0)
+
+
+def test_env_attributes(env):
+    assert env.suite == SUITE and env.task == tasks.tasks(SUITE)[TASK] and env.variant == "default"
+    assert env.max_steps == 220
+    assert env.num_init_states == 50
+    assert env.render_mode == "fast"
+    assert set(env.versions) >= {"robosuite", "mujoco"}
+    assert env.versions["mujoco"] == mujoco.__version__
+    assert "bowl" in env.instruction
+
+
+def test_reset_obs_contract_and_wait_steps(env):
+    obs, info = env.reset(options={"episode_index": 3})
+    assert obs["agentview"].shape == (128, 128, 3) and obs["agentview"].dtype == np.uint8
+    assert obs["wrist"].shape == (128, 128, 3) and obs["wrist"].dtype == np.uint8
+    assert obs["proprio"].shape == (PROPRIO_DIM,) and obs["proprio"].dtype == np.float32
+    assert obs["instruction"] == env.instruction
+    assert info["success"] is False and info["episode_index"] == 3
+    # the flattened init state starts with sim time; reset ran exactly 10 control steps of 0.05 s after it
+    t0 = env.init_states[3][0]
+    assert env.sim_env.sim.data.time == pytest.approx(t0 + libero.NUM_WAIT_STEPS * 0.05, abs=1e-6)
+    # the gripper is open after the wait steps (finger joints apart)
+    assert obs["proprio"][6] - obs["proprio"][7] > 0.05
+
+
+def test_reset_is_deterministic_per_episode_index(env):
+    a, _ = env.reset(options={"episode_index": 5})
+    b, _ = env.reset(options={"episode_index": 5})
+    c, _ = env.reset(options={"episode_index": 6})
+    np.testing.assert_array_equal(a["agentview"], b["agentview"])
+    np.testing.assert_array_equal(a["proprio"], b["proprio"])
+    assert not np.array_equal(a["agentview"], c["agentview"])
+    with pytest.raises(ValueError, match="episode_index 50"):
+        env.reset(options={"episode_index": 50})
+
+
+def test_step_with_and_without_render(env):
+    obs, _ = env.reset(options={"episode_index": 0})
+    z0 = obs["proprio"][2]
+    action = np.zeros(ACTION_DIM)
+    action[2] = 1.0  # up
+    obs, reward, terminated, truncated, info = env.step(action, render=False)
+    assert obs["agentview"] is None and obs["wrist"] is None
+    assert obs["proprio"].shape == (PROPRIO_DIM,)
+    assert info["success"] is False and terminated is False and truncated is False and reward == 0.0
+    obs, *_ = env.step(action)
+    assert obs["agentview"].shape == (128, 128, 3)
+    assert obs["proprio"][2] > z0 + 0.005  # the end effector moved up
+
+
+def test_images_are_raw_render_rotated_180(env):
+    env.reset(options={"episode_index": 0})
+    env.set_render_mode("faithful")
+    try:
+        obs = env._obs(env.sim_env._get_observations(), render=True)
+        raw = env.render_raw("agentview")
+        np.testing.assert_array_equal(obs["agentview"], raw[::-1, ::-1])
+        assert not np.array_equal(obs["agentview"], raw)
+        np.testing.assert_array_equal(obs["wrist"], env.render_raw("wrist")[::-1, ::-1])
+        # raw frames are in robosuite's orientation: a plain renderer of the physics state, rows flipped
+        sim = env.sim_env.sim
+        with mujoco.Renderer(sim.model._model, 128, 128) as plain:
+            plain.update_scene(sim.data._data, camera="agentview")
+            reference = plain.render()[::-1]  # (128, 128, 3)
+        assert np.abs(reference.astype(int) - raw).mean() < 2.0
+    finally:
+        env.set_render_mode("fast")
+
+
+def test_fast_and_faithful_render_the_same_scene(env):
+    env.reset(options={"episode_index": 0})
+    fast = env.render_raw("agentview").astype(int)
+    env.set_render_mode("faithful")
+    try:
+        faithful = env.render_raw("agentview").astype(int)
+    finally:
+        env.set_render_mode("fast")
+    diff = np.abs(fast - faithful).mean()
+    assert 0.0 < diff < 25.0
+    # the fast model really is lighter
+    assert env._renderer.model.mesh_vertnum.sum() < env.sim_env.sim.model._model.mesh_vertnum.sum() / 4
+    assert env._renderer.model.vis.quality.offsamples == 0
+
+
+def test_simplify_mesh_keeps_shape_and_budget():
+    from tasks.libero.render import simplify_mesh
+
+    # a finely tessellated unit sphere
+    u, v = np.meshgrid(np.linspace(0, np.pi, 60), np.linspace(0, 2 * np.pi, 120), indexing="ij")
+    vert = np.stack([np.sin(u) * np.cos(v), np.sin(u) * np.sin(v), np.cos(u)], -1).reshape(-1, 3)
+    idx = np.arange(60 * 120).reshape(60, 120)
+    a, b, c, d = idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]
+    face = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)])
+    mesh = {"vert": vert, "normal": vert.copy(), "face": face, "facenormal": face.copy()}
+    simple = simplify_mesh(mesh, max_verts=500)
+    assert 50 < len(simple["vert"]) <= 500
+    assert simple["face"].max() < len(simple["vert"])
+    radius = np.linalg.norm(simple["vert"], axis=1)
+    assert np.all(radius > 0.85) and np.all(radius < 1.01)
