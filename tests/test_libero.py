@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tasks
-import tasks.libero as libero
+from tasks import libero
 from tasks.base import ACTION_DIM, PROPRIO_DIM
 
 SUITE = "libero_spatial"
@@ -28,7 +28,13 @@ def test_protocol_constants():
     assert libero.NUM_INIT_STATES == 50
     assert libero.NUM_WAIT_STEPS == 10
     assert libero.WAIT_ACTION == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
-    expected = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+    expected = {
+        "libero_spatial": 220,
+        "libero_object": 280,
+        "libero_goal": 300,
+        "libero_10": 520,
+        "libero_90": 400,
+    }
     for suite, steps in expected.items():
         assert libero.max_steps(suite) == steps
     assert libero.max_steps("libero_goal_swap") == 300
@@ -41,7 +47,9 @@ def test_suites_and_tasks_listed():
         assert name in suites
     assert all(s.startswith("libero_") for s in libero.suite_names())
     assert len(libero.suite_names()) > 5  # the package registers more benchmarks than the five
-    assert [len(tasks.tasks(s)) for s in ("libero_spatial", "libero_object", "libero_goal", "libero_10")] == [10] * 4
+    assert [len(tasks.tasks(s)) for s in ("libero_spatial", "libero_object", "libero_goal", "libero_10")] == [
+        10
+    ] * 4
     assert len(tasks.tasks("libero_90")) == 90
     assert tasks.variants(SUITE) == ["default"]
 

@@ -22,7 +22,7 @@ images rotated 180 degrees, success from LIBERO's BDDL goal check.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from tasks.libero.render import RENDER_MODES, cache_dir
@@ -30,25 +30,31 @@ from tasks.libero.render import RENDER_MODES, cache_dir
 NUM_INIT_STATES = 50
 NUM_WAIT_STEPS = 10
 WAIT_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
-MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+MAX_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
 # Suites the package registers beyond the five (perturbed variants, study scenes) take the step
 # budget of the standard suite their name starts with; others take LIBERO-90's.
 DEFAULT_MAX_STEPS = MAX_STEPS["libero_90"]
 VARIANTS = ("default",)
 
 __all__ = [
+    "MAX_STEPS",
     "NUM_INIT_STATES",
     "NUM_WAIT_STEPS",
-    "WAIT_ACTION",
-    "MAX_STEPS",
     "RENDER_MODES",
     "VARIANTS",
+    "WAIT_ACTION",
+    "make_env",
+    "make_expert",
+    "max_steps",
     "suite_names",
     "task_names",
     "variant_names",
-    "max_steps",
-    "make_env",
-    "make_expert",
 ]
 
 
@@ -68,7 +74,7 @@ def _libero_paths():
     return libero_root
 
 
-@lru_cache(maxsize=None)
+@cache
 def _task_table() -> dict[str, tuple]:
     """suite name -> tuple of LIBERO ``Task`` records, for every registered benchmark whose BDDL
     files and init states are all present in the installed package."""
@@ -132,7 +138,9 @@ def task_files(suite: str, task: str) -> tuple[str, str, str]:
             bddl = Path(libero_root.get_libero_path("bddl_files")) / t.problem_folder / t.bddl_file
             init = Path(libero_root.get_libero_path("init_states")) / t.problem_folder / t.init_states_file
             return str(bddl), str(init), t.language
-    raise ValueError(f"unknown task {task!r} for suite {suite!r}; valid tasks: {', '.join(task_names(suite))}")
+    raise ValueError(
+        f"unknown task {task!r} for suite {suite!r}; valid tasks: {', '.join(task_names(suite))}"
+    )
 
 
 def make_env(suite: str, task: str, variant: str, seed: int, **kwargs):
@@ -141,7 +149,9 @@ def make_env(suite: str, task: str, variant: str, seed: int, **kwargs):
     from tasks.libero.env import LiberoEnv
 
     if variant not in variant_names(suite):
-        raise ValueError(f"unknown variant {variant!r} for suite {suite!r}; valid variants: {', '.join(VARIANTS)}")
+        raise ValueError(
+            f"unknown variant {variant!r} for suite {suite!r}; valid variants: {', '.join(VARIANTS)}"
+        )
     return LiberoEnv(suite, task, variant=variant, seed=seed, **kwargs)
 
 

@@ -120,7 +120,9 @@ class LiberoEnv(gymnasium.Env):
             raise ValueError(f"unknown render mode {mode!r}; valid modes: {', '.join(RENDER_MODES)}")
         if mode != self.render_mode:
             self._renderer.close()
-            self._renderer = SceneRenderer(self.sim_env.sim.model._model, mode, self.image_size, self.image_size)
+            self._renderer = SceneRenderer(
+                self.sim_env.sim.model._model, mode, self.image_size, self.image_size
+            )
             self.render_mode = mode
 
     def render_raw(self, key: str) -> np.ndarray:
@@ -133,12 +135,18 @@ class LiberoEnv(gymnasium.Env):
 
     def _images(self) -> dict[str, np.ndarray]:
         sim = self.sim_env.sim
-        frames = self._renderer.render(sim.model._model, sim.data._data, tuple(CAMERAS[k] for k in IMAGE_KEYS))
+        frames = self._renderer.render(
+            sim.model._model, sim.data._data, tuple(CAMERAS[k] for k in IMAGE_KEYS)
+        )
         return {k: np.ascontiguousarray(f[::-1, ::-1]) for k, f in zip(IMAGE_KEYS, frames)}  # rotate 180
 
     def _obs(self, raw: dict, render: bool) -> dict:
         proprio = np.concatenate(
-            [raw["robot0_eef_pos"], quat_xyzw_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+            [
+                raw["robot0_eef_pos"],
+                quat_xyzw_to_axis_angle(raw["robot0_eef_quat"]),
+                raw["robot0_gripper_qpos"],
+            ]
         ).astype(np.float32)  # (8,)
         images = self._images() if render else dict.fromkeys(IMAGE_KEYS)
         return {**images, "proprio": proprio, "instruction": self.instruction}

@@ -107,8 +107,10 @@ def _cluster(mesh: dict[str, np.ndarray], cells: int) -> dict[str, np.ndarray]:
     normal = mean(corner_nrm)
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     new_face = cluster.reshape(-1, 3)  # (F, 3)
-    keep = (new_face[:, 0] != new_face[:, 1]) & (new_face[:, 1] != new_face[:, 2]) & (
-        new_face[:, 0] != new_face[:, 2]
+    keep = (
+        (new_face[:, 0] != new_face[:, 1])
+        & (new_face[:, 1] != new_face[:, 2])
+        & (new_face[:, 0] != new_face[:, 2])
     )
     new_face = new_face[keep]
     _, first = np.unique(np.sort(new_face, axis=1), axis=0, return_index=True)
@@ -185,8 +187,10 @@ def fast_render_model(model: mujoco.MjModel, folder: Path | None = None) -> mujo
     """
     folder = folder if folder is not None else cache_dir() / "libero_meshes"
     fast = copy.copy(model)
-    visual = (model.geom_type == mujoco.mjtGeom.mjGEOM_MESH) & (model.geom_contype == 0) & (
-        model.geom_conaffinity == 0
+    visual = (
+        (model.geom_type == mujoco.mjtGeom.mjGEOM_MESH)
+        & (model.geom_contype == 0)
+        & (model.geom_conaffinity == 0)
     )
     collision = (model.geom_type == mujoco.mjtGeom.mjGEOM_MESH) & ~visual
     visual_meshes = set(model.geom_dataid[visual].tolist()) - set(model.geom_dataid[collision].tolist())
@@ -240,7 +244,9 @@ class SceneRenderer:
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mj_camlight(self.model, self.data)
 
-    def render(self, model: mujoco.MjModel, data: mujoco.MjData, cameras: tuple[str, ...]) -> list[np.ndarray]:
+    def render(
+        self, model: mujoco.MjModel, data: mujoco.MjData, cameras: tuple[str, ...]
+    ) -> list[np.ndarray]:
         """Raw frames of ``cameras`` for the physics state ``model``/``data``: each (H, W, 3) uint8,
         bottom row first."""
         self.sync(model, data)
