@@ -1,0 +1,308 @@
+"""Ray-parallel evaluation backend: the only module of the harness that imports Ray.
+
+    from harness.evaluate import BACKENDS, evaluate
+    from harness.ray_backend import RayBackend
+    BACKENDS["ray"] = RayBackend(num_workers=8)                 # local Ray instance, 8 workers
+    BACKENDS["ray"] = RayBackend(num_workers=64, address="auto")  # join an existing cluster
+    evaluate("expert", "simpler_google", episodes=50, out="runs/expert", backend="ray")
+
+A :class:`RayBackend` is a backend of :mod:`harness.evaluate`: called with ``(jobs, source,
+options)`` it yields ``(job, EpisodeResult)`` pairs as episodes finish, so the driver stores
+each row the moment ``ray.wait`` returns it; the episodes themselves run through the plain
+:func:`harness.rollout.rollout`, exactly as in the sequential backend, so the same seeds give
+the same per-episode outcomes.
+
+- Workers (:class:`EpisodeWorker`) are actors with one CPU each. Thread pools are pinned to one
+  thread (``OMP/MKL/OPENBLAS_NUM_THREADS=1`` in the worker's environment and
+  ``torch.set_num_threads(1)`` once torch is loaded). The :class:`~harness.evaluate.PolicySource`
+  is put in the object store once and every worker loads it once; environments (and their
+  renderers) are built inside the worker process, once per (suite, task, variant) in a row. Jobs
+  are dispatched one per idle worker, preferring a job whose environment the worker already has.
+- A killed worker process is restarted by Ray (``max_restarts``) and its episode retried
+  (``max_task_retries``); if Ray gives up, the backend replaces the actor and resubmits the
+  episode, and after ``max_attempts`` deaths on the same episode records it as a failure
+  (``failure_reason`` says so) instead of crashing the sweep. Since at most one episode per
+  worker is in flight, a killed driver loses at most ``num_workers`` unfinished episodes; the
+  results store skips done keys on the rerun and stores each key once.
+- :class:`PolicyServer` is a shared policy actor (meant for one GPU) that batches ``act``
+  requests arriving within ``max_wait_ms`` from all workers; with ``server=ServerSpec(...)`` the
+  workers talk to it through :class:`ServedPolicy` instead of loading the policy themselves.
+  It is tested here on CPU only (the development machine has no GPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+import tasks as suites
+from harness.evaluate import Job, PolicySource, RunOptions
+from harness.rollout import EpisodeResult, rollout
+
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """Start a local Ray instance (``num_cpus`` CPUs, no dashboard) or join ``address``; no-op if up."""
+    if ray.is_initialized():
+        return
+    if address is not None:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def pin_threads() -> None:
+    """One thread per worker: environment variables for native pools, and torch if it is loaded."""
+    os.environ.update(THREAD_ENV)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- shared policy server
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start the shared :class:`PolicyServer`.
+
+    ``factory()`` runs inside the server actor and returns a batched model with
+    ``act_batch(obs_list) -> list`` of actions, each ``(7,)`` or an action chunk ``(K, 7)``, and
+    optionally ``last_infos: list[dict]`` (one per request) after each call. ``num_gpus``: GPUs
+    reserved for the server (0 runs it on CPU). Requests that arrive within ``max_wait_ms`` of the
+    first pending one are served together, at most ``max_batch`` at a time.
+    """
+
+    factory: Callable[[], Any]
+    num_gpus: float = 1.0
+    max_batch: int = 32
+    max_wait_ms: float = 3.0
+
+    def __post_init__(self):
+        if self.max_batch < 1 or self.max_wait_ms < 0:
+            raise ValueError(f"ServerSpec needs max_batch >= 1 and max_wait_ms >= 0, "
+                             f"got max_batch={self.max_batch}, max_wait_ms={self.max_wait_ms}")
+
+
+class _PolicyServerImpl:
+    """Body of :class:`PolicyServer` (an asyncio actor): queue requests, run them as one batch."""
+
+    def __init__(self, spec: ServerSpec):
+        if not spec.num_gpus:
+            pin_threads()
+        self.model = spec.factory()
+        self.max_batch, self.max_wait_s = spec.max_batch, spec.max_wait_ms / 1e3
+        self.pending: list[tuple[dict, asyncio.Future]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.calls = self.batches = 0
+
+    async def act(self, obs: dict) -> tuple[np.ndarray, dict]:
+        """Queue one observation; return ``(action or chunk, info)`` once its batch has run."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((obs, future))
+        if len(self.pending) >= self.max_batch:
+            self._flush()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.max_wait_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
+        if self.pending:
+            self.timer = asyncio.get_running_loop().call_later(self.max_wait_s, self._flush)
+        if not batch:
+            return
+        try:
+            actions = self.model.act_batch([obs for obs, _ in batch])
+            infos = list(getattr(self.model, "last_infos", None) or [{}] * len(batch))
+        except Exception as exc:  # noqa: BLE001 - each waiting client re-raises it in its rollout
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        self.calls += len(batch)
+        self.batches += 1
+        for (_, future), action, info in zip(batch, actions, infos):
+            future.set_result((np.asarray(action), dict(info, batch_size=len(batch))))
+
+    def stats(self) -> dict[str, float]:
+        """``{"calls", "batches", "mean_batch"}`` served so far."""
+        return {"calls": self.calls, "batches": self.batches,
+                "mean_batch": self.calls / self.batches if self.batches else 0.0}
+
+
+PolicyServer = ray.remote(_PolicyServerImpl)
+
+
+class ServedPolicy:
+    """Client side of :class:`PolicyServer`, following the policy protocol of :mod:`harness.rollout`.
+
+    A returned chunk ``(K, 7)`` is executed open-loop: the next ``K - 1`` calls pop the queue
+    without asking the server (and ``needs_obs_next`` is ``False`` while actions remain).
+    """
+
+    def __init__(self, server):
+        self.server = server
+        self.queue: deque[np.ndarray] = deque()
+        self.last_info: dict = {}
+
+    def reset(self) -> None:
+        self.queue.clear()
+        self.last_info = {}
+
+    def act(self, obs: dict) -> np.ndarray:
+        if not self.queue:
+            action, info = ray.get(self.server.act.remote(obs))
+            self.queue.extend(action.reshape(-1, action.shape[-1]))  # (K, 7) -> K actions
+            self.last_info = info
+        return self.queue.popleft()
+
+    def needs_obs_next(self) -> bool:
+        return not self.queue
+
+
+# ----------------------------------------------------------------------------- episode workers
+class _EpisodeWorkerImpl:
+    """Body of :class:`EpisodeWorker`: holds one environment and the policy, runs episodes."""
+
+    def __init__(self, source: PolicySource, options: RunOptions, worker_setup: Callable[[], None] | None,
+                 server=None):
+        pin_threads()
+        if worker_setup is not None:
+            worker_setup()
+        pin_threads()  # again: the source or the set-up may have imported torch
+        self.source, self.options, self.server = source, options, server
+        self.env, self.env_id, self.policy = None, None, None
+
+    def run(self, job: Job) -> tuple[Job, EpisodeResult]:
+        """Run one episode (building the environment first if the job needs another one)."""
+        env_id = (job.suite, job.task, job.variant, job.seed)
+        if env_id != self.env_id:
+            if self.env is not None:
+                self.env.close()
+                self.env, self.env_id = None, None
+            self.env = suites.make(job.suite, job.task, variant=job.variant, seed=job.seed,
+                                   **self.options.env_kwargs)
+            self.policy = ServedPolicy(self.server) if self.server is not None else self.source.build(self.env)
+            self.env_id = env_id
+        result = rollout(self.policy, self.env, episode_index=job.episode_index, seed=job.seed,
+                         max_steps=self.options.max_steps, videos=job.video)
+        return job, result
+
+    def pid(self) -> int:
+        """The worker's process id (tests kill it)."""
+        return os.getpid()
+
+
+EpisodeWorker = ray.remote(num_cpus=1)(_EpisodeWorkerImpl)
+
+
+def _died(job: Job, attempts: int, exc: Exception) -> EpisodeResult:
+    reason = (f"worker died {attempts} time(s) running this episode "
+              f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    return EpisodeResult(success=False, steps=0, wall_s=0.0, policy_calls=0, failure_reason=reason)
+
+
+class RayBackend:
+    """An :mod:`harness.evaluate` backend running episodes on ``num_workers`` Ray actors.
+
+    ``num_workers``: default the CPUs of the Ray instance. ``address``: join that cluster
+    (``"auto"`` or ``host:port``) instead of starting a local instance with ``num_cpus`` CPUs
+    (default ``num_workers``). ``worker_setup``: a picklable function each worker calls before
+    anything else (e.g. to register a test suite). ``runtime_env``: extra Ray runtime environment
+    for the workers (e.g. ``{"env_vars": {"PYTHONPATH": ...}}``). ``max_restarts`` /
+    ``max_task_retries``: Ray's own restart and retry of a worker killed mid-episode;
+    ``max_attempts``: deaths on one episode before it is recorded as a failure. ``server``: run
+    the policy in one shared batching :class:`PolicyServer` instead of in each worker.
+    """
+
+    def __init__(self, num_workers: int | None = None, *, address: str | None = None,
+                 num_cpus: int | None = None, worker_setup: Callable[[], None] | None = None,
+                 runtime_env: dict | None = None, max_restarts: int = 2, max_task_retries: int = 2,
+                 max_attempts: int = 3, server: ServerSpec | None = None):
+        if num_workers is not None and num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1 (or None for all CPUs), got {num_workers}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.num_workers, self.address, self.num_cpus = num_workers, address, num_cpus
+        self.worker_setup, self.max_attempts, self.server = worker_setup, max_attempts, server
+        env = dict(runtime_env or {})
+        env["env_vars"] = {**THREAD_ENV, **env.get("env_vars", {})}
+        self.actor_options = {"max_restarts": max_restarts, "max_task_retries": max_task_retries,
+                              "runtime_env": env}
+        self.last_server_stats: dict[str, float] | None = None
+
+    def _workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return max(1, int(ray.cluster_resources().get("CPU", 1)) - (self.server is not None))
+
+    def __call__(self, jobs: list[Job], source: PolicySource,
+                 options: RunOptions) -> Iterator[tuple[Job, EpisodeResult]]:
+        """Yield ``(job, EpisodeResult)`` for every job, in the order they finish."""
+        if not jobs:
+            return
+        init_ray(num_cpus=self.num_cpus or self.num_workers, address=self.address)
+        server = None
+        if self.server is not None:
+            server = PolicyServer.options(num_gpus=self.server.num_gpus, num_cpus=0, max_concurrency=1000,
+                                          runtime_env=self.actor_options["runtime_env"]).remote(self.server)
+        source_ref = ray.put(source)
+        setup_ref = ray.put(self.worker_setup)
+        count = min(self._workers(), len(jobs))
+
+        def spawn():
+            return EpisodeWorker.options(**self.actor_options).remote(source_ref, options, setup_ref, server)
+
+        workers = [spawn() for _ in range(count)]
+        last_env: dict[int, tuple] = {}
+        pending = deque(jobs)
+        attempts: dict[Job, int] = {}
+        in_flight: dict[ray.ObjectRef, tuple[int, Job]] = {}
+
+        def submit(slot: int) -> None:
+            want = last_env.get(slot)
+            job = next((j for j in pending if (j.suite, j.task, j.variant, j.seed) == want), pending[0])
+            pending.remove(job)
+            last_env[slot] = (job.suite, job.task, job.variant, job.seed)
+            in_flight[workers[slot].run.remote(job)] = (slot, job)
+
+        try:
+            for slot in range(count):
+                if pending:
+                    submit(slot)
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                slot, job = in_flight.pop(ready[0])
+                try:
+                    yield ray.get(ready[0])
+                except ray.exceptions.RayActorError as exc:
+                    attempts[job] = attempts.get(job, 0) + 1
+                    ray.kill(workers[slot], no_restart=True)
+                    workers[slot] = spawn()
+                    last_env.pop(slot, None)
+                    if attempts[job] >= self.max_attempts:
+                        yield job, _died(job, attempts[job], exc)
+                    else:
+                        pending.appendleft(job)
+                if pending:
+                    submit(slot)
+        finally:
+            if server is not None:
+                try:
+                    self.last_server_stats = ray.get(server.stats.remote())
+                except ray.exceptions.RayError:
+                    self.last_server_stats = None
+            for worker in workers:
+                ray.kill(worker, no_restart=True)
+            if server is not None:
+                ray.kill(server, no_restart=True)

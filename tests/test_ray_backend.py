@@ -1,0 +1,236 @@
+"""The Ray backend against the sequential one on the fake suite: parity, resume, killed workers,
+a killed driver, failures, and the batching policy server (on CPU: no GPU here).
+
+One Ray instance (2 CPUs) serves the whole module; workers find this module and ``fake_env``
+through ``PYTHONPATH`` and register the fake suite with :func:`register_fake`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+from fake_env import FakeExpert, register
+
+from harness.evaluate import BACKENDS, PolicySource, evaluate
+from harness.ray_backend import RayBackend, ServedPolicy, ServerSpec
+
+TESTS = str(Path(__file__).resolve().parent)
+ROOT = str(Path(__file__).resolve().parents[1])
+RUNTIME_ENV = {"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, ROOT])}}
+COMPARED = ["success", "steps", "failure_reason", "seed", "policy_calls"]
+
+
+def register_fake() -> None:
+    """Worker set-up: make the task registry serve only the fake suite (as ``register`` does)."""
+    import tasks.registry as registry
+
+    registry._FAMILIES = {"fake": "fake_env"}
+    registry._suite_list = lambda: ("fake_basic",)
+
+
+def backend(**kw) -> RayBackend:
+    return RayBackend(2, worker_setup=register_fake, runtime_env=RUNTIME_ENV, **kw)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def fake(monkeypatch, ray_instance):
+    return register(monkeypatch)
+
+
+def run(suite, out, policy="expert", *, ray_backend=None, monkeypatch=None, **kw) -> pd.DataFrame:
+    name = "sequential"
+    if ray_backend is not None:
+        monkeypatch.setitem(BACKENDS, "ray", ray_backend)
+        name = "ray"
+    evaluate(policy, suite, out=out, backend=name, progress=False, quiet=True, **kw)
+    return pd.read_parquet(Path(out) / "episodes.parquet").set_index("key").sort_index()
+
+
+class NaNPolicy(FakeExpert):
+    def act(self, obs):
+        return np.full(7, np.nan)
+
+
+class KillOncePolicy(FakeExpert):
+    """The expert, except that the process dies at its 2nd reset the first time any worker gets there."""
+
+    def __init__(self, env, marker: str):
+        super().__init__(env)
+        self.marker, self.resets = marker, 0
+
+    def reset(self):
+        self.resets += 1
+        if self.resets == 2:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os._exit(1)
+
+
+class KillAlwaysPolicy(FakeExpert):
+    """The expert, except that the process dies on every episode of the ``unreachable`` task."""
+
+    def reset(self):
+        if self.env.task == "unreachable":
+            os._exit(1)
+
+
+class SlowExpert(FakeExpert):
+    def act(self, obs):
+        time.sleep(0.03)
+        return super().act(obs)
+
+
+def source(name: str, cls) -> PolicySource:
+    return PolicySource(name, build=cls, hash_for=lambda env: "h-" + name)
+
+
+def test_ray_matches_sequential_resumes_and_records_failures(fake, tmp_path, monkeypatch):
+    kw = dict(tasks=["reach", "reach_early", "unreachable", "crash"], variant="all", episodes=3)
+    seq = run(fake, tmp_path / "seq", **kw)
+    par = run(fake, tmp_path / "ray", ray_backend=backend(), monkeypatch=monkeypatch, **kw)
+    assert len(par) == 4 * 2 * 3 and list(par.index) == list(seq.index)
+    pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])
+    assert par.loc[par["task"] == "crash", "failure_reason"].str.contains("simulated physics").all()
+    assert par.loc[par["task"] == "reach", "success"].all()
+
+    # resume: more episodes run only the missing ones; stored rows stay as they were
+    before = par["finished_at"]
+    kw["episodes"] = 4
+    par2 = run(fake, tmp_path / "ray", ray_backend=backend(), monkeypatch=monkeypatch, **kw)
+    assert len(par2) == 4 * 2 * 4 and par2.index.is_unique
+    assert (par2.loc[before.index, "finished_at"] == before).all()
+
+    # a policy returning NaN is a recorded failure, never a success
+    nan = run(fake, tmp_path / "nan", source("nan", NaNPolicy), ray_backend=backend(), monkeypatch=monkeypatch,
+              tasks=["reach"], episodes=2)
+    assert (~nan["success"]).all() and nan["failure_reason"].str.contains("non-finite").all()
+
+
+@pytest.mark.parametrize("retries", [2, 0], ids=["ray-retries", "backend-resubmits"])
+def test_killed_worker_episode_is_retried_and_stored_once(fake, tmp_path, monkeypatch, retries):
+    marker = str(tmp_path / "killed")
+    kw = dict(tasks=["reach", "unreachable"], episodes=3)
+    out = tmp_path / "run"
+    kill_once = PolicySource("kill", build=lambda env: KillOncePolicy(env, marker), hash_for=lambda env: "h-kill")
+    par = run(fake, out, kill_once,
+              ray_backend=backend(max_restarts=retries, max_task_retries=retries), monkeypatch=monkeypatch, **kw)
+    assert Path(marker).exists()  # a worker really died
+    seq = run(fake, tmp_path / "seq", source("kill", FakeExpert), **kw)
+    assert len(par) == 6 and par.index.is_unique and list(par.index) == list(seq.index)
+    pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_episode_that_always_kills_its_worker_becomes_a_failure(fake, tmp_path, monkeypatch):
+    par = run(fake, tmp_path, source("killer", KillAlwaysPolicy),
+              ray_backend=backend(max_restarts=0, max_task_retries=0, max_attempts=2), monkeypatch=monkeypatch,
+              tasks=["reach", "unreachable"], episodes=2)
+    assert len(par) == 4
+    dead = par[par["task"] == "unreachable"]
+    assert (~dead["success"]).all() and dead["failure_reason"].str.contains("worker died 2 time").all()
+    assert par.loc[par["task"] == "reach", "success"].all()
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from fake_env import register as _unused  # noqa: F401  (import check)
+    import test_ray_backend as t
+    from harness.evaluate import BACKENDS, evaluate
+    from harness.ray_backend import RayBackend
+
+    t.register_fake()
+    BACKENDS["ray"] = RayBackend(2, address=sys.argv[1], worker_setup=t.register_fake,
+                                 runtime_env=t.RUNTIME_ENV)
+    evaluate(t.source("slow", t.SlowExpert), "fake_basic", tasks=["reach", "unreachable"], variant="all",
+             episodes=4, out=sys.argv[2], backend="ray", progress=False, quiet=True)
+""")
+
+
+def test_killed_driver_loses_only_in_flight_episodes_and_rerun_completes(fake, ray_instance, tmp_path,
+                                                                         monkeypatch):
+    out = tmp_path / "run"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, PYTHONPATH=RUNTIME_ENV["env_vars"]["PYTHONPATH"])
+    proc = subprocess.Popen([sys.executable, str(script), ray_instance, str(out)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    parquet = out / "episodes.parquet"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if parquet.exists() and len(pd.read_parquet(parquet)) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"driver ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = pd.read_parquet(parquet)  # the file a killed driver leaves is complete and readable
+    assert 3 <= len(partial) < 16 and partial["key"].is_unique
+
+    full = run(fake, out, source("slow", SlowExpert), ray_backend=backend(), monkeypatch=monkeypatch,
+               tasks=["reach", "unreachable"], variant="all", episodes=4)
+    assert len(full) == 16 and full.index.is_unique
+    kept = partial.set_index("key")["finished_at"]
+    assert (full.loc[kept.index, "finished_at"] == kept).all()  # nothing stored twice or rewritten
+    assert full.loc[full["task"] == "reach", "success"].all()
+
+
+class ToyBatchModel:
+    """A batched model: a 3-step chunk moving proportionally toward the origin; counts batches."""
+
+    def __init__(self):
+        self.last_infos: list[dict] = []
+
+    def act_batch(self, obs_list):
+        out = []
+        for obs in obs_list:
+            chunk = np.zeros((3, 7), np.float32)  # (K, 7)
+            chunk[:, :2] = -np.clip(obs["proprio"][:2] / 0.2, -1, 1)
+            out.append(chunk)
+        self.last_infos = [{"flops": 10.0} for _ in obs_list]
+        return out
+
+
+class LocalBatched(ServedPolicy):
+    """The same chunking client, calling the model in-process (the sequential reference)."""
+
+    def __init__(self, env):
+        super().__init__(server=None)
+        self.model = ToyBatchModel()
+
+    def act(self, obs):
+        if not self.queue:
+            self.queue.extend(self.model.act_batch([obs])[0])
+            self.last_info = {"flops": 10.0}
+        return self.queue.popleft()
+
+
+def test_policy_server_batches_and_matches_local_model(fake, tmp_path, monkeypatch):
+    kw = dict(tasks=["reach", "unreachable"], variant="all", episodes=2)
+    seq = run(fake, tmp_path / "seq", source("toy", LocalBatched), **kw)
+    served = backend(server=ServerSpec(ToyBatchModel, num_gpus=0, max_batch=4, max_wait_ms=5.0))
+    par = run(fake, tmp_path / "ray", source("toy", LocalBatched), ray_backend=served, monkeypatch=monkeypatch,
+              **kw)
+    pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])
+    stats = served.last_server_stats
+    assert stats["calls"] == int(np.ceil(par["steps"] / 3).sum())  # one server call per 3-step chunk
+    assert 1 <= stats["batches"] <= stats["calls"]
+    assert '"batch_size"' in par["info"].iloc[0]
