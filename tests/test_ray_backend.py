@@ -32,7 +32,7 @@ COMPARED = ["success", "steps", "failure_reason", "seed", "policy_calls"]
 
 def register_fake() -> None:
     """Worker set-up: make the task registry serve only the fake suite (as ``register`` does)."""
-    import tasks.registry as registry
+    from tasks import registry
 
     registry._FAMILIES = {"fake": "fake_env"}
     registry._suite_list = lambda: ("fake_basic",)
@@ -104,7 +104,7 @@ def source(name: str, cls) -> PolicySource:
 
 
 def test_ray_matches_sequential_resumes_and_records_failures(fake, tmp_path, monkeypatch):
-    kw = dict(tasks=["reach", "reach_early", "unreachable", "crash"], variant="all", episodes=3)
+    kw = {"tasks": ["reach", "reach_early", "unreachable", "crash"], "variant": "all", "episodes": 3}
     seq = run(fake, tmp_path / "seq", **kw)
     par = run(fake, tmp_path / "ray", ray_backend=backend(), monkeypatch=monkeypatch, **kw)
     assert len(par) == 4 * 2 * 3 and list(par.index) == list(seq.index)
@@ -128,7 +128,7 @@ def test_ray_matches_sequential_resumes_and_records_failures(fake, tmp_path, mon
 @pytest.mark.parametrize("retries", [2, 0], ids=["ray-retries", "backend-resubmits"])
 def test_killed_worker_episode_is_retried_and_stored_once(fake, tmp_path, monkeypatch, retries):
     marker = str(tmp_path / "killed")
-    kw = dict(tasks=["reach", "unreachable"], episodes=3)
+    kw = {"tasks": ["reach", "unreachable"], "episodes": 3}
     out = tmp_path / "run"
     kill_once = PolicySource("kill", build=lambda env: KillOncePolicy(env, marker), hash_for=lambda env: "h-kill")
     par = run(fake, out, kill_once,
@@ -224,7 +224,7 @@ class LocalBatched(ServedPolicy):
 
 
 def test_policy_server_batches_and_matches_local_model(fake, tmp_path, monkeypatch):
-    kw = dict(tasks=["reach", "unreachable"], variant="all", episodes=2)
+    kw = {"tasks": ["reach", "unreachable"], "variant": "all", "episodes": 2}
     seq = run(fake, tmp_path / "seq", source("toy", LocalBatched), **kw)
     served = backend(server=ServerSpec(ToyBatchModel, num_gpus=0, max_batch=4, max_wait_ms=5.0))
     par = run(fake, tmp_path / "ray", source("toy", LocalBatched), ray_backend=served, monkeypatch=monkeypatch,
