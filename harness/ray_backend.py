@@ -86,8 +86,10 @@ class ServerSpec:
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_wait_ms < 0:
-            raise ValueError(f"ServerSpec needs max_batch >= 1 and max_wait_ms >= 0, "
-                             f"got max_batch={self.max_batch}, max_wait_ms={self.max_wait_ms}")
+            raise ValueError(
+                f"ServerSpec needs max_batch >= 1 and max_wait_ms >= 0, "
+                f"got max_batch={self.max_batch}, max_wait_ms={self.max_wait_ms}"
+            )
 
 
 class _PolicyServerImpl:
@@ -117,7 +119,7 @@ class _PolicyServerImpl:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
+        batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
         if self.pending:
             self.timer = asyncio.get_running_loop().call_later(self.max_wait_s, self._flush)
         if not batch:
@@ -136,8 +138,11 @@ class _PolicyServerImpl:
 
     def stats(self) -> dict[str, float]:
         """``{"calls", "batches", "mean_batch"}`` served so far."""
-        return {"calls": self.calls, "batches": self.batches,
-                "mean_batch": self.calls / self.batches if self.batches else 0.0}
+        return {
+            "calls": self.calls,
+            "batches": self.batches,
+            "mean_batch": self.calls / self.batches if self.batches else 0.0,
+        }
 
 
 PolicyServer = ray.remote(_PolicyServerImpl)
@@ -174,8 +179,9 @@ class ServedPolicy:
 class _EpisodeWorkerImpl:
     """Body of :class:`EpisodeWorker`: holds one environment and the policy, runs episodes."""
 
-    def __init__(self, source: PolicySource, options: RunOptions, worker_setup: Callable[[], None] | None,
-                 server=None):
+    def __init__(
+        self, source: PolicySource, options: RunOptions, worker_setup: Callable[[], None] | None, server=None
+    ):
         pin_threads()
         if worker_setup is not None:
             worker_setup()
@@ -190,12 +196,21 @@ class _EpisodeWorkerImpl:
             if self.env is not None:
                 self.env.close()
                 self.env, self.env_id = None, None
-            self.env = suites.make(job.suite, job.task, variant=job.variant, seed=job.seed,
-                                   **self.options.env_kwargs)
-            self.policy = ServedPolicy(self.server) if self.server is not None else self.source.build(self.env)
+            self.env = suites.make(
+                job.suite, job.task, variant=job.variant, seed=job.seed, **self.options.env_kwargs
+            )
+            self.policy = (
+                ServedPolicy(self.server) if self.server is not None else self.source.build(self.env)
+            )
             self.env_id = env_id
-        result = rollout(self.policy, self.env, episode_index=job.episode_index, seed=job.seed,
-                         max_steps=self.options.max_steps, videos=job.video)
+        result = rollout(
+            self.policy,
+            self.env,
+            episode_index=job.episode_index,
+            seed=job.seed,
+            max_steps=self.options.max_steps,
+            videos=job.video,
+        )
         return job, result
 
     def pid(self) -> int:
@@ -207,8 +222,10 @@ EpisodeWorker = ray.remote(num_cpus=1)(_EpisodeWorkerImpl)
 
 
 def _died(job: Job, attempts: int, exc: Exception) -> EpisodeResult:
-    reason = (f"worker died {attempts} time(s) running this episode "
-              f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    reason = (
+        f"worker died {attempts} time(s) running this episode "
+        f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    )
     return EpisodeResult(success=False, steps=0, wall_s=0.0, policy_calls=0, failure_reason=reason)
 
 
@@ -225,10 +242,19 @@ class RayBackend:
     the policy in one shared batching :class:`PolicyServer` instead of in each worker.
     """
 
-    def __init__(self, num_workers: int | None = None, *, address: str | None = None,
-                 num_cpus: int | None = None, worker_setup: Callable[[], None] | None = None,
-                 runtime_env: dict | None = None, max_restarts: int = 2, max_task_retries: int = 2,
-                 max_attempts: int = 3, server: ServerSpec | None = None):
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        *,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        worker_setup: Callable[[], None] | None = None,
+        runtime_env: dict | None = None,
+        max_restarts: int = 2,
+        max_task_retries: int = 2,
+        max_attempts: int = 3,
+        server: ServerSpec | None = None,
+    ):
         if num_workers is not None and num_workers < 1:
             raise ValueError(f"num_workers must be >= 1 (or None for all CPUs), got {num_workers}")
         if max_attempts < 1:
@@ -237,8 +263,11 @@ class RayBackend:
         self.worker_setup, self.max_attempts, self.server = worker_setup, max_attempts, server
         env = dict(runtime_env or {})
         env["env_vars"] = {**THREAD_ENV, **env.get("env_vars", {})}
-        self.actor_options = {"max_restarts": max_restarts, "max_task_retries": max_task_retries,
-                              "runtime_env": env}
+        self.actor_options = {
+            "max_restarts": max_restarts,
+            "max_task_retries": max_task_retries,
+            "runtime_env": env,
+        }
         self.last_server_stats: dict[str, float] | None = None
 
     def _workers(self) -> int:
@@ -246,16 +275,21 @@ class RayBackend:
             return self.num_workers
         return max(1, int(ray.cluster_resources().get("CPU", 1)) - (self.server is not None))
 
-    def __call__(self, jobs: list[Job], source: PolicySource,
-                 options: RunOptions) -> Iterator[tuple[Job, EpisodeResult]]:
+    def __call__(
+        self, jobs: list[Job], source: PolicySource, options: RunOptions
+    ) -> Iterator[tuple[Job, EpisodeResult]]:
         """Yield ``(job, EpisodeResult)`` for every job, in the order they finish."""
         if not jobs:
             return
         init_ray(num_cpus=self.num_cpus or self.num_workers, address=self.address)
         server = None
         if self.server is not None:
-            server = PolicyServer.options(num_gpus=self.server.num_gpus, num_cpus=0, max_concurrency=1000,
-                                          runtime_env=self.actor_options["runtime_env"]).remote(self.server)
+            server = PolicyServer.options(
+                num_gpus=self.server.num_gpus,
+                num_cpus=0,
+                max_concurrency=1000,
+                runtime_env=self.actor_options["runtime_env"],
+            ).remote(self.server)
         source_ref = ray.put(source)
         setup_ref = ray.put(self.worker_setup)
         count = min(self._workers(), len(jobs))

@@ -120,8 +120,15 @@ def test_ray_matches_sequential_resumes_and_records_failures(fake, tmp_path, mon
     assert (par2.loc[before.index, "finished_at"] == before).all()
 
     # a policy returning NaN is a recorded failure, never a success
-    nan = run(fake, tmp_path / "nan", source("nan", NaNPolicy), ray_backend=backend(), monkeypatch=monkeypatch,
-              tasks=["reach"], episodes=2)
+    nan = run(
+        fake,
+        tmp_path / "nan",
+        source("nan", NaNPolicy),
+        ray_backend=backend(),
+        monkeypatch=monkeypatch,
+        tasks=["reach"],
+        episodes=2,
+    )
     assert (~nan["success"]).all() and nan["failure_reason"].str.contains("non-finite").all()
 
 
@@ -130,9 +137,17 @@ def test_killed_worker_episode_is_retried_and_stored_once(fake, tmp_path, monkey
     marker = str(tmp_path / "killed")
     kw = {"tasks": ["reach", "unreachable"], "episodes": 3}
     out = tmp_path / "run"
-    kill_once = PolicySource("kill", build=lambda env: KillOncePolicy(env, marker), hash_for=lambda env: "h-kill")
-    par = run(fake, out, kill_once,
-              ray_backend=backend(max_restarts=retries, max_task_retries=retries), monkeypatch=monkeypatch, **kw)
+    kill_once = PolicySource(
+        "kill", build=lambda env: KillOncePolicy(env, marker), hash_for=lambda env: "h-kill"
+    )
+    par = run(
+        fake,
+        out,
+        kill_once,
+        ray_backend=backend(max_restarts=retries, max_task_retries=retries),
+        monkeypatch=monkeypatch,
+        **kw,
+    )
     assert Path(marker).exists()  # a worker really died
     seq = run(fake, tmp_path / "seq", source("kill", FakeExpert), **kw)
     assert len(par) == 6 and par.index.is_unique and list(par.index) == list(seq.index)
@@ -141,9 +156,15 @@ def test_killed_worker_episode_is_retried_and_stored_once(fake, tmp_path, monkey
 
 
 def test_episode_that_always_kills_its_worker_becomes_a_failure(fake, tmp_path, monkeypatch):
-    par = run(fake, tmp_path, source("killer", KillAlwaysPolicy),
-              ray_backend=backend(max_restarts=0, max_task_retries=0, max_attempts=2), monkeypatch=monkeypatch,
-              tasks=["reach", "unreachable"], episodes=2)
+    par = run(
+        fake,
+        tmp_path,
+        source("killer", KillAlwaysPolicy),
+        ray_backend=backend(max_restarts=0, max_task_retries=0, max_attempts=2),
+        monkeypatch=monkeypatch,
+        tasks=["reach", "unreachable"],
+        episodes=2,
+    )
     assert len(par) == 4
     dead = par[par["task"] == "unreachable"]
     assert (~dead["success"]).all() and dead["failure_reason"].str.contains("worker died 2 time").all()
@@ -165,14 +186,21 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_killed_driver_loses_only_in_flight_episodes_and_rerun_completes(fake, ray_instance, tmp_path,
-                                                                         monkeypatch):
+def test_killed_driver_loses_only_in_flight_episodes_and_rerun_completes(
+    fake, ray_instance, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = dict(os.environ, PYTHONPATH=RUNTIME_ENV["env_vars"]["PYTHONPATH"])
-    proc = subprocess.Popen([sys.executable, str(script), ray_instance, str(out)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), ray_instance, str(out)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     parquet = out / "episodes.parquet"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -185,8 +213,16 @@ def test_killed_driver_loses_only_in_flight_episodes_and_rerun_completes(fake, r
     partial = pd.read_parquet(parquet)  # the file a killed driver leaves is complete and readable
     assert 3 <= len(partial) < 16 and partial["key"].is_unique
 
-    full = run(fake, out, source("slow", SlowExpert), ray_backend=backend(), monkeypatch=monkeypatch,
-               tasks=["reach", "unreachable"], variant="all", episodes=4)
+    full = run(
+        fake,
+        out,
+        source("slow", SlowExpert),
+        ray_backend=backend(),
+        monkeypatch=monkeypatch,
+        tasks=["reach", "unreachable"],
+        variant="all",
+        episodes=4,
+    )
     assert len(full) == 16 and full.index.is_unique
     kept = partial.set_index("key")["finished_at"]
     assert (full.loc[kept.index, "finished_at"] == kept).all()  # nothing stored twice or rewritten
@@ -227,8 +263,9 @@ def test_policy_server_batches_and_matches_local_model(fake, tmp_path, monkeypat
     kw = {"tasks": ["reach", "unreachable"], "variant": "all", "episodes": 2}
     seq = run(fake, tmp_path / "seq", source("toy", LocalBatched), **kw)
     served = backend(server=ServerSpec(ToyBatchModel, num_gpus=0, max_batch=4, max_wait_ms=5.0))
-    par = run(fake, tmp_path / "ray", source("toy", LocalBatched), ray_backend=served, monkeypatch=monkeypatch,
-              **kw)
+    par = run(
+        fake, tmp_path / "ray", source("toy", LocalBatched), ray_backend=served, monkeypatch=monkeypatch, **kw
+    )
     pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])
     stats = served.last_server_stats
     assert stats["calls"] == int(np.ceil(par["steps"] / 3).sum())  # one server call per 3-step chunk
