@@ -1,0 +1,273 @@
+"""Baseline routing policies at a given layer budget, built on a trained teacher checkpoint.
+
+    from distill.baselines import make_baseline, parse_policy_spec
+    policy = make_baseline("redundancy", "runs/teacher_small", budget=0.5)   # calib: the teacher's demos
+    policy.reset(); action = policy.act(obs)                                  # (7,), like any policy
+    policy.last_info        # {"executed_layers": [...], "flops": ..., "executed_fraction": ..., ...}
+    policy = parse_policy_spec("baseline:random@0.5,seed=3:runs/teacher_small").build()
+
+The budget ``b`` (0 < b <= 1) is the fraction of the L decoder layers executed per model call. Every
+baseline runs ``k = floor(b * L)`` layers (rounded down, so the executed fraction never exceeds ``b``;
+``b < 1/L`` is refused because it would run no layer at all):
+
+- ``first_k``: layers 0..k-1.
+- ``uniform``: k evenly spaced layers, first and last included (``round(linspace(0, L-1, k))``).
+- ``redundancy``: EfficientVLA-style static pruning (arXiv 2506.10100): on calibration data, the mean
+  cosine similarity between each layer's input and output hidden states (over all non-padding tokens)
+  measures how little the layer changes the stream; the L - k most similar layers are dropped.
+- ``early_exit``: fixed-depth early exit: layers 0..k-1, then the final norm and action head read the
+  action-query tokens. In compute and output it is the same model as ``first_k``; it is listed under its
+  own name because early exit is a separate family in the literature, and its results are kept apart.
+- ``random``: each model call runs a random set of k layers per batch row (in depth order), drawn from a
+  ``numpy`` generator seeded with ``seed``: the same seed gives the same sequence of layer sets.
+
+Each baseline runs the teacher's own weights with a ``layer_mask`` (skipped layers are not computed, see
+:meth:`distill.vla.VLA.run_layers`) through the teacher policy's chunking and post-processing
+(:class:`distill.checkpoint.VLAPolicy`, whose ``model_call`` it overrides).
+
+Policy spec (the ``--policy`` form the harness accepts for baselines)::
+
+    baseline:<name>@<budget>[,seed=<int>][,calib=<demo folder>][,calib_samples=<int>]:<teacher checkpoint>
+
+e.g. ``baseline:uniform@0.5:runs/teacher_small``. The teacher path is everything after the second colon
+(so it may contain colons); option values may not contain ``,`` or ``:``. ``calib`` defaults to the
+demonstration folders the teacher was trained on (``data.dirs`` of its ``config.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill.checkpoint import VLAPolicy, load_policy, read_config
+from distill.flops import flops_for_batch
+from distill.vla import VLA
+
+BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "random")
+SPEC_PREFIX = "baseline:"
+CALIB_SAMPLES = 64  # calibration observations drawn (evenly spaced) from a demo dataset
+_CALIB_BATCH = 16
+
+Calib = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]]
+
+
+def layers_for_budget(budget: float, num_layers: int) -> int:
+    """Layers executed per call at ``budget``: ``floor(budget * num_layers)`` (up to float rounding).
+
+    Raises ``ValueError`` naming the valid range when ``budget`` is outside [1/L, 1].
+    """
+    if not (isinstance(budget, (int, float)) and 1.0 / num_layers - 1e-9 <= budget <= 1.0):
+        raise ValueError(f"budget {budget!r} out of range for {num_layers} layers; valid: "
+                         f"{1.0 / num_layers:.4g} (one layer) to 1.0 (all layers)")
+    return math.floor(budget * num_layers + 1e-9)
+
+
+def first_k_layers(num_layers: int, k: int) -> list[int]:
+    """Layers 0..k-1."""
+    return list(range(k))
+
+
+def uniform_layers(num_layers: int, k: int) -> list[int]:
+    """k evenly spaced layer indices of ``num_layers``, first and last included (the first only for k=1)."""
+    if k == 1:
+        return [0]
+    return [int(i) for i in np.round(np.linspace(0, num_layers - 1, k))]
+
+
+def redundancy_layers(similarity: Sequence[float], k: int) -> list[int]:
+    """The k layers with the lowest input/output cosine ``similarity`` (L,), in depth order (ties: shallower)."""
+    order = sorted(range(len(similarity)), key=lambda i: (float(similarity[i]), i))
+    return sorted(order[:k])
+
+
+def calibration_observations(calib: Calib | None, teacher_path: str | os.PathLike,
+                             samples: int = CALIB_SAMPLES) -> list[Mapping[str, Any]]:
+    """Calibration observations: ``calib`` as given (a list of observation dicts), or ``samples`` items evenly
+    spaced over the demo folder(s) ``calib``, or, when ``calib`` is None, over the teacher's training demos
+    (``data.dirs`` of its ``config.json``). Raises ``ValueError`` when none can be found.
+    """
+    if calib is None:
+        dirs = read_config(teacher_path).get("data", {}).get("dirs")
+        if not dirs:
+            raise ValueError(f"teacher {str(teacher_path)!r} records no training demo folders (data.dirs in its "
+                             "config.json); pass calib= a demo folder or a list of observations")
+        calib = dirs
+    if isinstance(calib, (str, os.PathLike)) or (
+            isinstance(calib, Sequence) and calib and all(isinstance(c, (str, os.PathLike)) for c in calib)):
+        from tasks.datasets import DemoDataset  # lazy: parquet/video readers load only when calibrating
+
+        dataset = DemoDataset(calib)
+        picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
+        return [dataset[int(i)] for i in picks]
+    obs = list(calib)
+    if not obs or not all(isinstance(o, Mapping) for o in obs):
+        raise ValueError("calib must be a demo folder, a list of demo folders or a non-empty list of observation "
+                         f"dicts; got {type(calib).__name__} of {len(obs)} items")
+    return obs
+
+
+def layer_similarity(model: VLA, observations: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """Mean cosine similarity (L,) between each decoder layer's input and output hidden states.
+
+    Runs the full stack on ``observations``; averages over every non-padding token of every observation.
+    A layer with similarity near 1 barely changes the residual stream (EfficientVLA's redundancy measure).
+    """
+    total = torch.zeros(model.num_layers, dtype=torch.float64)  # (L,)
+    count = 0
+    with torch.inference_mode():
+        for start in range(0, len(observations), _CALIB_BATCH):
+            emb = model.embed(model.prepare(observations[start:start + _CALIB_BATCH]))
+            real = emb.attention_mask  # (B, N)
+            hidden = emb.hidden  # (B, N, D)
+            for idx in range(model.num_layers):
+                out = model.run_layer(idx, hidden, emb)  # (B, N, D)
+                cos = F.cosine_similarity(hidden.float(), out.float(), dim=-1)  # (B, N)
+                total[idx] += cos[real].double().sum()
+                hidden = out
+            count += int(real.sum())
+    return (total / count).float()
+
+
+class BaselinePolicy(VLAPolicy):
+    """The teacher run with a routing baseline's layer mask; the policy protocol of :class:`VLAPolicy`.
+
+    ``layers`` is the static layer set (``None`` for ``random``, which draws ``k`` layers per row and call).
+    ``last_info`` adds ``flops`` (analytic FLOPs of the call for one row, :mod:`distill.flops`) to the
+    teacher policy's keys. ``mean_executed_fraction`` averages the executed fraction over every row of
+    every model call so far (the planned ``k / L`` before the first call).
+    """
+
+    def __init__(self, teacher: VLAPolicy, name: str, budget: float, k: int, layers: list[int] | None,
+                 seed: int = 0, extra_hash: str = ""):
+        super().__init__(teacher.model, checkpoint_hash=teacher.checkpoint_hash, path=teacher.path)
+        self.name, self.budget, self.k, self.layers, self.seed = name, float(budget), k, layers, seed
+        self.teacher_hash = teacher.checkpoint_hash
+        tag = f"{name}@{budget:g}" + (f",seed={seed}" if layers is None else "") + extra_hash
+        self.checkpoint_hash = hashlib.sha256(f"{teacher.checkpoint_hash}|{tag}".encode()).hexdigest()[:16]
+        self.label = tag
+        self._rng = np.random.default_rng(seed)
+        self._executed_sum, self._rows = 0, 0
+        self._last_flops: list[int] = []
+
+    @property
+    def mean_executed_fraction(self) -> float:
+        if self._rows == 0:
+            return self.k / self.model.num_layers
+        return self._executed_sum / (self._rows * self.model.num_layers)
+
+    def layer_mask(self, batch_size: int) -> torch.Tensor:
+        """(B, L) bool mask of the layers each row runs in the next call (draws from the generator for random)."""
+        mask = torch.zeros(batch_size, self.model.num_layers, dtype=torch.bool)  # (B, L)
+        for row in range(batch_size):
+            chosen = self.layers if self.layers is not None else self._rng.choice(
+                self.model.num_layers, size=self.k, replace=False)
+            mask[row, list(chosen)] = True
+        return mask
+
+    def model_call(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
+        b = int(batch["proprio"].shape[0])
+        mask = self.layer_mask(b)  # (B, L)
+        with torch.inference_mode():
+            chunk = self.model(batch, mask.to(self.device))  # (B, K, 7)
+        self._last_flops = flops_for_batch(self.model, batch, mask).tolist()
+        self._executed_sum += int(mask.sum())
+        self._rows += b
+        return chunk, [row.nonzero().squeeze(1).tolist() for row in mask]
+
+    def predict(self, obs_list: Sequence[Mapping]) -> np.ndarray:
+        actions = super().predict(obs_list)
+        self.last_info["flops"] = self._last_flops[0]
+        return actions
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """A parsed ``baseline:<name>@<budget>[,options]:<teacher>`` policy spec (see the module docstring)."""
+
+    name: str
+    budget: float
+    teacher_path: str
+    seed: int = 0
+    calib: str | None = None
+    calib_samples: int = CALIB_SAMPLES
+
+    def build(self, device: str | torch.device = "cpu") -> BaselinePolicy:
+        """The baseline policy this spec describes, on ``device``."""
+        return make_baseline(self.name, self.teacher_path, self.budget, calib=self.calib, seed=self.seed,
+                             device=device, calib_samples=self.calib_samples)
+
+
+def parse_policy_spec(spec: str) -> BaselineSpec:
+    """Parse ``baseline:<name>@<budget>[,seed=<int>][,calib=<folder>][,calib_samples=<int>]:<teacher_path>``.
+
+    Raises ``ValueError`` that quotes the spec and shows the expected form, names an unknown baseline (with
+    the valid ones) or an unknown option (with the valid ones). The teacher path is not opened here.
+    """
+    form = f"{SPEC_PREFIX}<name>@<budget>[,seed=<int>][,calib=<folder>][,calib_samples=<int>]:<teacher_path>"
+    if not spec.startswith(SPEC_PREFIX):
+        raise ValueError(f"policy spec {spec!r} does not start with {SPEC_PREFIX!r}; expected {form}")
+    head, sep, teacher = spec[len(SPEC_PREFIX):].partition(":")
+    parts = head.split(",")
+    name, at, budget_text = parts[0].partition("@")
+    if not sep or not teacher or not at:
+        raise ValueError(f"policy spec {spec!r} is malformed; expected {form}, e.g. baseline:uniform@0.5:runs/teacher")
+    _check_name(name)
+    try:
+        budget = float(budget_text)
+    except ValueError:
+        raise ValueError(f"policy spec {spec!r}: budget {budget_text!r} is not a number (e.g. 0.5)") from None
+    options: dict[str, Any] = {}
+    converters = {"seed": int, "calib": str, "calib_samples": int}
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if key not in converters or not eq:
+            raise ValueError(f"policy spec {spec!r}: option {part!r} not understood; valid options: "
+                             f"{', '.join(k + '=...' for k in converters)}")
+        try:
+            options[key] = converters[key](value)
+        except ValueError:
+            raise ValueError(f"policy spec {spec!r}: option {key} needs an integer, got {value!r}") from None
+    return BaselineSpec(name=name, budget=budget, teacher_path=teacher, **options)
+
+
+def _check_name(name: str) -> None:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; valid baselines: {', '.join(BASELINES)}")
+
+
+def make_baseline(name: str, teacher_path: str | os.PathLike, budget: float, calib: Calib | None = None,
+                  seed: int = 0, device: str | torch.device = "cpu",
+                  calib_samples: int = CALIB_SAMPLES) -> BaselinePolicy:
+    """Baseline policy ``name`` (one of :data:`BASELINES`) at ``budget`` over the teacher in ``teacher_path``.
+
+    ``calib`` (only used by ``redundancy``): a demo folder, a list of them, or a list of observation dicts;
+    None means the teacher's training demos. ``seed`` seeds ``random``'s layer draws.
+    """
+    _check_name(name)
+    teacher = load_policy(teacher_path, device=device)
+    if type(teacher) is not VLAPolicy:
+        raise ValueError(f"baselines wrap a plain VLA teacher checkpoint, but {str(teacher_path)!r} loads as "
+                         f"{type(teacher).__name__}")
+    num_layers = teacher.model.num_layers
+    k = layers_for_budget(budget, num_layers)
+    extra = ""
+    if name in ("first_k", "early_exit"):
+        layers: list[int] | None = first_k_layers(num_layers, k)
+    elif name == "uniform":
+        layers = uniform_layers(num_layers, k)
+    elif name == "redundancy":
+        obs = calibration_observations(calib, Path(teacher_path), calib_samples)
+        layers = redundancy_layers(layer_similarity(teacher.model, obs).tolist(), k)
+        extra = ",layers=" + "-".join(map(str, layers))  # the calibration decides the layers: part of the hash
+    else:
+        layers = None
+    return BaselinePolicy(teacher, name, budget, k, layers, seed=seed, extra_hash=extra)
