@@ -133,7 +133,8 @@ class LiberoEnv(gymnasium.Env):
         sim = self.sim_env.sim
         return self._renderer.render(sim.model._model, sim.data._data, (CAMERAS[key],))[0]
 
-    def _images(self) -> dict[str, np.ndarray]:
+    def images(self) -> dict[str, np.ndarray]:
+        """Upright (180-degree rotated) frames of both cameras for the current state: key -> (H, W, 3) uint8."""
         sim = self.sim_env.sim
         frames = self._renderer.render(
             sim.model._model, sim.data._data, tuple(CAMERAS[k] for k in IMAGE_KEYS)
@@ -148,7 +149,7 @@ class LiberoEnv(gymnasium.Env):
                 raw["robot0_gripper_qpos"],
             ]
         ).astype(np.float32)  # (8,)
-        images = self._images() if render else dict.fromkeys(IMAGE_KEYS)
+        images = self.images() if render else dict.fromkeys(IMAGE_KEYS)
         return {**images, "proprio": proprio, "instruction": self.instruction}
 
     def is_success(self) -> bool:
@@ -195,7 +196,7 @@ class LiberoEnv(gymnasium.Env):
 
     def render(self) -> np.ndarray:
         """Upright agentview frame of the current state, (H, W, 3) uint8."""
-        return self._images()["agentview"]
+        return self.images()["agentview"]
 
     def close(self) -> None:
         """Free the renderer and LIBERO's simulation."""
