@@ -1,0 +1,448 @@
+"""Paper figures and tables from stored run folders; reads result files only.
+
+    from harness.report import build_report
+    written = build_report(["runs/teacher", "runs/student_50", "runs/first_k_50"], "results/figures")
+
+This module never imports Ray, a simulator or torch (``tests/test_report.py`` checks it): only
+pandas, numpy and matplotlib (Agg).
+
+Run folder
+----------
+One policy's run: ``episodes.parquet`` (see :mod:`harness.results`; required), optionally
+``summary.json`` (not needed: everything is recomputed from the episodes), ``meta.json`` and
+``latency.json``. ``meta.json`` fields read here, all optional::
+
+    {"policy": "student_50",        # display name (default: the episodes' policy column, else the folder)
+     "kind": "student",             # teacher | student | baseline | expert (default: expert when the
+                                    #   policy is "expert", else "policy")
+     "budget": 0.5,                 # compute budget (fraction of layers or FLOPs) of students/baselines
+     "method": "first_k",           # baseline or variant name, shown in legends
+     "flops_per_call": 1.9e9,       # FLOPs per model call (default: mean of the episodes' info["flops"])
+     "latency_ms": 11.9,            # median batch-1 latency of a model call from a latency pass
+     "latency_p90_ms": 12.4,
+     "device": "cuda:0 (H100)"}
+
+Without ``latency_ms`` in meta.json, ``latency.json`` (the JSON printed by ``actdistill latency``:
+``median_ms``, ``p90_ms``) is used; latency is never inferred from rollout wall time, so a run with
+neither is left out of the latency plot (the report says so). Routing heatmaps use the episodes'
+``info["layer_executed"]`` (per call a 0/1 vector over decoder layers; the rollout stores its
+mean/sum/n per episode), pooled over all model calls of a task.
+
+Outputs (under ``out``)
+-----------------------
+``success_vs_flops.{png,pdf}``, ``success_vs_latency.{png,pdf}`` (one panel per suite: overall
+success with 95% Wilson error bars, teacher/students/baselines, the Pareto front, the expert as a
+dashed reference line), ``per_task_success.{md,csv}``, ``suite_summary.{md,csv}``,
+``variant_aggregation.{md,csv}`` (SIMPLER-style: ``visual_matching`` vs the mean over the other
+variants' rates), ``routing_<run>.{png,pdf}`` (task x layer fraction of calls that ran the layer)
+and ``report.md`` listing all of them with notes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.stats import wilson
+
+KINDS = ("teacher", "student", "baseline", "expert", "policy")
+_STYLE = {  # kind -> (colour, marker)
+    "teacher": ("#111111", "*"),
+    "student": ("#1f77b4", "o"),
+    "baseline": ("#ff7f0e", "s"),
+    "policy": ("#7f7f7f", "D"),
+    "expert": ("#2ca02c", ""),
+}
+BASE_VARIANT = "visual_matching"
+
+
+@dataclass
+class Run:
+    """One run folder: its episodes and the meta fields read (see the module docstring)."""
+
+    dir: Path
+    name: str
+    kind: str
+    episodes: pd.DataFrame
+    budget: float | None = None
+    method: str | None = None
+    flops_per_call: float | None = None
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")  # noqa: TRY004 - CLI reports ValueError
+    return data
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _info(df: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for text in df["info"]:
+        try:
+            out.append(json.loads(text) if isinstance(text, str) and text else {})
+        except json.JSONDecodeError:
+            out.append({})
+    return out
+
+
+def _pooled_mean(infos: list[dict[str, Any]], key: str) -> np.ndarray | None:
+    """Mean over all model calls of an aggregated info entry (sum of sums / sum of counts)."""
+    total, count = None, 0
+    for info in infos:
+        entry = info.get(key)
+        if not isinstance(entry, dict) or "sum" not in entry or not entry.get("n"):
+            continue
+        value = np.asarray(entry["sum"], dtype=np.float64)
+        if total is not None and value.shape != total.shape:
+            continue
+        total = value if total is None else total + value
+        count += int(entry["n"])
+    return None if total is None else total / count
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read one run folder; raise ``FileNotFoundError`` naming it when it has no episodes."""
+    path = Path(run_dir)
+    parquet = path / "episodes.parquet"
+    if not parquet.exists():
+        raise FileNotFoundError(f"run folder {str(path)!r} has no episodes.parquet")
+    df = pd.read_parquet(parquet)
+    meta = _read_json(path / "meta.json")
+    latency = _read_json(path / "latency.json")
+    policies = sorted(set(df["policy"])) if len(df) else []
+    name = str(meta.get("policy") or (policies[0] if len(policies) == 1 else path.name))
+    kind = str(meta.get("kind") or ("expert" if policies == ["expert"] else "policy"))
+    if kind not in KINDS:
+        raise ValueError(f"{path / 'meta.json'}: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    flops = _float(meta.get("flops_per_call"))
+    if flops is None and len(df):
+        pooled = _pooled_mean(_info(df), "flops")
+        flops = None if pooled is None else float(pooled)
+    return Run(
+        dir=path,
+        name=name,
+        kind=kind,
+        episodes=df,
+        budget=_float(meta.get("budget")),
+        method=meta.get("method"),
+        flops_per_call=flops,
+        latency_ms=_float(meta.get("latency_ms", latency.get("median_ms"))),
+        latency_p90_ms=_float(meta.get("latency_p90_ms", latency.get("p90_ms"))),
+        meta=meta,
+    )
+
+
+def _rate_row(df: pd.DataFrame) -> dict[str, Any]:
+    n = len(df)
+    k = int(df["success"].astype(bool).sum())
+    low, high = wilson(k, n)
+    return {"successes": k, "n": n, "rate": k / n if n else math.nan, "ci_low": low, "ci_high": high}
+
+
+def per_task_table(runs: list[Run]) -> pd.DataFrame:
+    """Long table: one row per (run, suite, task), pooled over variants, with Wilson intervals."""
+    rows = []
+    for run in runs:
+        for (suite, task), g in run.episodes.groupby(["suite", "task"], sort=True):
+            rows.append({"run": run.name, "kind": run.kind, "suite": suite, "task": task, **_rate_row(g)})
+    return pd.DataFrame(
+        rows, columns=["run", "kind", "suite", "task", "successes", "n", "rate", "ci_low", "ci_high"]
+    )
+
+
+def suite_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per (run, suite): success with its Wilson interval, FLOPs, latency, rollout policy time."""
+    rows = []
+    for run in runs:
+        for suite, g in run.episodes.groupby("suite", sort=True):
+            ms = pd.to_numeric(g["policy_ms_mean"], errors="coerce").dropna()
+            rows.append(
+                {
+                    "run": run.name,
+                    "kind": run.kind,
+                    "method": run.method,
+                    "budget": run.budget,
+                    "suite": suite,
+                    **_rate_row(g),
+                    "tasks": g["task"].nunique(),
+                    "flops_per_call": run.flops_per_call,
+                    "latency_ms": run.latency_ms,
+                    "latency_p90_ms": run.latency_p90_ms,
+                    "rollout_policy_ms": float(ms.mean()) if len(ms) else math.nan,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def variant_table(runs: list[Run], base_variant: str = BASE_VARIANT) -> pd.DataFrame:
+    """SIMPLER-style aggregation per (run, suite, task): ``base_variant`` rate vs the unweighted mean of
+    the other variants' rates (and a per-suite ``(mean)`` row averaging the tasks). Suites without
+    ``base_variant`` are left out."""
+    rows = []
+    for run in runs:
+        for suite, gs in run.episodes.groupby("suite", sort=True):
+            if base_variant not in set(gs["variant"]):
+                continue
+            suite_rows = []
+            for task, g in gs.groupby("task", sort=True):
+                per_var = {str(v): gv["success"].astype(bool).mean() for v, gv in g.groupby("variant")}
+                others = {v: r for v, r in per_var.items() if v != base_variant}
+                base = g[g["variant"] == base_variant]
+                suite_rows.append(
+                    {
+                        "run": run.name,
+                        "suite": suite,
+                        "task": task,
+                        "visual_matching": per_var.get(base_variant, math.nan),
+                        "vm_n": len(base),
+                        "variant_aggregation": float(np.mean(list(others.values()))) if others else math.nan,
+                        "va_variants": len(others),
+                        "va_n": int((g["variant"] != base_variant).sum()),
+                        **{f"variant:{v}": r for v, r in sorted(per_var.items())},
+                    }
+                )
+            rows.extend(suite_rows)
+            mean = pd.DataFrame(suite_rows)
+            rows.append(
+                {
+                    "run": run.name,
+                    "suite": suite,
+                    "task": "(mean)",
+                    "visual_matching": mean["visual_matching"].mean(),
+                    "vm_n": int(mean["vm_n"].sum()),
+                    "variant_aggregation": mean["variant_aggregation"].mean(),
+                    "va_variants": int(mean["va_variants"].max()),
+                    "va_n": int(mean["va_n"].sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def routing_matrix(run: Run) -> tuple[list[str], np.ndarray] | None:
+    """``(task names, (T, L) fraction of model calls that ran each layer)``, or ``None`` without records."""
+    tasks, rows = [], []
+    for (suite, task), g in run.episodes.groupby(["suite", "task"], sort=True):
+        frac = _pooled_mean(_info(g), "layer_executed")
+        if frac is not None and frac.ndim == 1:
+            tasks.append(f"{suite}/{task}")
+            rows.append(frac)
+    if not rows or len({len(r) for r in rows}) != 1:
+        return None
+    return tasks, np.stack(rows)  # (T, L)
+
+
+def pareto_front(cost: np.ndarray, success: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats (cost <= and success >=, one strictly), by cost."""
+    order = np.lexsort((-success, cost))
+    front, best = [], -np.inf
+    for i in order:
+        if success[i] > best:
+            front.append(i)
+            best = success[i]
+    return np.asarray(front, dtype=int)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        cells = []
+        for value in row:
+            if isinstance(value, float):
+                cells.append("-" if math.isnan(value) else f"{value:.4g}")
+            else:
+                cells.append("-" if value is None else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(rate: float, low: float, high: float) -> str:
+    return f"{100 * rate:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    suites = sorted(table["suite"].unique())
+    fig, axes = plt.subplots(1, len(suites), figsize=(4.8 * len(suites), 3.8), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        rows = table[table["suite"] == suite]
+        for _, r in rows[rows["kind"] == "expert"].iterrows():
+            ax.axhline(r["rate"], color=_STYLE["expert"][0], ls="--", lw=1, label=f"{r['run']} (expert)")
+        pts = rows[(rows["kind"] != "expert") & rows[x].notna()]
+        for kind in KINDS:
+            sub = pts[pts["kind"] == kind]
+            if sub.empty:
+                continue
+            color, marker = _STYLE[kind]
+            yerr = np.vstack([sub["rate"] - sub["ci_low"], sub["ci_high"] - sub["rate"]])  # (2, N)
+            ax.errorbar(
+                sub[x],
+                sub["rate"],
+                yerr=yerr,
+                fmt=marker,
+                color=color,
+                ms=8 if marker == "*" else 6,
+                capsize=3,
+                label=kind,
+            )
+            for _, r in sub.iterrows():
+                ax.annotate(
+                    r["run"], (r[x], r["rate"]), textcoords="offset points", xytext=(4, 4), fontsize=7
+                )
+        if len(pts) > 1:
+            front = pareto_front(pts[x].to_numpy(float), pts["rate"].to_numpy(float))
+            fx, fy = pts[x].to_numpy(float)[front], pts["rate"].to_numpy(float)[front]
+            ax.step(fx, fy, where="post", color="#9467bd", lw=1, alpha=0.8, label="Pareto front")
+        ax.set_title(suite)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("success rate")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    paths = _save(fig, out, stem)
+    plt.close(fig)
+    return paths
+
+
+def _heatmap(run: Run, tasks: list[str], matrix: np.ndarray, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * matrix.shape[1], 1.0 + 0.3 * len(tasks)))
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")  # (T, L)
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_xlabel("decoder layer")
+    ax.set_yticks(range(len(tasks)), labels=tasks, fontsize=7)
+    ax.set_title(f"{run.name}: fraction of calls running each layer", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    paths = _save(fig, out, "routing_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", run.name))
+    plt.close(fig)
+    return paths
+
+
+def build_report(
+    run_dirs: list[str | os.PathLike], out: str | os.PathLike, base_variant: str = BASE_VARIANT
+) -> list[Path]:
+    """Write every figure and table of the module docstring under ``out``; return the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if not run_dirs:
+        raise ValueError("no run folders given")
+    runs = [load_run(d) for d in run_dirs]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(
+            f"several run folders are named {dup}; set distinct 'policy' names in their meta.json"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    notes: list[str] = []
+
+    tasks = per_task_table(runs)
+    tasks.to_csv(out / "per_task_success.csv", index=False)
+    wide = tasks.assign(cell=[f"{_pct(r.rate, r.ci_low, r.ci_high)} n={r.n}" for r in tasks.itertuples()])
+    wide = wide.pivot(index=["suite", "task"], columns="run", values="cell").reindex(columns=names)
+    (out / "per_task_success.md").write_text(_markdown(wide.reset_index().fillna("-")))
+    written += [out / "per_task_success.csv", out / "per_task_success.md"]
+
+    suites = suite_table(runs)
+    suites.to_csv(out / "suite_summary.csv", index=False)
+    shown = suites.assign(success=[_pct(r.rate, r.ci_low, r.ci_high) for r in suites.itertuples()])
+    cols = [
+        "suite",
+        "run",
+        "kind",
+        "budget",
+        "success",
+        "n",
+        "tasks",
+        "flops_per_call",
+        "latency_ms",
+        "rollout_policy_ms",
+    ]
+    (out / "suite_summary.md").write_text(_markdown(shown.sort_values(["suite", "run"])[cols]))
+    written += [out / "suite_summary.csv", out / "suite_summary.md"]
+
+    variants = variant_table(runs, base_variant)
+    if variants.empty:
+        notes.append(f"no run has a '{base_variant}' variant next to others: no variant aggregation table")
+    else:
+        variants.to_csv(out / "variant_aggregation.csv", index=False)
+        keep = [
+            "run",
+            "suite",
+            "task",
+            "visual_matching",
+            "vm_n",
+            "variant_aggregation",
+            "va_variants",
+            "va_n",
+        ]
+        (out / "variant_aggregation.md").write_text(_markdown(variants[keep]))
+        written += [out / "variant_aggregation.csv", out / "variant_aggregation.md"]
+
+    written += _tradeoff(suites, "flops_per_call", "FLOPs per model call", out, "success_vs_flops")
+    written += _tradeoff(
+        suites, "latency_ms", "latency per model call (ms, batch 1)", out, "success_vs_latency"
+    )
+    for run in runs:
+        if run.kind == "expert":
+            continue
+        if run.flops_per_call is None:
+            notes.append(f"{run.name}: no FLOPs (neither meta.json flops_per_call nor info['flops'])")
+        if run.latency_ms is None:
+            notes.append(
+                f"{run.name}: no measured latency (meta.json latency_ms or latency.json); "
+                f"left out of success_vs_latency"
+            )
+        routing = routing_matrix(run)
+        if routing is None:
+            notes.append(f"{run.name}: no info['layer_executed'] records: no routing heatmap")
+        else:
+            written += _heatmap(run, *routing, out)
+
+    lines = ["# Report", "", "Runs: " + ", ".join(f"`{r.name}` ({r.kind}, {r.dir})" for r in runs), ""]
+    lines += ["## Per-suite summary", "", (out / "suite_summary.md").read_text(), "## Files", ""]
+    lines += [f"- {p.name}" for p in written]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    written.append(out / "report.md")
+    return written

@@ -1,0 +1,176 @@
+"""The report from small synthetic run folders: tables, figures, routing, variant aggregation, and that
+it imports neither Ray nor a simulator nor torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.report import build_report, load_run, pareto_front, routing_matrix, variant_table
+from harness.results import ResultsStore, make_row
+from harness.rollout import EpisodeResult
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("visual_matching", "lighting_darker", "table_texture")
+
+
+def write_run(
+    path: Path,
+    policy: str,
+    rates: dict[str, float],
+    *,
+    meta: dict | None = None,
+    layers: list[float] | None = None,
+    flops: float | None = None,
+    n: int = 4,
+) -> None:
+    """A run on simpler_google: per task, ``n`` episodes per variant, success rate ``rates[task]`` on
+    visual_matching and half of it on the other variants; info as a routed policy's rollout stores it."""
+    rows = []
+    for task, rate in rates.items():
+        for variant in VARIANTS:
+            k = round(n * (rate if variant == "visual_matching" else rate / 2))
+            for i in range(n):
+                info = {}
+                if layers is not None:
+                    calls = 3
+                    info["layer_executed"] = {"mean": layers, "sum": [calls * x for x in layers], "n": calls}
+                if flops is not None:
+                    info["flops"] = {"mean": flops, "sum": 3 * flops, "n": 3}
+                result = EpisodeResult(
+                    success=i < k, steps=10, wall_s=0.1, policy_calls=10, policy_ms=[2.0], info=info
+                )
+                rows.append(
+                    make_row(
+                        result,
+                        policy=policy,
+                        policy_hash="h-" + policy,
+                        suite="simpler_google",
+                        task=task,
+                        variant=variant,
+                        episode_index=i,
+                        seed=0,
+                        render_mode="default",
+                        versions={},
+                    )
+                )
+    ResultsStore(path).add(rows)
+    if meta is not None:
+        (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def runs(tmp_path) -> list[Path]:
+    rates = {"pick_can": 1.0, "move_near": 0.5}
+    dirs = [tmp_path / name for name in ("expert", "teacher", "student_50", "first_k_50")]
+    write_run(dirs[0], "expert", rates)
+    write_run(
+        dirs[1],
+        "ckpt/teacher",
+        rates,
+        meta={"policy": "teacher", "kind": "teacher", "latency_ms": 20.0},
+        layers=[1.0, 1.0, 1.0, 1.0],
+        flops=4e9,
+    )
+    write_run(
+        dirs[2],
+        "ckpt/s50",
+        {"pick_can": 1.0, "move_near": 0.25},
+        meta={"policy": "student_50", "kind": "student", "budget": 0.5, "latency_ms": 11.0},
+        layers=[1.0, 0.5, 0.25, 0.25],
+        flops=2e9,
+    )
+    write_run(
+        dirs[3],
+        "first_k",
+        {"pick_can": 0.5, "move_near": 0.0},
+        meta={
+            "policy": "first_k_50",
+            "kind": "baseline",
+            "budget": 0.5,
+            "method": "first_k",
+            "flops_per_call": 2.1e9,
+        },
+        layers=[1.0, 1.0, 0.0, 0.0],
+    )
+    (dirs[3] / "latency.json").write_text(json.dumps({"median_ms": 10.5, "p90_ms": 11.0}))
+    return dirs
+
+
+def test_report_writes_every_figure_and_table(runs, tmp_path):
+    out = tmp_path / "figures"
+    written = {p.name for p in build_report(runs, out)}
+    for stem in ("success_vs_flops", "success_vs_latency", "routing_teacher", "routing_student_50"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= written
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "routing_expert.png" not in written
+
+    tasks = pd.read_csv(out / "per_task_success.csv").set_index(["run", "task"])
+    pick = tasks.loc[("student_50", "pick_can")]  # 4/4 + 2/4 + 2/4 over the three variants
+    assert (pick["successes"], pick["n"]) == (8, 12) and pick["rate"] == pytest.approx(8 / 12)
+    assert "67% [39, 86] n=12" in (out / "per_task_success.md").read_text()
+
+    suites = pd.read_csv(out / "suite_summary.csv").set_index("run")
+    assert suites.loc["teacher", "flops_per_call"] == pytest.approx(4e9)  # pooled from info["flops"]
+    assert suites.loc["first_k_50", "flops_per_call"] == pytest.approx(2.1e9)  # meta wins
+    assert suites.loc["first_k_50", "latency_ms"] == pytest.approx(10.5)  # from latency.json
+    assert np.isnan(suites.loc["expert", "latency_ms"])
+
+    variants = pd.read_csv(out / "variant_aggregation.csv").set_index(["run", "task"])
+    move = variants.loc[("teacher", "move_near")]  # 2/4 on visual matching, 1/4 on each other variant
+    assert move["visual_matching"] == pytest.approx(0.5) and move["variant_aggregation"] == pytest.approx(
+        0.25
+    )
+    assert move["va_variants"] == 2 and move["va_n"] == 8
+    assert variants.loc[("teacher", "(mean)"), "visual_matching"] == pytest.approx(0.75)
+
+    report = (out / "report.md").read_text()
+    assert "expert" in report and "success_vs_flops.pdf" in report
+
+
+def test_routing_variant_and_pareto_helpers(runs):
+    tasks, matrix = routing_matrix(load_run(runs[2]))
+    assert tasks == ["simpler_google/move_near", "simpler_google/pick_can"]
+    np.testing.assert_allclose(matrix, [[1.0, 0.5, 0.25, 0.25]] * 2)
+    assert routing_matrix(load_run(runs[0])) is None
+    assert variant_table([load_run(runs[0])], base_variant="night").empty
+    # cost/success: (1, .5) (2, .9) (2, .4) (3, .8) (4, .95): the front is 0, 1, 4
+    assert pareto_front(np.array([1, 2, 2, 3, 4.0]), np.array([0.5, 0.9, 0.4, 0.8, 0.95])).tolist() == [
+        0,
+        1,
+        4,
+    ]
+
+
+def test_report_errors_name_the_problem(runs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no episodes.parquet"):
+        build_report([tmp_path / "nothing"], tmp_path / "o")
+    (runs[1] / "meta.json").write_text(json.dumps({"kind": "oracle"}))
+    with pytest.raises(ValueError, match="'oracle'; valid kinds: teacher, student"):
+        load_run(runs[1])
+    (runs[1] / "meta.json").write_text(json.dumps({"policy": "student_50"}))
+    with pytest.raises(ValueError, match="several run folders are named"):
+        build_report(runs, tmp_path / "o")
+
+
+def test_report_verb_imports_no_ray_simulator_or_torch(runs, tmp_path):
+    code = (
+        "import sys; from harness.cli import main\n"
+        f"rc = main(['report', '--runs', *{[str(r) for r in runs]!r}, '--out', {str(tmp_path / 'f')!r}])\n"
+        "heavy = sorted(m for m in ('ray', 'torch', 'mujoco', 'robosuite', 'libero', 'tasks', 'distill')\n"
+        "               if m in sys.modules)\n"
+        "print('HEAVY', heavy, 'RC', rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY [] RC 0" in proc.stdout
+    assert (tmp_path / "f" / "success_vs_latency.pdf").exists()
