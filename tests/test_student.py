@@ -1,0 +1,317 @@
+"""Routed student, loss terms, teacher cache, stage-2 training forward, budget rule and export.
+
+Also provides the tiny teacher and synthetic demo dataset used by ``test_distill_cli.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+
+from distill import load_policy
+from distill.checkpoint import save_checkpoint
+from distill.losses import (
+    action_consistency,
+    budget_loss,
+    hierarchical_loss,
+    layer_weights,
+    masked_mse,
+    relational_structure,
+    semantic_alignment,
+)
+from distill.router import layers_for_budget, topk_mask
+from distill.student import (
+    ActDistillConfig,
+    StudentPolicy,
+    StudentVLA,
+    TeacherCache,
+    build_encapsulation,
+    build_teacher_cache,
+    collate,
+    export_student,
+    routed_states,
+    student_losses,
+    teacher_states,
+    train_student,
+)
+from distill.tokenizer import WordTokenizer
+from distill.vla import VLA, teacher_config
+
+INSTRUCTIONS = ["pick up the red can", "open the drawer", "put the carrot on the plate please"]
+
+
+class SyntheticDemos(Dataset):
+    """Items in ``tasks.datasets.DemoDataset`` format with random images; sample ids are sparse and shuffled."""
+
+    def __init__(self, n: int = 24, chunk: int = 4, seed: int = 0, order: list[int] | None = None):
+        g = np.random.default_rng(seed)
+        self.items = []
+        for i in range(n):
+            valid = chunk - (i % 3 == 0)  # some chunks run past the episode end
+            self.items.append({
+                "agentview": torch.from_numpy(g.integers(0, 256, (128, 128, 3), dtype=np.uint8)),
+                "wrist": torch.from_numpy(g.integers(0, 256, (128, 128, 3), dtype=np.uint8)),
+                "proprio": torch.from_numpy(g.normal(size=8).astype(np.float32)),
+                "instruction": INSTRUCTIONS[i % len(INSTRUCTIONS)],
+                "actions": torch.from_numpy(g.uniform(-1, 1, (chunk, 7)).astype(np.float32)),
+                "action_mask": torch.arange(chunk) < valid,
+                "sample_id": torch.tensor(1000 + 7 * i, dtype=torch.int64),
+                "suite": "synthetic",
+                "task": f"task{i % len(INSTRUCTIONS)}",
+            })
+        self.order = list(range(n)) if order is None else order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[self.order[i]]
+
+
+def tiny_teacher(num_layers: int = 4, chunk: int = 4, seed: int = 0) -> VLA:
+    """A randomly initialised 32-wide teacher (eval mode)."""
+    torch.manual_seed(seed)
+    stats = {"mean": [0.0] * 7, "std": [0.5] * 7}
+    cfg = teacher_config("small", WordTokenizer.build(INSTRUCTIONS).vocab, stats,
+                         {"mean": [0.0] * 8, "std": [1.0] * 8}, hidden_size=32, num_layers=num_layers,
+                         num_heads=2, intermediate_size=64, vision_grid=2, stem_channels=8, chunk=chunk)
+    return VLA(cfg).eval()
+
+
+def tiny_config(**overrides) -> ActDistillConfig:
+    base = {"semantic_dim": 16, "k": 4, "gat_heads": 2, "head_hidden": 32, "router_dim": 8, "batch_size": 6,
+            "steps": 4, "stage1_steps": 3, "warmup": 1, "save_every": 2}
+    return ActDistillConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def teacher() -> VLA:
+    return tiny_teacher()
+
+
+@pytest.fixture(scope="module")
+def data() -> SyntheticDemos:
+    return SyntheticDemos()
+
+
+# -- routed student -------------------------------------------------------------------------------------
+
+
+def test_all_gates_open_equals_teacher_exactly(teacher, data):
+    student = StudentVLA.from_teacher(teacher, budget=1.0, router_dim=8).eval()
+    batch = teacher.prepare([data[i] for i in range(5)])
+    with torch.no_grad():
+        assert torch.equal(student(batch), teacher(batch))
+    policy = StudentPolicy(student)
+    assert np.array_equal(policy.predict([data[0]]), _teacher_policy(teacher).predict([data[0]]))
+    assert policy.last_info["executed_layers"] == [0, 1, 2, 3]
+
+
+def _teacher_policy(teacher: VLA):
+    from distill.checkpoint import VLAPolicy
+
+    return VLAPolicy(teacher)
+
+
+def test_routed_execution_equals_masked_dense_reference(teacher, data):
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8).eval()
+    torch.nn.init.normal_(student.router.gate.weight, std=30.0)  # make the routing differ between rows
+    batch = teacher.prepare([data[i] for i in range(6)])
+    with torch.no_grad():
+        emb = student.embed(batch)
+        mask = student.route(emb)  # (B, L)
+        assert mask.sum(1).tolist() == [2] * 6
+        assert len({tuple(r) for r in mask.tolist()}) > 1, "test needs rows with different routes"
+        h = emb.hidden
+        for idx in range(student.num_layers):  # dense reference: every layer, then pick per row
+            h = torch.where(mask[:, idx, None, None], student.run_layer(idx, h, emb), h)
+        dense = student.head(h, emb)
+        routed = student(batch)
+        # the training forward (straight-through gates) has the same values
+        states = routed_states(student, emb, mask, torch.sigmoid(student.router(emb)))
+        train_out = student.head(states[-1], emb)
+    torch.testing.assert_close(routed, dense, atol=1e-5, rtol=1e-5)
+    assert torch.equal(train_out, dense)
+
+
+def test_straight_through_gate_gradient(teacher, data):
+    """The gate gradient is <dL/dh_out, F(h) - h> and skipped layers get no weight gradient."""
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8)
+    batch = teacher.prepare([data[0], data[1]])
+    emb = student.embed(batch)
+    gates = torch.full((2, 4), 0.5, requires_grad=True)
+    mask = torch.tensor([[True, False, True, False], [True, False, True, False]])
+    states = routed_states(student, emb, mask, gates)
+    states[-1].sum().backward()
+    assert student.layers[1].mlp.down_proj.weight.grad is None or \
+        student.layers[1].mlp.down_proj.weight.grad.abs().max() == 0
+    assert student.layers[2].mlp.down_proj.weight.grad.abs().max() > 0
+    with torch.no_grad():  # last layer is skipped: d(sum h_out)/d g_3 = sum(F_3(h) - h)
+        h3 = states[2]
+        expected = (student.run_layer(3, h3, emb) - h3).sum(dim=(1, 2))
+    torch.testing.assert_close(gates.grad[:, 3], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_budget_rule():
+    assert [layers_for_budget(b, 12) for b in (0.25, 0.5, 0.75, 1.0, 0.01)] == [3, 6, 9, 12, 1]
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="budget"):
+            layers_for_budget(bad, 12)
+    mask = topk_mask(torch.tensor([[0.1, 0.9, 0.5, -1.0], [3.0, 2.0, 1.0, 0.0]]), 2)
+    assert mask.tolist() == [[False, True, True, False], [True, True, False, False]]
+
+
+def test_inference_budget_holds_on_held_out_inputs(teacher):
+    student = StudentVLA.from_teacher(teacher, budget=0.75, router_dim=8).eval()
+    torch.nn.init.normal_(student.router.gate.weight, std=30.0)
+    policy = StudentPolicy(student)
+    held_out = SyntheticDemos(n=9, seed=5)
+    for i in range(len(held_out)):
+        policy.reset()
+        policy.act(held_out[i])
+        assert len(policy.last_info["executed_layers"]) == 3
+    assert policy.mean_executed_fraction <= 0.75
+    assert policy.mean_executed_fraction == pytest.approx(3 / 4)
+
+
+# -- loss terms against hand computation ---------------------------------------------------------------
+
+
+def test_layer_weights():
+    w = layer_weights(4, 2.0)
+    expected = torch.tensor([0.0, 1 / 9, 4 / 9, 1.0])
+    torch.testing.assert_close(w, expected / expected.sum())
+    assert layer_weights(1, 2.0).tolist() == [1.0]
+
+
+def test_semantic_and_structure_losses_by_hand():
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    # cos: row 0 = 1/sqrt(2), row 1 = 1
+    assert semantic_alignment(s, t).item() == pytest.approx((1 - 1 / math.sqrt(2)) / 2)
+    # student cosine matrix [[1,0],[0,1]], teacher [[1, 1/sqrt2],[1/sqrt2, 1]]: two off-diagonal errors of 1/2
+    assert relational_structure(s, t).item() == pytest.approx(2 * 0.5 / 4)
+
+
+def test_action_and_budget_losses_by_hand():
+    a_s = torch.zeros(1, 2, 1)
+    gt = torch.tensor([[[1.0], [3.0]]])
+    mask = torch.tensor([[True, False]])
+    assert masked_mse(a_s, gt, mask).item() == pytest.approx(1.0)
+    a_t = torch.full((1, 2, 1), 2.0)
+    prev = torch.full((1, 2, 1), -1.0)
+    assert action_consistency(a_s, a_t, gt, mask, prev).item() == pytest.approx(1.0 + 4.0 + 1.0)
+    assert action_consistency(a_s, a_t, gt, mask, None).item() == pytest.approx(5.0)
+    assert budget_loss(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), 0.5).item() == pytest.approx(0.0625)
+
+
+def test_hierarchical_loss_combines_weighted_terms():
+    torch.manual_seed(0)
+    s_s, s_t = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    a_s, a_t, gt = torch.randn(3, 4, 2, 7), torch.randn(3, 4, 2, 7), torch.randn(4, 2, 7)
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    w = layer_weights(3, 2.0)
+    out = hierarchical_loss(s_s, s_t, a_s, a_t, gt, mask, w, alpha=2.0, beta=3.0, eta=0.5)
+    align = sum(w[i] * (1 - F.cosine_similarity(s_s[i], s_t[i], dim=-1)).mean() for i in range(3))
+    action = sum(w[i] * (F.mse_loss(a_s[i], gt) + F.mse_loss(a_s[i], a_t[i])
+                         + (F.mse_loss(a_s[i], a_s[i - 1]) if i else 0)) for i in range(3))
+    torch.testing.assert_close(out["align"], align)
+    torch.testing.assert_close(out["action"], action)
+    torch.testing.assert_close(out["total"], 2.0 * (out["align"] + 0.5 * out["struct"]) + 3.0 * action)
+
+
+def test_config_validation():
+    assert (ActDistillConfig().alpha, ActDistillConfig().beta, ActDistillConfig().eta, ActDistillConfig().gamma,
+            ActDistillConfig().k, ActDistillConfig().semantic_dim) == (1.0, 1.0, 0.5, 2.0, 8, 512)
+    with pytest.raises(ValueError, match="eta"):
+        ActDistillConfig(eta=-1)
+    with pytest.raises(ValueError, match="semantic_dim"):
+        ActDistillConfig(semantic_dim=0)
+    with pytest.raises(ValueError, match="unknown ActDistill config keys"):
+        ActDistillConfig.from_dict({"alpah": 1.0})
+
+
+# -- teacher cache -------------------------------------------------------------------------------------
+
+
+def test_teacher_cache_is_invariant_to_data_order(teacher, data):
+    enc = build_encapsulation(teacher, tiny_config()).eval()
+    shuffled = SyntheticDemos(order=list(np.random.default_rng(3).permutation(len(data))))
+    a = build_teacher_cache(teacher, enc, data, batch_size=5)
+    b = build_teacher_cache(teacher, enc, shuffled, batch_size=7)
+    assert torch.equal(a.sample_ids, b.sample_ids)
+    ids = torch.tensor([it["sample_id"] for it in reversed(data.items)])
+    for x, y in zip(a.lookup(ids), b.lookup(ids)):
+        torch.testing.assert_close(x, y, atol=2e-3, rtol=2e-3)
+    # the looked-up targets are those of the right sample
+    item = data.items[5]
+    one = collate(teacher, [item])
+    with torch.no_grad():
+        emb, states, final = teacher_states(teacher, one.inputs)
+        s, act = enc(states, emb.attention_mask)
+    s_c, a_c, f_c = a.lookup(one.sample_ids)
+    torch.testing.assert_close(s_c, s, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(a_c, act, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f_c, final, atol=1e-5, rtol=1e-5)
+    with pytest.raises(KeyError, match="not in the teacher cache"):
+        a.lookup(torch.tensor([1001]))
+
+
+def test_teacher_cache_roundtrip_and_duplicates(tmp_path, teacher, data):
+    enc = build_encapsulation(teacher, tiny_config()).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    cache.save(tmp_path / "c.safetensors")
+    loaded = TeacherCache.load(tmp_path / "c.safetensors")
+    assert torch.equal(loaded.semantics, cache.semantics) and torch.equal(loaded.final, cache.final)
+    with pytest.raises(ValueError, match="unique"):
+        TeacherCache(torch.tensor([3, 3]), cache.semantics[:2], cache.actions[:2], cache.final[:2])
+
+
+# -- stage 2 and export --------------------------------------------------------------------------------
+
+
+def test_student_losses_start_at_teacher_and_training_moves_router(tmp_path, teacher, data):
+    config = tiny_config()
+    enc = build_encapsulation(teacher, config).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    full = StudentVLA.from_teacher(teacher, budget=1.0, router_dim=8)
+    batch = collate(full, [data[i] for i in range(6)])
+    with torch.no_grad():
+        terms = student_losses(full, enc, batch, cache, config, layer_weights(4, 2.0), noise=0.0)
+    # at budget 1 the student is the teacher and shares its extractors: semantic terms vanish
+    assert terms["align"].item() == pytest.approx(0.0, abs=2e-3)
+    assert terms["struct"].item() == pytest.approx(0.0, abs=2e-3)
+    student, result = train_student(teacher, enc, cache, data, 0.5, tmp_path / "work", config, progress=False)
+    assert len(result["history"]) == config.steps
+    assert all(math.isfinite(h["loss"]) for h in result["history"])
+    assert not torch.equal(student.router.gate.bias, torch.zeros(4))
+    assert (tmp_path / "work" / "training_state.pt").is_file()  # periodic state written at step 2
+
+
+def test_export_has_no_graph_parameters_and_loads(tmp_path, teacher, data):
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8).eval()
+    export_student(student, tmp_path / "s", {"note": "test"})
+    names = list(load_file(str(tmp_path / "s" / "model.safetensors")))
+    teacher_names = set(teacher.state_dict())
+    assert set(names) - teacher_names == {n for n in names if n.startswith("router.")}
+    graph_names = set(build_encapsulation(teacher, tiny_config()).state_dict())
+    assert graph_names and not graph_names & set(names)
+    assert not [n for n in names if n.startswith(("extractors.", "heads.")) or ".phi." in n or ".gat." in n]
+    policy = load_policy(tmp_path / "s")
+    assert isinstance(policy, StudentPolicy)
+    assert policy.model.layers_per_input == 2
+    action = policy.act(data[0])
+    assert action.shape == (7,) and np.all(np.abs(action) <= 1)
+    with torch.no_grad():
+        assert torch.equal(policy.model(teacher.prepare([data[1]])), student(teacher.prepare([data[1]])))
+
+
+def test_teacher_checkpoint_still_loads_as_plain_policy(tmp_path, teacher):
+    save_checkpoint(tmp_path / "t", teacher)
+    assert not isinstance(load_policy(tmp_path / "t"), StudentPolicy)
