@@ -309,8 +309,11 @@ def _body_yaw(env: SimplerEnv, name: str) -> float:
 # The cabinet stands to the robot's left, its front facing -y (towards the agentview camera, which
 # looks across the table from the right), so the drawers slide out sideways into the workspace.
 # Cabinet-local frame: x = 0 is the front plane and +x points into the cabinet, z = 0 the table.
-CAB_ORIGIN = np.array([0.0, 0.16, 0.0])  # front-centre point on the table, world frame
-CAB_YAW = np.pi / 2  # local +x -> world +y
+# The cabinet is a mocap body whose pose is jittered per episode (SIMPLER varies the robot's pose
+# relative to the cabinet instead).
+CAB_ORIGIN = np.array([0.0, 0.16, 0.0])  # nominal front-centre point on the table, world frame
+CAB_YAW = np.pi / 2  # nominal yaw: local +x -> world +y
+CAB_JITTER = (0.03, 0.02, 0.08)  # per-episode x, y (m) and yaw (rad) half ranges
 CAB_DEPTH = 0.22
 CAB_HALF_W = 0.17
 DRAWER_LEVELS = {"bottom": 0.03, "middle": 0.13, "top": 0.23}  # bottom edge of each drawer
@@ -321,20 +324,34 @@ HANDLE_OUT = 0.035  # handle bar distance in front of the drawer front
 OPEN_THRESHOLD = 0.15  # SIMPLER: drawer joint >= 0.15 m is open
 CLOSED_THRESHOLD = 0.05  # SIMPLER: drawer joint <= 0.05 m is closed
 PULL_TO = 0.19
-_CAB_ROT = np.array([[math.cos(CAB_YAW), -math.sin(CAB_YAW), 0.0], [math.sin(CAB_YAW), math.cos(CAB_YAW), 0.0],
-                     [0.0, 0.0, 1.0]])
-# Hand approach axis along the cabinet's inward normal, fingers closing horizontally.
-CAB_APPROACH_QUAT = _quat_mul(_yaw_quat(CAB_YAW), FORWARD_QUAT)
 # Distractors keep off the cabinet and the strip in front of it where drawers slide out.
-CAB_KEEP_CLEAR = (
-    (*(CAB_ORIGIN + _CAB_ROT @ [CAB_DEPTH / 2, 0, 0])[:2], 0.25),
-    (*(CAB_ORIGIN + _CAB_ROT @ [-0.12, 0, 0])[:2], 0.2),
-)
+CAB_KEEP_CLEAR = ((CAB_ORIGIN[0], CAB_ORIGIN[1] + CAB_DEPTH / 2, 0.26), (CAB_ORIGIN[0], CAB_ORIGIN[1] - 0.12, 0.21))
 
 
-def cab_point(local) -> np.ndarray:
+def _place_cabinet(env: SimplerEnv, rng: np.random.Generator) -> None:
+    mocap = env.model.body("cabinet").mocapid[0]
+    jx, jy, jyaw = CAB_JITTER
+    env.data.mocap_pos[mocap] = CAB_ORIGIN + [rng.uniform(-jx, jx), rng.uniform(-jy, jy), 0.0]
+    env.data.mocap_quat[mocap] = _yaw_quat(CAB_YAW + rng.uniform(-jyaw, jyaw))
+
+
+def _cab_pose(env: SimplerEnv) -> tuple[np.ndarray, np.ndarray]:
+    """Cabinet origin (3,) and rotation (3, 3) from the mocap state (valid before ``mj_forward``)."""
+    mocap = env.model.body("cabinet").mocapid[0]
+    rot = np.zeros(9)
+    mujoco.mju_quat2Mat(rot, env.data.mocap_quat[mocap])
+    return env.data.mocap_pos[mocap].copy(), rot.reshape(3, 3)
+
+
+def cab_point(env: SimplerEnv, local) -> np.ndarray:
     """World position of a point given in the cabinet-local frame."""
-    return CAB_ORIGIN + _CAB_ROT @ np.asarray(local, dtype=float)
+    origin, rot = _cab_pose(env)
+    return origin + rot @ np.asarray(local, dtype=float)
+
+
+def _approach_quat(env: SimplerEnv) -> np.ndarray:
+    """Hand approach axis along the cabinet's inward normal, fingers closing horizontally."""
+    return _quat_mul(env.data.mocap_quat[env.model.body("cabinet").mocapid[0]], FORWARD_QUAT)
 
 
 def _cabinet_xml() -> str:
@@ -344,7 +361,7 @@ def _cabinet_xml() -> str:
     hw, hd = CAB_HALF_W, CAB_DEPTH / 2
     side_h = CAB_TOP / 2 + 0.01
     parts = [
-        f'<body name="cabinet" pos="{CAB_ORIGIN[0]} {CAB_ORIGIN[1]} 0" euler="0 0 {CAB_YAW}">',
+        f'<body name="cabinet" mocap="true" pos="{CAB_ORIGIN[0]} {CAB_ORIGIN[1]} 0" euler="0 0 {CAB_YAW}">',
         f'<geom type="box" size="{hd} 0.01 {side_h}" pos="{hd} {hw + 0.01} {side_h}" rgba="{wood}" {shell}/>',
         f'<geom type="box" size="{hd} 0.01 {side_h}" pos="{hd} {-hw - 0.01} {side_h}" rgba="{wood}" {shell}/>',
         (f'<geom name="cabinet_top" type="box" size="{hd} {hw + 0.02} 0.01" pos="{hd} 0 {CAB_TOP + 0.01}" '
@@ -405,37 +422,38 @@ def _site(env: SimplerEnv, name: str) -> np.ndarray:
 
 
 def _handle_local(env: SimplerEnv, level: str) -> np.ndarray:
-    return _CAB_ROT.T @ (_site(env, f"{level}_handle") - CAB_ORIGIN)
+    origin, rot = _cab_pose(env)
+    return rot.T @ (_site(env, f"{level}_handle") - origin)
 
 
 def _open_drawer_waypoints(env: SimplerEnv, level: str) -> list[Waypoint]:
     """Grasp the handle with the hand pointing into the cabinet, pull the drawer open, let go, back off."""
     h = _handle_local(env, level)
-    q = CAB_APPROACH_QUAT
+    q = _approach_quat(env)
     pull = PULL_TO - drawer_qpos(env, level)
     return [
-        Waypoint(cab_point([h[0] - 0.1, h[1], max(h[2], 0.15)]), -1, q, tol=0.02, rot_tol=0.1, max_steps=25),
-        Waypoint(cab_point(h + [-0.1, 0, 0]), -1, q, tol=0.01, max_steps=15),
-        Waypoint(cab_point(h), -1, q, tol=0.007, max_steps=15),
-        Waypoint(cab_point(h), 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3),
-        Waypoint(cab_point(h - [pull / 2, 0, 0]), 1, q, tol=0.015, max_steps=10),
-        Waypoint(cab_point(h - [pull, 0, 0]), 1, q, tol=0.01, max_steps=15),
-        Waypoint(cab_point(h - [pull, 0, 0]), -1, q, tol=1.0, rot_tol=10, max_steps=3, hold=2),
-        Waypoint(cab_point(h - [pull + 0.08, 0, 0]), -1, q, tol=0.02, max_steps=12),
+        Waypoint(cab_point(env, [h[0] - 0.1, h[1], max(h[2], 0.15)]), -1, q, tol=0.02, rot_tol=0.1, max_steps=25),
+        Waypoint(cab_point(env, h + [-0.1, 0, 0]), -1, q, tol=0.01, max_steps=15),
+        Waypoint(cab_point(env, h), -1, q, tol=0.007, max_steps=15),
+        Waypoint(cab_point(env, h), 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3),
+        Waypoint(cab_point(env, h - [pull / 2, 0, 0]), 1, q, tol=0.015, max_steps=10),
+        Waypoint(cab_point(env, h - [pull, 0, 0]), 1, q, tol=0.01, max_steps=15),
+        Waypoint(cab_point(env, h - [pull, 0, 0]), -1, q, tol=1.0, rot_tol=10, max_steps=3, hold=2),
+        Waypoint(cab_point(env, h - [pull + 0.08, 0, 0]), -1, q, tol=0.02, max_steps=12),
     ]
 
 
 def _close_drawer_waypoints(env: SimplerEnv, level: str) -> list[Waypoint]:
     """Push the drawer front beside the handle with closed fingers until it is shut, then back off."""
     h = _handle_local(env, level)
-    q = CAB_APPROACH_QUAT
+    q = _approach_quat(env)
     front = h[0] + HANDLE_OUT
     side = 0.09
     return [
-        Waypoint(cab_point([front - 0.07, side, max(h[2], 0.15)]), 1, q, tol=0.02, rot_tol=0.1, max_steps=25),
-        Waypoint(cab_point([front - 0.07, side, h[2]]), 1, q, tol=0.01, max_steps=15),
-        Waypoint(cab_point([-0.01, side, h[2]]), 1, q, tol=0.01, max_steps=30),
-        Waypoint(cab_point([-0.1, side, h[2]]), 1, q, tol=0.02, max_steps=15),
+        Waypoint(cab_point(env, [front - 0.07, side, max(h[2], 0.15)]), 1, q, tol=0.02, rot_tol=0.1, max_steps=25),
+        Waypoint(cab_point(env, [front - 0.07, side, h[2]]), 1, q, tol=0.01, max_steps=15),
+        Waypoint(cab_point(env, [-0.01, side, h[2]]), 1, q, tol=0.01, max_steps=30),
+        Waypoint(cab_point(env, [-0.1, side, h[2]]), 1, q, tol=0.02, max_steps=15),
     ]
 
 
@@ -452,6 +470,7 @@ class _DrawerTask(Task):
         return _cabinet_xml()
 
     def reset_objects(self, env: SimplerEnv, rng: np.random.Generator) -> None:
+        _place_cabinet(env, rng)
         for level in DRAWER_LEVELS:
             _set_drawer(env, level, 0.0)
         if not self.opening:
@@ -489,10 +508,11 @@ class PlaceAppleInClosedTopDrawer(Task):
         return _cabinet_xml() + self.apple.body_xml()
 
     def reset_objects(self, env: SimplerEnv, rng: np.random.Generator) -> None:
+        _place_cabinet(env, rng)
         for level in DRAWER_LEVELS:
             _set_drawer(env, level, 0.0)
         local = [0.06 + rng.uniform(-0.015, 0.015), rng.uniform(-0.1, 0.1), CAB_TOP + 0.02 + self.apple.rest_z + 0.001]
-        env.set_free_body(self.apple.name, cab_point(local))
+        env.set_free_body(self.apple.name, cab_point(env, local))
 
     def success(self, env: SimplerEnv) -> bool:
         return _inside_drawer(env, self.apple.name, "top") and not env.is_grasped(self.apple.name)
@@ -506,7 +526,7 @@ class PlaceAppleInClosedTopDrawer(Task):
             back = opened[-1].pos
             at = e.body_pos(name) + [0, 0, self.apple.grasp_z]
             carry_z = CAB_TOP + 0.02 + 0.14
-            drop = cab_point([-PULL_TO + 0.09, 0.0, DRAWER_LEVELS["top"] + 0.1])
+            drop = cab_point(e, [-PULL_TO + 0.09, 0.0, DRAWER_LEVELS["top"] + 0.1])
             return opened + [
                 Waypoint(np.array([back[0], back[1], carry_z]), -1, down, tol=0.03, rot_tol=0.15, max_steps=25),
                 Waypoint(at + [0, 0, 0.1], -1, down, tol=0.015, max_steps=25),
