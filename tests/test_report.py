@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import pandas as pd
 import pytest
+from fake_env import FakeEnv, FakeExpert
 
 from harness.report import build_report, load_run, pareto_front, routing_matrix, variant_table
 from harness.results import ResultsStore, make_row
-from harness.rollout import EpisodeResult
+from harness.rollout import EpisodeResult, rollout
+from harness.videos import BAND, annotate_frames, write_episode_video
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("visual_matching", "lighting_darker", "table_texture")
@@ -174,3 +177,21 @@ def test_report_verb_imports_no_ray_simulator_or_torch(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY [] RC 0" in proc.stdout
     assert (tmp_path / "f" / "success_vs_latency.pdf").exists()
+
+
+def test_episode_video_has_every_frame_and_the_overlay(tmp_path):
+    env = FakeEnv("fake_basic", "reach", "base", seed=0)
+    result = rollout(FakeExpert(env), env, episode_index=0, seed=0, videos=True)
+    assert result.success and len(result.frames) == result.steps + 1
+    path = write_episode_video(result, tmp_path / "v" / "ep0000.mp4", title="expert | reach")
+    video = np.stack(imageio.mimread(path))  # (T, H, W, 3)
+    assert video.shape == (result.steps + 1, 2 * 128 + 3 * BAND, 256, 3)
+
+    good = annotate_frames(result.frames[:2], [1.0], True)[0]
+    bad = annotate_frames(result.frames[:2], [1.0], False, failure_reason="policy raised")[0]
+    outcome_band = (slice(-BAND, None), slice(None))
+    assert np.array_equal(good[BAND : -2 * BAND], bad[BAND : -2 * BAND])  # the image itself is untouched
+    green = good[outcome_band][..., 1].astype(int) - good[outcome_band][..., 0]
+    red = bad[outcome_band][..., 0].astype(int) - bad[outcome_band][..., 1]
+    assert green.max() > 100 and red.max() > 100  # SUCCESS drawn in green, FAILURE in red
+    assert good[:BAND].max() > 200  # title and step counter drawn
