@@ -7,7 +7,7 @@
     policy = parse_policy_spec("baseline:random@0.5,seed=3:runs/teacher_small").build()
 
 The budget ``b`` (0 < b <= 1) is the fraction of the L decoder layers executed per model call. Every
-baseline runs ``k = floor(b * L)`` layers (rounded down, so the executed fraction never exceeds ``b``;
+static baseline runs ``k = floor(b * L)`` layers (rounded down, so the executed fraction never exceeds ``b``;
 ``b < 1/L`` is refused because it would run no layer at all):
 
 - ``first_k``: layers 0..k-1.
@@ -18,6 +18,11 @@ baseline runs ``k = floor(b * L)`` layers (rounded down, so the executed fractio
 - ``early_exit``: fixed-depth early exit: layers 0..k-1, then the final norm and action head read the
   action-query tokens. In compute and output it is the same model as ``first_k``; it is listed under its
   own name because early exit is a separate family in the literature, and its results are kept apart.
+- ``early_exit_adaptive``: per-input early exit. After each layer the relative change of the action-query
+  tokens, ``||q_i - q_(i-1)|| / ||q_(i-1)||``, is compared with a threshold; below it the row exits to the
+  head (at least one layer runs). The threshold is the smallest one whose mean executed fraction on the
+  calibration data is at most ``b``; on other inputs the mean may differ, and ``mean_executed_fraction``
+  reports what actually ran. The exit test is elementwise and counts 0 FLOPs (see :mod:`distill.flops`).
 - ``random``: each model call runs a random set of k layers per batch row (in depth order), drawn from a
   ``numpy`` generator seeded with ``seed``: the same seed gives the same sequence of layer sets.
 
@@ -52,7 +57,7 @@ from distill.checkpoint import VLAPolicy, load_policy, read_config
 from distill.flops import flops_for_batch
 from distill.vla import VLA
 
-BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "random")
+BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "early_exit_adaptive", "random")
 SPEC_PREFIX = "baseline:"
 CALIB_SAMPLES = 64  # calibration observations drawn (evenly spaced) from a demo dataset
 _CALIB_BATCH = 16
@@ -137,10 +142,56 @@ def layer_similarity(model: VLA, observations: Sequence[Mapping[str, Any]]) -> t
     return (total / count).float()
 
 
+def _query_change(before: torch.Tensor, after: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Relative change (B,) of the K action-query tokens (last K of (B, N, D)) between two hidden states."""
+    q0, q1 = before[:, -chunk:].float(), after[:, -chunk:].float()  # (B, K, D)
+    return (q1 - q0).flatten(1).norm(dim=1) / q0.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
+
+
+def query_changes(model: VLA, observations: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """Per observation and layer, the relative change of the action-query tokens made by that layer: (S, L)."""
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(observations), _CALIB_BATCH):
+            emb = model.embed(model.prepare(observations[start:start + _CALIB_BATCH]))
+            hidden = emb.hidden  # (B, N, D)
+            changes = []
+            for idx in range(model.num_layers):
+                out = model.run_layer(idx, hidden, emb)  # (B, N, D)
+                changes.append(_query_change(hidden, out, model.config.chunk))
+                hidden = out
+            rows.append(torch.stack(changes, dim=1))  # (B, L)
+    return torch.cat(rows)  # (S, L)
+
+
+def exit_depths(changes: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Layers run (S,) per row of ``changes`` (S, L): up to and including the first layer whose change is
+    below ``threshold`` (all L when none is)."""
+    below = changes < threshold  # (S, L)
+    first = below.float().argmax(dim=1)  # (S,) index of the first True (0 when there is none)
+    return torch.where(below.any(dim=1), first + 1, torch.full_like(first, changes.shape[1]))
+
+
+def calibrate_exit_threshold(changes: torch.Tensor, budget: float) -> float:
+    """Smallest threshold whose mean executed fraction over ``changes`` (S, L) is at most ``budget``.
+
+    Candidates are 0 (never exit) and each observed change nudged up by one float step (so that change
+    itself falls below it). Raises ``ValueError`` when even exiting after the first layer exceeds ``budget``.
+    """
+    num_layers = changes.shape[1]
+    values = torch.unique(changes.flatten().float())  # sorted ascending
+    candidates = [0.0] + torch.nextafter(values, torch.full_like(values, math.inf)).tolist()
+    for threshold in candidates:
+        if float(exit_depths(changes, threshold).float().mean()) / num_layers <= budget + 1e-12:
+            return threshold
+    raise ValueError(f"budget {budget} is below 1/{num_layers}: adaptive early exit runs at least one layer")
+
+
 class BaselinePolicy(VLAPolicy):
     """The teacher run with a routing baseline's layer mask; the policy protocol of :class:`VLAPolicy`.
 
-    ``layers`` is the static layer set (``None`` for ``random``, which draws ``k`` layers per row and call).
+    ``k`` is the layer count of the budget (``floor(b * L)``); ``layers`` the static layer set (``None`` for
+    ``random``, which draws ``k`` layers per row and call, and for the adaptive subclass).
     ``last_info`` adds ``flops`` (analytic FLOPs of the call for one row, :mod:`distill.flops`) to the
     teacher policy's keys. ``mean_executed_fraction`` averages the executed fraction over every row of
     every model call so far (the planned ``k / L`` before the first call).
@@ -187,6 +238,50 @@ class BaselinePolicy(VLAPolicy):
         actions = super().predict(obs_list)
         self.last_info["flops"] = self._last_flops[0]
         return actions
+
+
+class AdaptiveExitPolicy(BaselinePolicy):
+    """Per-row early exit: a row stops after the first layer whose action-query change is below ``threshold``.
+
+    Exited rows are dropped from the batch, so their remaining layers are not computed.
+    """
+
+    def __init__(self, teacher: VLAPolicy, budget: float, threshold: float, calib_fraction: float):
+        k = layers_for_budget(budget, teacher.model.num_layers)
+        super().__init__(teacher, "early_exit_adaptive", budget, k=k, layers=None,
+                         extra_hash=f",threshold={threshold!r}")
+        self.threshold = threshold
+        self.calib_fraction = calib_fraction
+
+    @property
+    def mean_executed_fraction(self) -> float:
+        if self._rows == 0:
+            return self.calib_fraction
+        return self._executed_sum / (self._rows * self.model.num_layers)
+
+    def model_call(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
+        model = self.model
+        with torch.inference_mode():
+            emb = model.embed(batch)
+            hidden = emb.hidden  # (B, N, D)
+            b = hidden.shape[0]
+            depth = torch.full((b,), model.num_layers, dtype=torch.int64)  # (B,)
+            active = torch.arange(b, device=hidden.device)  # (R,) rows still running
+            for idx in range(model.num_layers):
+                before = hidden[active]  # (R, N, D)
+                out = model.run_layer(idx, before, emb.select(active))  # (R, N, D)
+                hidden = hidden.index_copy(0, active, out)
+                done = _query_change(before, out, model.config.chunk) < self.threshold  # (R,)
+                depth[active[done].cpu()] = idx + 1
+                active = active[~done]
+                if active.numel() == 0:
+                    break
+            chunk = model.head(hidden, emb)  # (B, K, 7)
+        mask = torch.arange(model.num_layers)[None, :] < depth[:, None]  # (B, L)
+        self._last_flops = flops_for_batch(model, batch, mask).tolist()
+        self._executed_sum += int(mask.sum())
+        self._rows += b
+        return chunk, [list(range(int(d))) for d in depth]
 
 
 @dataclass(frozen=True)
@@ -249,8 +344,8 @@ def make_baseline(name: str, teacher_path: str | os.PathLike, budget: float, cal
                   calib_samples: int = CALIB_SAMPLES) -> BaselinePolicy:
     """Baseline policy ``name`` (one of :data:`BASELINES`) at ``budget`` over the teacher in ``teacher_path``.
 
-    ``calib`` (only used by ``redundancy``): a demo folder, a list of them, or a list of observation dicts;
-    None means the teacher's training demos. ``seed`` seeds ``random``'s layer draws.
+    ``calib`` (used by ``redundancy`` and ``early_exit_adaptive``): a demo folder, a list of them, or a list of
+    observation dicts; None means the teacher's training demos. ``seed`` seeds ``random``'s layer draws.
     """
     _check_name(name)
     teacher = load_policy(teacher_path, device=device)
@@ -268,6 +363,11 @@ def make_baseline(name: str, teacher_path: str | os.PathLike, budget: float, cal
         obs = calibration_observations(calib, Path(teacher_path), calib_samples)
         layers = redundancy_layers(layer_similarity(teacher.model, obs).tolist(), k)
         extra = ",layers=" + "-".join(map(str, layers))  # the calibration decides the layers: part of the hash
+    elif name == "early_exit_adaptive":
+        changes = query_changes(teacher.model, calibration_observations(calib, Path(teacher_path), calib_samples))
+        threshold = calibrate_exit_threshold(changes, budget)
+        fraction = float(exit_depths(changes, threshold).float().mean()) / num_layers
+        return AdaptiveExitPolicy(teacher, budget, threshold, fraction)
     else:
         layers = None
     return BaselinePolicy(teacher, name, budget, k, layers, seed=seed, extra_hash=extra)

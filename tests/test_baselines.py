@@ -9,6 +9,8 @@ import torch
 from distill.baselines import (
     BASELINES,
     BaselinePolicy,
+    calibrate_exit_threshold,
+    exit_depths,
     layer_similarity,
     layers_for_budget,
     make_baseline,
@@ -76,7 +78,7 @@ def teacher_path(tmp_path_factory, demo_dir):
 @pytest.mark.parametrize("name", BASELINES)
 @pytest.mark.parametrize("budget", [0.5, 0.34, 1.0])
 def test_each_baseline_runs_k_layers_within_budget(teacher_path, name, budget):
-    policy = make_baseline(name, teacher_path, budget, seed=1)
+    policy = make_baseline(name, teacher_path, budget, calib=observations(2), seed=1)
     k = int(np.floor(budget * LAYERS + 1e-9))
     policy.reset()
     obs = observations(1)[0]
@@ -84,9 +86,11 @@ def test_each_baseline_runs_k_layers_within_budget(teacher_path, name, budget):
         action = policy.act(obs)
         assert action.shape == (7,) and np.all(np.abs(action) <= 1.0)
         info = policy.last_info
-        assert len(info["executed_layers"]) == k
+        assert len(info["executed_layers"]) == k or name == "early_exit_adaptive"
         assert info["executed_layers"] == sorted(set(info["executed_layers"]))
-        assert info["executed_fraction"] == pytest.approx(k / LAYERS)
+        assert info["executed_fraction"] == pytest.approx(len(info["executed_layers"]) / LAYERS)
+    if name != "early_exit_adaptive":  # adaptive holds the budget on its calibration data (tested below)
+        assert policy.mean_executed_fraction == pytest.approx(k / LAYERS)
     assert policy.mean_executed_fraction <= budget + 1e-12
     assert policy.name == name and policy.budget == budget
 
@@ -173,7 +177,7 @@ def test_checkpoint_hash_depends_on_teacher_name_budget_and_seed(teacher_path):
 
 
 def test_bad_names_and_budgets_list_the_valid_choices(teacher_path):
-    with pytest.raises(ValueError, match="unknown baseline 'skip'.*first_k, uniform, redundancy, early_exit, random"):
+    with pytest.raises(ValueError, match="unknown baseline 'skip'.*first_k, uniform, redundancy, early_exit, early_exit_adaptive, random"):
         make_baseline("skip", teacher_path, 0.5)
     with pytest.raises(ValueError, match=r"budget 0\.1 out of range.*0\.1667"):
         make_baseline("first_k", teacher_path, 0.1)
@@ -201,3 +205,36 @@ def test_policy_spec_round_trip(teacher_path):
 def test_bad_specs_say_what_is_wrong(spec, needle):
     with pytest.raises(ValueError, match=needle):
         parse_policy_spec(spec)
+
+
+def test_exit_threshold_calibration_on_known_changes():
+    changes = torch.tensor([[0.9, 0.5, 0.1, 0.05], [0.9, 0.05, 0.5, 0.5]])  # (S=2, L=4)
+    assert exit_depths(changes, 0.0).tolist() == [4, 4]
+    assert exit_depths(changes, 0.06).tolist() == [4, 2]
+    threshold = calibrate_exit_threshold(changes, 0.75)  # mean depth <= 3: the smallest threshold gives 4 and 2
+    assert exit_depths(changes, threshold).tolist() == [4, 2]
+    assert 0.05 < threshold <= 0.1
+    threshold = calibrate_exit_threshold(changes, 0.6)  # mean depth <= 2.4: 3 and 2 is not enough
+    assert exit_depths(changes, threshold).tolist() == [2, 2]
+    assert 0.5 < threshold <= 0.9
+    assert calibrate_exit_threshold(changes, 1.0) == 0.0
+
+
+def test_adaptive_early_exit_holds_the_budget_on_its_calibration_data(teacher_path):
+    obs = observations(6)
+    policy = make_baseline("early_exit_adaptive", teacher_path, 0.5, calib=obs)
+    assert policy.mean_executed_fraction <= 0.5  # before any call: the calibration estimate
+    policy.predict(obs)
+    assert policy.mean_executed_fraction == pytest.approx(policy.calib_fraction)
+    assert policy.mean_executed_fraction <= 0.5
+    # the identity layer changes nothing, so no row runs past it
+    _, executed = policy.model_call(policy.model.prepare(obs))
+    assert all(rows == list(range(len(rows))) and 1 <= len(rows) <= IDENTITY_LAYER + 1 for rows in executed)
+
+
+def test_adaptive_early_exit_batched_equals_one_by_one(teacher_path):
+    obs = observations(4)
+    policy = make_baseline("early_exit_adaptive", teacher_path, 0.6, calib=obs)
+    batched = policy.predict(obs)
+    single = np.concatenate([policy.predict([o]) for o in obs])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
