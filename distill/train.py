@@ -1,0 +1,372 @@
+"""Train the reference teacher by behaviour cloning of action chunks.
+
+    actdistill train-teacher --data data/widowx data/google --out runs/teacher_small --profile small
+    actdistill train-teacher --data data/* --out runs/teacher_full --profile full --device cuda --steps 60000
+
+    from distill.train import train_teacher
+    summary = train_teacher(["data/widowx"], "runs/teacher_small", profile="small", steps=2000)
+
+AdamW with linear warm-up then cosine decay to 10% of the peak rate; L1 loss on the normalised K-step
+chunk, masked where the chunk runs past the episode end; random-shift image augmentation (replicate
+padding, then a random crop back to the original size, per camera and sample). Every ``ckpt_every``
+steps and at the end the folder ``out`` receives the checkpoint (:mod:`distill.checkpoint`),
+``training_state.pt`` (optimizer, scheduler, step, RNG, loss history), ``train_log.json`` and ``loss.png``.
+Running again with the same ``out`` resumes from ``training_state.pt``. Batches and augmentations are
+drawn from generators seeded by ``(seed, step)``, so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from distill.checkpoint import CONFIG, WEIGHTS, load_vla, save_checkpoint
+from distill.tokenizer import WordTokenizer
+from distill.vla import VLA, teacher_config
+
+STATE = "training_state.pt"
+STATS_EPISODES = 64  # episodes read for statistics the dataset does not provide (proprio, ...)
+STATS_ITEMS = 8192
+GROUP_EPISODES = 16  # episodes per shuffling group (DemoDataset keeps 32 decoded episodes per process)
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings of a profile; any of them can be overridden in :func:`train_teacher`."""
+
+    batch_size: int
+    lr: float
+    steps: int
+    warmup: int
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    shift_pad: int = 6
+    ckpt_every: int = 1000
+
+
+TRAIN_PROFILES = {
+    "small": TrainSettings(batch_size=32, lr=5e-4, steps=20000, warmup=500, ckpt_every=500),
+    "full": TrainSettings(batch_size=128, lr=3e-4, steps=60000, warmup=2000, ckpt_every=2500),
+}
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then cosine to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4 + stream)
+
+
+class EpisodeGroupedBatches(torch.utils.data.Sampler):
+    """Batch indices for steps ``start..stop-1``, each item once per epoch, episodes decoded in groups.
+
+    Video-backed datasets decode a whole episode per cache miss, so fully random batches would decode
+    an episode for nearly every item. Each epoch shuffles the episodes (seeded by ``(seed, epoch)``),
+    cuts them into groups of ``group`` episodes and shuffles the items within each group; batches are
+    consecutive slices of that order, so a batch draws from at most two groups. The order is a pure
+    function of (seed, step): resuming at a step continues the same stream.
+    """
+
+    def __init__(self, episode_ids: np.ndarray, batch_size: int, seed: int, start: int, stop: int, group: int):
+        self.episode_ids = np.asarray(episode_ids)
+        self.batch_size, self.seed, self.start, self.stop, self.group = batch_size, seed, start, stop, group
+        order = np.argsort(self.episode_ids, kind="stable")
+        uniques, first = np.unique(self.episode_ids[order], return_index=True)
+        self.members = np.split(order, first[1:])  # item indices of each episode
+        self.num_episodes = len(uniques)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Item indices of ``epoch`` in training order, (N,)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(self.num_episodes)
+        parts = []
+        for g in range(0, self.num_episodes, self.group):
+            items = np.concatenate([self.members[e] for e in perm[g:g + self.group]])
+            parts.append(rng.permutation(items))
+        return np.concatenate(parts)
+
+    def __iter__(self):
+        n = len(self.episode_ids)
+        epoch, pos = divmod(self.start * self.batch_size, n)
+        order = self.epoch_order(epoch)
+        for _ in range(self.start, self.stop):
+            batch = []
+            while len(batch) < self.batch_size:
+                take = order[pos:pos + self.batch_size - len(batch)]
+                batch.extend(take.tolist())
+                pos += len(take)
+                if pos == n:
+                    epoch, pos = epoch + 1, 0
+                    order = self.epoch_order(epoch)
+            yield batch
+
+
+def episode_ids(dataset: Dataset) -> np.ndarray:
+    """(N,) episode key of every item (``dataset.episode_of``), or one key per item without that method."""
+    if not hasattr(dataset, "episode_of"):
+        return np.arange(len(dataset))
+    keys = [dataset.episode_of(i) for i in range(len(dataset))]
+    lookup: dict[tuple, int] = {}
+    return np.array([lookup.setdefault(k, len(lookup)) for k in keys], dtype=np.int64)
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image of (B, H, W, 3) uint8 by up to ``pad`` pixels (replicate padding, random crop)."""
+    if pad == 0:
+        return images
+    b, h, w, _ = images.shape
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")  # (B,3,H+2p,W+2p)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).tolist()
+    crops = [padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)]  # B x (3, H, W)
+    return torch.stack(crops).permute(0, 2, 3, 1).to(torch.uint8)  # (B, H, W, 3)
+
+
+def dataset_stats(dataset: Dataset, episodes: np.ndarray, seed: int = 0) -> dict:
+    """Instructions, suites, action and proprio statistics of ``dataset`` (a ``DemoDataset`` or same format).
+
+    Uses ``dataset.instructions()``, ``dataset.action_stats()`` and ``dataset.proprio_stats()`` where they
+    exist; otherwise reads every item of up to ``STATS_EPISODES`` episodes (chosen with ``seed``; whole
+    episodes, so a video-backed dataset decodes each once). ``episodes`` is :func:`episode_ids`.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(int(episodes.max()) + 1)[:STATS_EPISODES]
+    picks = np.flatnonzero(np.isin(episodes, chosen))[:STATS_ITEMS]
+    items = [dataset[int(i)] for i in picks]
+
+    def stats(values: torch.Tensor) -> dict[str, list[float]]:
+        return {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(),
+                "min": values.min(0).values.tolist(), "max": values.max(0).values.tolist()}
+
+    def listed(result: Mapping) -> dict[str, list[float]]:
+        return {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in result.items()}
+
+    if hasattr(dataset, "action_stats"):
+        action_stats = listed(dataset.action_stats())
+    else:
+        action_stats = stats(torch.cat([torch.as_tensor(it["actions"])[torch.as_tensor(it["action_mask"])]
+                                        for it in items]))
+    if hasattr(dataset, "proprio_stats"):
+        proprio_stats = listed(dataset.proprio_stats())
+    else:
+        proprio_stats = stats(torch.stack([torch.as_tensor(it["proprio"], dtype=torch.float32) for it in items]))
+    if hasattr(dataset, "instructions"):
+        instructions = sorted(dataset.instructions())
+    else:
+        instructions = sorted({it["instruction"] for it in items})
+    folders = getattr(dataset, "folders", None)
+    if folders is not None:
+        suites = sorted({f.meta["suite"] for f in folders})
+    else:
+        suites = sorted({it["suite"] for it in items})
+    return {"instructions": instructions, "suites": suites, "action_stats": action_stats,
+            "proprio_stats": proprio_stats}
+
+
+def chunk_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked L1 between normalised chunks pred/target (B, K, 7); mask (B, K) bool marks real steps."""
+    err = (pred - target).abs() * mask[..., None]  # (B, K, 7)
+    return err.sum() / (mask.sum() * pred.shape[-1]).clamp_min(1)
+
+
+def _identity(items: list) -> list:
+    return items
+
+
+def _open_dataset(data: Sequence[str | os.PathLike] | Dataset, chunk: int) -> tuple[Dataset, list[str]]:
+    if isinstance(data, Dataset):
+        return data, [str(d) for d in getattr(data, "dirs", [])]
+    from tasks.datasets import DemoDataset
+
+    dirs = [str(d) for d in data]
+    missing = [d for d in dirs if not Path(d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"demonstration folder(s) not found: {', '.join(missing)}")
+    return DemoDataset(dirs, chunk=chunk), dirs
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in name and name not in ("action_queries",) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _save_loss_plot(history: list[dict], file: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([h["step"] for h in history])
+    loss = np.array([h["loss"] for h in history])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="per step")
+    if len(loss) >= 20:
+        width = max(5, len(loss) // 50)
+        smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
+        ax.plot(steps[width - 1:], smooth, lw=1.5, label=f"mean of {width}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1 loss (normalised actions)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+
+
+def train_teacher(
+    data: Sequence[str | os.PathLike] | Dataset,
+    out: str | os.PathLike,
+    *,
+    profile: str = "small",
+    device: str = "cpu",
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    warmup: int | None = None,
+    ckpt_every: int | None = None,
+    num_workers: int = 0,
+    chunk: int = 8,
+    model_overrides: Mapping | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume training) the reference teacher on ``data``; checkpoints go to the folder ``out``.
+
+    ``data``: demonstration folders (read with ``tasks.datasets.DemoDataset``) or a dataset with the same
+    item format. ``model_overrides`` change the profile's model sizes (see :func:`distill.vla.teacher_config`).
+    Returns a summary dict: ``out``, ``step``, ``loss`` (mean of the last 50 steps), ``steps_per_s``
+    (this run, excluding the first step), ``batch_size``, ``num_params``.
+    """
+    if profile not in TRAIN_PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(TRAIN_PROFILES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; valid here: cpu")
+    out = Path(out)
+    dataset, dirs = _open_dataset(data, chunk)
+    episodes = episode_ids(dataset)
+    state_file = out / STATE
+    if state_file.is_file():
+        model, _ = load_vla(out)
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if state["profile"] != profile:
+            raise ValueError(f"{out} was trained with profile {state['profile']!r}, not {profile!r}; "
+                             "pass the same --profile or a new --out")
+        settings = TrainSettings(**state["settings"])
+        info = state["data_info"]
+        seed = state["seed"]
+    elif (out / WEIGHTS).exists() or (out / CONFIG).exists():
+        raise ValueError(f"{out} holds a checkpoint but no {STATE} to resume from; choose a new --out")
+    else:
+        state = None
+        settings = TrainSettings(**asdict(TRAIN_PROFILES[profile]))
+        info = dataset_stats(dataset, episodes, seed)
+        vocab = WordTokenizer.build(info["instructions"]).vocab
+        torch.manual_seed(seed)
+        model = VLA(teacher_config(profile, vocab, info["action_stats"], info["proprio_stats"], chunk=chunk,
+                                   **dict(model_overrides or {})))
+    for key, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("warmup", warmup),
+                       ("ckpt_every", ckpt_every)):
+        if value is not None:
+            setattr(settings, key, value)
+
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, settings.warmup, settings.steps))
+    step, history = 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        for group in optimizer.param_groups:  # the schedule follows the (possibly new) total steps
+            group["lr"] = settings.lr * lr_factor(state["step"], settings.warmup, settings.steps)
+        step, history = state["step"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+
+    num_params = sum(p.numel() for p in model.parameters())
+    meta = {"training": {"profile": profile, "seed": seed, **asdict(settings), "num_params": num_params},
+            "data": {"dirs": dirs, "suites": info["suites"], "instructions": info["instructions"],
+                     "num_samples": len(dataset), "dataset": _dataset_meta(dataset)}}
+
+    def checkpoint() -> None:
+        recent = [h["loss"] for h in history[-50:]]
+        meta["training"].update(step=step, loss=float(np.mean(recent)) if recent else None)
+        save_checkpoint(out, model, meta)
+        payload = {"step": step, "profile": profile, "seed": seed, "settings": asdict(settings),
+                   "data_info": info, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "history": history, "torch_rng": torch.get_rng_state()}
+        torch.save(payload, out / (STATE + ".tmp"))
+        os.replace(out / (STATE + ".tmp"), state_file)
+        (out / "train_log.json").write_text(json.dumps({"meta": meta, "history": history}))
+        if history:
+            _save_loss_plot(history, out / "loss.png")
+
+    out.mkdir(parents=True, exist_ok=True)
+    group = max(1, min(GROUP_EPISODES, getattr(dataset, "cache_episodes", 2 * GROUP_EPISODES) // 2))
+    sampler = EpisodeGroupedBatches(episodes, settings.batch_size, seed, step, settings.steps, group)
+    loader = DataLoader(dataset, batch_sampler=sampler,
+                        collate_fn=_identity, num_workers=num_workers)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=settings.steps, initial=step, disable=not progress, desc=f"teacher[{profile}]",
+               dynamic_ncols=True)
+    first_done, start_step = None, step
+    for items in loader:
+        aug = _step_generator(seed, step, 1)
+        batch = model.prepare(items)
+        for cam in model.config.cameras:
+            batch[cam] = random_shift(batch[cam], settings.shift_pad, aug)
+        target = model.normalize_actions(torch.stack([torch.as_tensor(it["actions"]) for it in items]).to(device))
+        mask = torch.stack([torch.as_tensor(it["action_mask"]) for it in items]).to(device)  # (B, K)
+        with autocast:
+            pred = model(batch)  # (B, K, 7)
+        loss = chunk_loss(pred.float(), target.float(), mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()
+        history.append({"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
+        step += 1
+        if first_done is None:
+            first_done = time.perf_counter()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if step % settings.ckpt_every == 0 or step == settings.steps:
+            checkpoint()
+    bar.close()
+    if step == start_step:
+        checkpoint()
+    elapsed = time.perf_counter() - first_done if first_done is not None else 0.0
+    rate = (step - start_step - 1) / elapsed if step - start_step > 1 and elapsed > 0 else float("nan")
+    recent = [h["loss"] for h in history[-50:]]
+    return {"out": str(out), "step": step, "loss": float(np.mean(recent)) if recent else None,
+            "steps_per_s": rate, "batch_size": settings.batch_size, "num_params": num_params}
+
+
+def _dataset_meta(dataset: Dataset) -> list[dict] | None:
+    """``meta.json`` (ids, suite, variant, counts, versions) of each folder of a ``DemoDataset``."""
+    folders = getattr(dataset, "folders", None)
+    if folders is None:
+        return None
+    return [{"path": str(f.path), "meta": json.loads(json.dumps(f.meta, default=str))} for f in folders]

@@ -1,0 +1,138 @@
+"""Teacher training: the loss goes down, outputs are written, a crashed run resumes exactly, CLI on a demo folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_vla import TINY, SyntheticDemos
+
+from distill import load_policy
+from distill.checkpoint import load_vla
+from distill.train import EpisodeGroupedBatches, chunk_loss, lr_factor, train_teacher
+from distill.vla import VLA
+
+FAST = {"profile": "small", "batch_size": 16, "lr": 3e-3, "warmup": 2, "model_overrides": TINY, "progress": False}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, two threads under contention run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def fixed_batch_loss(model: VLA, dataset: SyntheticDemos) -> float:
+    items = [dataset[i] for i in range(32)]
+    with torch.no_grad():
+        pred = model(model.prepare(items))
+        target = model.normalize_actions(torch.stack([it["actions"] for it in items]))
+        mask = torch.stack([it["action_mask"] for it in items])
+        return float(chunk_loss(pred, target, mask))
+
+
+def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
+    data = SyntheticDemos(n=64)
+    summary = train_teacher(data, tmp_path / "ckpt", steps=40, ckpt_every=20, **FAST)
+    assert summary["step"] == 40 and summary["steps_per_s"] > 0
+    trained, config = load_vla(tmp_path / "ckpt")
+    torch.manual_seed(0)  # train_teacher seeds the initialisation with its seed (0)
+    initial = VLA(trained.config).eval()
+    before, after = fixed_batch_loss(initial, data), fixed_batch_loss(trained, data)
+    assert after < 0.8 * before, (before, after)
+    for name in ("model.safetensors", "config.json", "training_state.pt", "train_log.json", "loss.png"):
+        assert (tmp_path / "ckpt" / name).is_file(), name
+    assert config["training"]["step"] == 40 and config["data"]["suites"] == ["synthetic"]
+    assert config["data"]["instructions"] == sorted(data.instructions())
+    assert set(config["versions"]) >= {"torch", "transformers"} and "git_commit" in config["code"]
+    assert config["vla"]["vocab"][:2] == ["[PAD]", "[UNK]"] and len(config["vla"]["action_stats"]["mean"]) == 7
+    log = json.loads((tmp_path / "ckpt" / "train_log.json").read_text())
+    assert [h["step"] for h in log["history"]] == list(range(40))
+
+
+def test_crashed_run_resumes_exactly(tmp_path, monkeypatch):
+    data = SyntheticDemos(n=40)
+    train_teacher(data, tmp_path / "straight", steps=6, ckpt_every=3, **FAST)
+
+    import distill.train as train_mod
+
+    calls = {"n": 0}
+    real_loss = train_mod.chunk_loss
+
+    def crash_at_step_4(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_mod, "chunk_loss", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, **FAST)
+    monkeypatch.setattr(train_mod, "chunk_loss", real_loss)
+    assert load_vla(tmp_path / "resumed")[1]["training"]["step"] == 3
+    summary = train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, **FAST)
+    assert summary["step"] == 6
+    straight, resumed = load_vla(tmp_path / "straight")[0], load_vla(tmp_path / "resumed")[0]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_refuses_a_checkpoint_without_state_and_bad_profile(tmp_path):
+    data = SyntheticDemos(n=16)
+    train_teacher(data, tmp_path / "c", steps=1, **FAST)
+    (tmp_path / "c" / "training_state.pt").unlink()
+    with pytest.raises(ValueError, match="no training_state.pt to resume from"):
+        train_teacher(data, tmp_path / "c", steps=2, **FAST)
+    with pytest.raises(ValueError, match="unknown profile 'tiny'; valid profiles: small, full"):
+        train_teacher(data, tmp_path / "d", steps=1, **{**FAST, "profile": "tiny"})
+
+
+def test_grouped_batches_cover_each_item_once_per_epoch_and_resume():
+    episodes = np.repeat(np.arange(10), 7)  # 10 episodes of 7 items
+    full = list(EpisodeGroupedBatches(episodes, 5, seed=3, start=0, stop=28, group=3))
+    flat = np.concatenate(full)
+    assert sorted(flat[:70].tolist()) == list(range(70))  # first epoch: every item once
+    for batch in full[:13]:  # within an epoch a batch spans at most two groups = 6 episodes
+        assert len(set(episodes[batch])) <= 6
+    assert list(EpisodeGroupedBatches(episodes, 5, seed=3, start=17, stop=28, group=3)) == full[17:]
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.1)
+    assert 0.1 < lr_factor(55, 10, 100) < 1.0
+
+
+def test_cli_trains_on_a_demo_folder(tmp_path):
+    from harness.cli import main
+    from tasks.datasets import DemoWriter
+
+    rng = np.random.default_rng(0)
+    writer = DemoWriter(tmp_path / "demos", suite="simpler_widowx", variant="visual_matching")
+    for ep in range(2):
+        n = 6
+        record = {"agentview": rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8),
+                  "wrist": rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8),
+                  "proprio": rng.normal(size=(n, 8)).astype(np.float32),
+                  "actions": rng.uniform(-1, 1, (n, 7)).astype(np.float32),
+                  "instruction": ["put carrot on plate", "stack the green block"][ep]}
+        writer.add(record, task=f"task{ep}", seed=0, episode_index=ep)
+    writer.close()
+    out = tmp_path / "teacher"
+    rc = main(["train-teacher", "--data", str(tmp_path / "demos"), "--out", str(out), "--steps", "2",
+               "--batch-size", "4", "--no-progress"])
+    assert rc == 0
+    policy = load_policy(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["suites"] == ["simpler_widowx"] and config["data"]["dirs"] == [str(tmp_path / "demos")]
+    assert config["data"]["dataset"][0]["meta"]["episodes"] == 2
+    assert policy.model.num_layers == 12  # the small profile
+    obs = {"agentview": np.zeros((128, 128, 3), np.uint8), "wrist": np.zeros((128, 128, 3), np.uint8),
+           "proprio": np.zeros(8, np.float32), "instruction": "put carrot on plate"}
+    assert policy.act(obs).shape == (7,)
+    assert main(["train-teacher", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
