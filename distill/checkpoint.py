@@ -91,6 +91,10 @@ def save_checkpoint(path: str | Path, model: VLA, meta: Mapping | None = None,
     ``dtype`` is the storage dtype of floating tensors (float16 halves the file; loading is always
     float32). Files are written to temporaries and renamed, so a crash never leaves a half-written file.
     """
+    reserved = {"format", "format_version", "vla", "versions", "code"}
+    clash = sorted(reserved & set(meta or {}))
+    if clash:
+        raise ValueError(f"meta keys {clash} are reserved; reserved keys: {sorted(reserved)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
@@ -98,10 +102,6 @@ def save_checkpoint(path: str | Path, model: VLA, meta: Mapping | None = None,
     tmp = path / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, path / WEIGHTS)
-    reserved = {"format", "format_version", "vla", "versions", "code"}
-    clash = sorted(reserved & set(meta or {}))
-    if clash:
-        raise ValueError(f"meta keys {clash} are reserved; reserved keys: {sorted(reserved)}")
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "vla": model.config.to_dict(),
               **dict(meta or {}), "versions": package_versions(), "code": code_version()}
     tmp = path / (CONFIG + ".tmp")

@@ -1,0 +1,175 @@
+"""Latency of a policy's model call, measured in its own pass (never inferred from rollout wall time).
+
+    actdistill latency --policy runs/teacher_small
+    actdistill latency --policy runs/student_50 --vs runs/teacher_small --device cuda --dtype bfloat16
+
+Protocol: a synthetic observation batch of the checkpoint's shapes (random images, zero proprio, the
+longest training instruction) is prepared once; the policy's ``model_call`` (what ``act`` runs when it
+queries the model, without tokenisation and host-to-device copies) is called ``warmup`` times, then timed
+``iters`` times. CPU: ``time.perf_counter``. CUDA: CUDA events around a CUDA-graph replay of the call
+(captured after warm-up on a side stream); if capture fails (e.g. routing that reads values back to the
+host), eager calls are timed with events and ``capture`` says ``eager``. With ``vs`` both policies are timed
+in one run with alternating calls and ``speedup`` = vs median / policy median.
+
+The breakdown times ``embed`` and ``head`` alone with the same timer; ``layers_ms`` is the total median
+minus both (it includes any routing).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def synthetic_observations(policy, batch: int = 1, seed: int = 0, instruction: str | None = None) -> list[dict]:
+    """``batch`` observations with the shapes ``policy.model`` expects (random uint8 images, zero proprio).
+
+    The instruction defaults to the longest instruction in the checkpoint's ``config.json`` (or, without
+    one, twelve vocabulary words), so the token count is the worst case seen in training.
+    """
+    cfg = policy.model.config
+    if instruction is None:
+        instructions = _checkpoint_instructions(getattr(policy, "path", None))
+        words = [w for w in cfg.vocab[2:] if w.isalnum()]
+        instruction = max(instructions, key=len) if instructions else " ".join(words[:12])
+    rng = np.random.default_rng(seed)
+    shape = (cfg.image_size, cfg.image_size, 3)
+    return [{**{cam: rng.integers(0, 256, shape, dtype=np.uint8) for cam in cfg.cameras},
+             "proprio": np.zeros(cfg.proprio_dim, np.float32), "instruction": instruction} for _ in range(batch)]
+
+
+def _checkpoint_instructions(path: str | None) -> list[str]:
+    if path is None or not (Path(path) / "config.json").is_file():
+        return []
+    return list(json.loads((Path(path) / "config.json").read_text()).get("data", {}).get("instructions", []))
+
+
+class _Timer:
+    """Times a zero-argument callable in milliseconds on CPU (perf_counter) or CUDA (events)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def _cuda_graph(fn: Callable[[], object], warmup: int) -> Callable[[], object]:
+    """Warm ``fn`` up on a side stream, capture it in a CUDA graph, return the replay function."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(max(1, warmup)):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+class _Target:
+    """One policy's callables (whole model call, embed, head) on a fixed synthetic batch."""
+
+    def __init__(self, policy, batch: Mapping[str, torch.Tensor]):
+        self.policy = policy
+        model = policy.model
+        with torch.inference_mode():
+            emb = model.embed(batch)
+        self.tokens = int(emb.hidden.shape[1])
+        self.calls = {
+            "total": lambda: policy.model_call(batch),
+            "embed": lambda: model.embed(batch),
+            "head": lambda: model.head(emb.hidden, emb),
+        }
+
+
+def measure_latency(policy, *, batch: int = 1, iters: int = 50, warmup: int = 10, vs=None,
+                    use_cuda_graph: bool = True, instruction: str | None = None) -> dict:
+    """Time ``policy.model_call`` (and ``vs``'s, alternating) as described in the module docstring.
+
+    Returns a JSON-able dict: median_ms, p90_ms, mean_ms, breakdown {embed_ms, layers_ms, head_ms},
+    device, dtype, attention, torch_threads, batch, iters, warmup, timer, capture, tokens, num_layers,
+    checkpoint_hash, mean_executed_fraction (when the policy has it) and, with ``vs``, ``vs`` (the same
+    fields for it) and ``speedup``.
+    """
+    if iters < 1 or warmup < 0 or batch < 1:
+        raise ValueError(f"need iters >= 1, warmup >= 0, batch >= 1; got iters={iters}, warmup={warmup}, "
+                         f"batch={batch}")
+    policies = [policy] if vs is None else [policy, vs]
+    device = next(policy.model.parameters()).device
+    obs = synthetic_observations(policy, batch, instruction=instruction)
+    targets = [_Target(p, p.model.prepare(obs)) for p in policies]
+    timer = _Timer(device)
+    capture = "eager"
+    with torch.inference_mode():
+        if device.type == "cuda" and use_cuda_graph:
+            try:
+                graphs = [{k: _cuda_graph(fn, warmup) for k, fn in t.calls.items()} for t in targets]
+            except RuntimeError:
+                torch.cuda.synchronize()
+            else:
+                for target, graph in zip(targets, graphs):
+                    target.calls = graph
+                capture = "cuda_graph"
+        for target in targets:
+            for _ in range(warmup):
+                for fn in target.calls.values():
+                    fn()
+        times = [{k: [] for k in t.calls} for t in targets]
+        for part in ("total", "embed", "head"):
+            for _ in range(iters):
+                for target, record in zip(targets, times):  # alternate the policies call by call
+                    record[part].append(timer(target.calls[part]))
+    results = [_summarise(t, rec, device, batch, iters, warmup, capture) for t, rec in zip(targets, times)]
+    out = results[0]
+    if vs is not None:
+        out["vs"] = results[1]
+        out["speedup"] = results[1]["median_ms"] / out["median_ms"]
+    return out
+
+
+def _summarise(target: _Target, record: dict[str, list[float]], device: torch.device, batch: int, iters: int,
+               warmup: int, capture: str) -> dict:
+    policy, model = target.policy, target.policy.model
+    total = np.asarray(record["total"])
+    embed_ms = float(np.median(record["embed"]))
+    head_ms = float(np.median(record["head"]))
+    median = float(np.median(total))
+    out = {
+        "median_ms": median,
+        "p90_ms": float(np.percentile(total, 90)),
+        "mean_ms": float(total.mean()),
+        "breakdown": {"embed_ms": embed_ms, "layers_ms": max(0.0, median - embed_ms - head_ms),
+                      "head_ms": head_ms},
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "attention": getattr(model, "attn_implementation", "unknown"),
+        "torch_threads": torch.get_num_threads(),
+        "batch": batch,
+        "iters": iters,
+        "warmup": warmup,
+        "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
+        "capture": capture,
+        "tokens": target.tokens,
+        "num_layers": model.num_layers,
+        "checkpoint_hash": getattr(policy, "checkpoint_hash", ""),
+        "policy": getattr(policy, "path", None),
+    }
+    if hasattr(policy, "mean_executed_fraction"):
+        out["mean_executed_fraction"] = float(policy.mean_executed_fraction)
+    return out

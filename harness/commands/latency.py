@@ -1,0 +1,55 @@
+"""Latency of a checkpoint's model call in its own pass (batch 1 by default); prints one JSON line.
+
+    actdistill latency --policy runs/teacher_small
+    actdistill latency --policy runs/teacher_small --iters 200 --threads 1
+    actdistill latency --policy runs/student_50 --vs runs/teacher_small --device cuda --dtype bfloat16
+
+Protocol (see distill/latency.py): synthetic observation of the checkpoint's shapes, warm-up, then
+--iters timed calls; median and p90 in ms; CPU timers, or on CUDA events around a CUDA-graph replay.
+With --vs both checkpoints are timed in one run with alternating calls; speedup = VS median / POLICY median.
+"""
+
+from __future__ import annotations
+
+HELP = "time a checkpoint's model call (median/p90, breakdown), optionally against another"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--policy", required=True, help="checkpoint folder")
+    parser.add_argument("--vs", default=None, help="second checkpoint folder, timed in the same run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch", type=int, default=1, help="observations per model call (default 1)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="parameter dtype (default float32)")
+    parser.add_argument("--iters", type=int, default=50, help="timed calls (default 50)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up calls (default 10)")
+    parser.add_argument("--attn", default=None, choices=["sdpa", "eager"],
+                        help="attention kernel (default: the checkpoint's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, time eager calls")
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from distill.checkpoint import load_policy
+    from distill.latency import measure_latency
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {args.device!r} requested but CUDA is not available; valid here: cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    policies = []
+    for path in (args.policy, args.vs):
+        if path is None:
+            continue
+        policy = load_policy(path, device=args.device, dtype=args.dtype)
+        if args.attn is not None:
+            policy.model.set_attn_implementation(args.attn)
+        policies.append(policy)
+    result = measure_latency(policies[0], vs=policies[1] if len(policies) > 1 else None, batch=args.batch,
+                             iters=args.iters, warmup=args.warmup, use_cuda_graph=not args.no_cuda_graph)
+    print(json.dumps(result))
+    return 0

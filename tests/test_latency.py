@@ -1,0 +1,94 @@
+"""Latency protocol: the JSON line has its fields, --vs adds a speedup, a student's executed fraction is kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_vla import tiny_vla
+
+from distill.checkpoint import VLAPolicy, load_policy, save_checkpoint
+from distill.latency import measure_latency, synthetic_observations
+from harness.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, two threads under contention run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lat")
+    save_checkpoint(root / "a", tiny_vla(seed=0, num_layers=2),
+                    meta={"data": {"instructions": ["open the top drawer", "put the spoon on the towel, then stop"]}})
+    save_checkpoint(root / "b", tiny_vla(seed=0, num_layers=4))
+    return root / "a", root / "b"
+
+
+FIELDS = {"median_ms", "p90_ms", "mean_ms", "breakdown", "device", "dtype", "attention", "torch_threads", "batch",
+          "iters", "warmup", "timer", "capture", "tokens", "num_layers", "checkpoint_hash"}
+
+
+def test_cli_prints_one_json_line(ckpts, capsys):
+    a, _ = ckpts
+    assert main(["latency", "--policy", str(a), "--iters", "3", "--warmup", "1", "--attn", "eager"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert FIELDS <= set(result)
+    assert set(result["breakdown"]) == {"embed_ms", "layers_ms", "head_ms"}
+    assert result["device"] == "cpu" and result["dtype"] == "float32" and result["attention"] == "eager"
+    assert result["batch"] == 1 and result["iters"] == 3 and result["timer"] == "perf_counter"
+    assert result["num_layers"] == 2 and result["torch_threads"] == torch.get_num_threads()
+    assert 0 < result["median_ms"] <= result["p90_ms"]
+    assert "speedup" not in result and "mean_executed_fraction" not in result
+
+
+def test_vs_alternates_and_reports_speedup(ckpts, capsys):
+    a, b = ckpts
+    assert main(["latency", "--policy", str(a), "--vs", str(b), "--iters", "3", "--warmup", "1", "--batch", "2",
+                 "--dtype", "bfloat16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["vs"]["num_layers"] == 4 and result["batch"] == 2 and result["dtype"] == "bfloat16"
+    assert result["speedup"] == pytest.approx(result["vs"]["median_ms"] / result["median_ms"])
+
+
+def test_synthetic_observation_uses_the_longest_training_instruction(ckpts):
+    policy = load_policy(ckpts[0])
+    obs = synthetic_observations(policy, batch=2)
+    assert len(obs) == 2 and obs[0]["instruction"] == "put the spoon on the towel, then stop"
+    assert obs[0]["agentview"].shape == (128, 128, 3) and obs[0]["proprio"].shape == (8,)
+
+
+class HalfDepthPolicy(VLAPolicy):
+    """Stands in for a routed student: runs every other layer and tracks the executed fraction."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.fractions: list[float] = []
+
+    def model_call(self, batch):
+        b, layers = batch["proprio"].shape[0], self.model.num_layers
+        mask = torch.zeros(b, layers, dtype=torch.bool, device=batch["proprio"].device)
+        mask[:, ::2] = True
+        with torch.inference_mode():
+            chunk = self.model(batch, layer_mask=mask)
+        self.fractions.append(float(mask.float().mean()))
+        return chunk, [list(range(0, layers, 2))] * b
+
+    @property
+    def mean_executed_fraction(self) -> float:
+        return sum(self.fractions) / len(self.fractions)
+
+
+def test_mean_executed_fraction_is_reported():
+    result = measure_latency(HalfDepthPolicy(tiny_vla(num_layers=4)), iters=2, warmup=1)
+    assert result["mean_executed_fraction"] == 0.5
+    with pytest.raises(ValueError, match="need iters >= 1"):
+        measure_latency(HalfDepthPolicy(tiny_vla()), iters=0)
