@@ -96,9 +96,11 @@ def redundancy_layers(similarity: Sequence[float], k: int) -> list[int]:
 
 def calibration_observations(calib: Calib | None, teacher_path: str | os.PathLike,
                              samples: int = CALIB_SAMPLES) -> list[Mapping[str, Any]]:
-    """Calibration observations: ``calib`` as given (a list of observation dicts), or ``samples`` items evenly
-    spaced over the demo folder(s) ``calib``, or, when ``calib`` is None, over the teacher's training demos
-    (``data.dirs`` of its ``config.json``). Raises ``ValueError`` when none can be found.
+    """Up to ``samples`` calibration observations, evenly spaced over ``calib``.
+
+    ``calib`` is a list of observation dicts (or any indexable of them, e.g. a ``DemoDataset``), a demo
+    folder or a list of demo folders (paths relative to the working directory), or None for the teacher's
+    training demos (``data.dirs`` of its ``config.json``). Raises ``ValueError`` when none can be found.
     """
     if calib is None:
         dirs = read_config(teacher_path).get("data", {}).get("dirs")
@@ -110,13 +112,14 @@ def calibration_observations(calib: Calib | None, teacher_path: str | os.PathLik
             isinstance(calib, Sequence) and calib and all(isinstance(c, (str, os.PathLike)) for c in calib)):
         from tasks.datasets import DemoDataset  # lazy: parquet/video readers load only when calibrating
 
-        dataset = DemoDataset(calib)
-        picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
-        return [dataset[int(i)] for i in picks]
-    obs = list(calib)
-    if not obs or not all(isinstance(o, Mapping) for o in obs):
+        calib = DemoDataset(calib)
+    if not (hasattr(calib, "__len__") and hasattr(calib, "__getitem__")) or len(calib) == 0:
         raise ValueError("calib must be a demo folder, a list of demo folders or a non-empty list of observation "
-                         f"dicts; got {type(calib).__name__} of {len(obs)} items")
+                         f"dicts; got {type(calib).__name__}")
+    picks = np.unique(np.linspace(0, len(calib) - 1, min(samples, len(calib))).round().astype(int))
+    obs = [calib[int(i)] for i in picks]
+    if not all(isinstance(o, Mapping) for o in obs):
+        raise ValueError(f"calib items must be observation dicts, got {type(obs[0]).__name__}")
     return obs
 
 

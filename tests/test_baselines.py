@@ -10,6 +10,7 @@ from distill.baselines import (
     BASELINES,
     BaselinePolicy,
     calibrate_exit_threshold,
+    calibration_observations,
     exit_depths,
     layer_similarity,
     layers_for_budget,
@@ -238,3 +239,14 @@ def test_adaptive_early_exit_batched_equals_one_by_one(teacher_path):
     batched = policy.predict(obs)
     single = np.concatenate([policy.predict([o]) for o in obs])
     np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_calibration_observations_subsample_evenly_and_reject_junk(teacher_path, demo_dir):
+    obs = observations(10)
+    picked = calibration_observations(obs, teacher_path, samples=4)
+    assert [o is obs[i] for i in (0, 3, 6, 9) for o in picked].count(True) == 4
+    assert len(calibration_observations(str(demo_dir), teacher_path, samples=3)) == 3  # 8 demo steps
+    with pytest.raises(ValueError, match="calib must be"):
+        calibration_observations([], teacher_path)
+    with pytest.raises(ValueError, match="observation dicts"):
+        calibration_observations([1, 2], teacher_path)
