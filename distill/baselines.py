@@ -205,7 +205,7 @@ class BaselinePolicy(VLAPolicy):
         super().__init__(teacher.model, checkpoint_hash=teacher.checkpoint_hash, path=teacher.path)
         self.name, self.budget, self.k, self.layers, self.seed = name, float(budget), k, layers, seed
         self.teacher_hash = teacher.checkpoint_hash
-        tag = f"{name}@{budget:g}" + (f",seed={seed}" if layers is None else "") + extra_hash
+        tag = f"{name}@{budget:g}" + (f",seed={seed}" if name == "random" else "") + extra_hash
         self.checkpoint_hash = hashlib.sha256(f"{teacher.checkpoint_hash}|{tag}".encode()).hexdigest()[:16]
         self.label = tag
         self._rng = np.random.default_rng(seed)
