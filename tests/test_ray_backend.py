@@ -7,6 +7,7 @@ through ``PYTHONPATH`` and register the fake suite with :func:`register_fake`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import ray
 from fake_env import FakeExpert, register
 
+from harness.bench_scaling import _counts, scaling
 from harness.evaluate import BACKENDS, PolicySource, evaluate
 from harness.ray_backend import RayBackend, ServedPolicy, ServerSpec
 
@@ -103,33 +105,32 @@ def source(name: str, cls) -> PolicySource:
     return PolicySource(name, build=cls, hash_for=lambda env: "h-" + name)
 
 
+def expert_or_nan(env):
+    """The expert, except on ``reach_early`` where the policy returns NaN actions."""
+    return NaNPolicy(env) if env.task == "reach_early" else FakeExpert(env)
+
+
 def test_ray_matches_sequential_resumes_and_records_failures(fake, tmp_path, monkeypatch):
-    kw = {"tasks": ["reach", "reach_early", "unreachable", "crash"], "variant": "all", "episodes": 3}
-    seq = run(fake, tmp_path / "seq", **kw)
-    par = run(fake, tmp_path / "ray", ray_backend=backend(), monkeypatch=monkeypatch, **kw)
-    assert len(par) == 4 * 2 * 3 and list(par.index) == list(seq.index)
+    mixed = PolicySource("mixed", build=expert_or_nan, hash_for=lambda env: "h-mixed")
+    kw = {"tasks": ["reach", "reach_early", "unreachable", "crash"], "variant": "all", "episodes": 2}
+    seq = run(fake, tmp_path / "seq", mixed, **kw)
+    par = run(fake, tmp_path / "ray", mixed, ray_backend=backend(), monkeypatch=monkeypatch, **kw)
+    assert len(par) == 4 * 2 * 2 and list(par.index) == list(seq.index)
     pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])
+    # a raising env and a NaN policy are recorded failures, never successes
     assert par.loc[par["task"] == "crash", "failure_reason"].str.contains("simulated physics").all()
+    nan = par[par["task"] == "reach_early"]
+    assert (~nan["success"]).all() and nan["failure_reason"].str.contains("non-finite").all()
     assert par.loc[par["task"] == "reach", "success"].all()
 
     # resume: more episodes run only the missing ones; stored rows stay as they were
     before = par["finished_at"]
-    kw["episodes"] = 4
-    par2 = run(fake, tmp_path / "ray", ray_backend=backend(), monkeypatch=monkeypatch, **kw)
-    assert len(par2) == 4 * 2 * 4 and par2.index.is_unique
+    kw["episodes"] = 3
+    par2 = run(fake, tmp_path / "ray", mixed, ray_backend=backend(), monkeypatch=monkeypatch, **kw)
+    assert len(par2) == 4 * 2 * 3 and par2.index.is_unique
     assert (par2.loc[before.index, "finished_at"] == before).all()
-
-    # a policy returning NaN is a recorded failure, never a success
-    nan = run(
-        fake,
-        tmp_path / "nan",
-        source("nan", NaNPolicy),
-        ray_backend=backend(),
-        monkeypatch=monkeypatch,
-        tasks=["reach"],
-        episodes=2,
-    )
-    assert (~nan["success"]).all() and nan["failure_reason"].str.contains("non-finite").all()
+    seq2 = run(fake, tmp_path / "seq", mixed, **kw)
+    pd.testing.assert_frame_equal(par2[COMPARED], seq2[COMPARED])
 
 
 @pytest.mark.parametrize("retries", [2, 0], ids=["ray-retries", "backend-resubmits"])
@@ -271,3 +272,24 @@ def test_policy_server_batches_and_matches_local_model(fake, tmp_path, monkeypat
     assert stats["calls"] == int(np.ceil(par["steps"] / 3).sum())  # one server call per 3-step chunk
     assert 1 <= stats["batches"] <= stats["calls"]
     assert '"batch_size"' in par["info"].iloc[0]
+
+
+def test_bench_scaling_prints_a_line_per_worker_count_and_a_summary(fake):
+    lines = []
+    summary = scaling(
+        fake,
+        [1, 2],
+        episodes=2,
+        tasks=["reach", "unreachable"],
+        emit=lines.append,
+        backend_kwargs={"worker_setup": register_fake, "runtime_env": RUNTIME_ENV},
+    )
+    rows = [json.loads(line) for line in lines]
+    assert [r.get("workers") for r in rows[:2]] == [1, 2] and rows[2]["summary"]
+    assert all(r["episodes"] == 4 and r["episodes_per_min"] > 0 for r in rows[:2])
+    assert rows[0]["speedup"] == 1.0 and rows[1]["efficiency"] == pytest.approx(
+        rows[1]["speedup"] / 2, abs=1e-3
+    )
+    assert summary["outcomes_match"] and set(summary["scaling_efficiency"]) == {1, 2}
+    with pytest.raises(ValueError, match="positive integers, got '0,2'"):
+        _counts("0,2")
