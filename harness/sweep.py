@@ -8,8 +8,9 @@ Stages now: ``expert_eval`` (the scripted experts over the SIMPLER-style suites:
 upper bound of every table). Later stages (demos, teacher, students, report) append to
 :func:`stages`. Each stage writes under ``runs/<profile>/``; episodes already stored are
 skipped, so rerunning after an interruption continues where it stopped. The upfront time
-estimate times a few environment steps per suite and assumes every episode runs to its step
-limit (SIMPLER-style episodes do), so it is an upper bound for the simulation part.
+estimate builds one environment per suite, times its reset and a few expert steps, and assumes
+every episode runs to the first task's step limit (SIMPLER-style episodes run to their limit;
+drawer tasks have longer limits than pick tasks), so it is a rough guide, not a bound.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Context:
 
 @dataclass
 class Stage:
-    """A step of the sweep: ``estimate_s(ctx)`` (seconds left, upper bound) and ``run(ctx)``."""
+    """A step of the sweep: ``estimate_s(ctx)`` (rough seconds left) and ``run(ctx)``."""
 
     name: str
     description: str
@@ -80,21 +81,25 @@ def _plan(profile: Profile, suite: str) -> list[tuple[list[str], str, int]]:
     return plan
 
 
-def _ms_per_step(suite: str, task: str, seed: int, steps: int = 10) -> tuple[float, int]:
-    """(median ms of a rendered step with the expert's actions, the task's step limit)."""
+def _episode_cost_s(suite: str, task: str, seed: int, steps: int = 10) -> tuple[float, float]:
+    """(seconds to build the env, seconds of one expert episode run to the step limit), from
+    building ``task`` once, one reset and ``steps`` rendered steps (median)."""
     import tasks as suites
 
+    t0 = time.perf_counter()
     env = suites.make(suite, task, seed=seed)
     try:
+        t1 = time.perf_counter()
         obs, _ = env.reset(seed=seed, options={"episode_index": 0})
+        t2 = time.perf_counter()
         expert = suites.expert(env)
         expert.reset()
         times = []
         for _ in range(steps):
-            t0 = time.perf_counter()
+            t = time.perf_counter()
             obs, *_ = env.step(expert.act(obs))
-            times.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(times)), int(env.unwrapped.max_steps)
+            times.append(time.perf_counter() - t)
+        return t1 - t0, (t2 - t1) + int(env.unwrapped.max_steps) * float(np.median(times))
     finally:
         env.close()
 
@@ -112,8 +117,8 @@ def _expert_estimate(ctx: Context) -> float:
         done = ResultsStore(_expert_dir(ctx, suite)).frame()
         left = sum(len(t) * n for t, _, n in plan) - len(done)
         if left > 0:
-            ms, max_steps = _ms_per_step(suite, plan[0][0][0], ctx.seed)
-            total += left * max_steps * ms / 1e3
+            build_s, episode_s = _episode_cost_s(suite, plan[0][0][0], ctx.seed)
+            total += left * episode_s + sum(len(t) for t, _, _ in plan) * build_s
     return total
 
 
@@ -153,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     estimates = {}
     for stage in todo:
         estimates[stage.name] = stage.estimate_s(ctx)
-        print(f"[sweep] estimate {stage.name}: at most ~{_fmt_s(estimates[stage.name])} ({stage.description})")
-    print(f"[sweep] estimated total: at most ~{_fmt_s(sum(estimates.values()))} (rerun to resume)")
+        print(f"[sweep] estimate {stage.name}: ~{_fmt_s(estimates[stage.name])} ({stage.description})")
+    print(f"[sweep] estimated total: ~{_fmt_s(sum(estimates.values()))} (rerun to resume)")
     start = time.perf_counter()
     for i, stage in enumerate(todo, 1):
         print(f"[sweep] stage {i}/{len(todo)}: {stage.name}: {stage.description}")
