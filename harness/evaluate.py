@@ -145,7 +145,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     ``tasks``: task names or indices (default: all); ``variant``: a name, ``"all"`` or ``None``
     (the default variant); ``videos``: save agentview mp4s of the first ``videos`` episodes of
     each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
-    finish and ``out/summary.json`` (for this policy's rows) at the end; prints a plan line and
+    finish and ``out/summary.json`` (this policy's current rows) at the end; prints a plan line and
     (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
     """
     if episodes < 1:
@@ -193,7 +193,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
             bar.update(1)
     if bar is not None:
         bar.close()
-    summary = store.write_summary(policy_hash)
+    summary = store.write_summary(source.name)
     if table and not quiet:
         print(format_table(summary))
     return summary

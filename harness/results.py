@@ -11,7 +11,7 @@ Files in the run folder:
 - ``episodes.parquet``: one row per episode with the columns of :data:`COLUMNS`. ``info`` holds
   the policy's aggregated ``last_info`` (see :mod:`harness.rollout`) and ``versions`` the code
   and package versions, both as JSON strings.
-- ``summary.json``: ``{"per_task": {"suite/task": entry}, "per_group": {"suite": entry,
+- ``summary.json`` (of the current rows, see :func:`current_rows`): ``{"per_task": {"suite/task": entry}, "per_group": {"suite": entry,
   "suite/variant": entry}, "overall": entry}``; an entry is ``{"success_rate", "successes", "n",
   "ci_low", "ci_high", "mean_steps", "mean_policy_ms", "failures"}`` with a 95% Wilson interval;
   per-task entries add ``"per_variant": {variant: entry}``.
@@ -110,19 +110,32 @@ class ResultsStore:
         os.replace(tmp, self.path)
         return len(fresh)
 
-    def summary(self, policy_hash: str | None = None) -> dict[str, Any]:
-        """Summary of the stored rows (only those of ``policy_hash`` when given); see the module doc."""
+    def summary(self, policy: str | None = None) -> dict[str, Any]:
+        """Summary of the current rows (:func:`current_rows`), only ``policy``'s when given."""
         df = self.frame()
-        if policy_hash is not None:
-            df = df[df["policy_hash"] == policy_hash]
-        return summarize(df)
+        if policy is not None:
+            df = df[df["policy"] == policy]
+        return summarize(current_rows(df))
 
-    def write_summary(self, policy_hash: str | None = None) -> dict[str, Any]:
+    def write_summary(self, policy: str | None = None) -> dict[str, Any]:
         """Compute :meth:`summary`, write it to ``summary.json`` atomically and return it."""
-        summary = self.summary(policy_hash)
+        summary = self.summary(policy)
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return summary
+
+
+def current_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (policy, suite), only the rows of the hash that finished an episode last.
+
+    A policy whose code or weights changed gets a new hash and its episodes run again; the rows
+    of the old hash stay in the file for the record but no longer count.
+    """
+    if df.empty:
+        return df
+    latest = df.sort_values("finished_at").groupby(["policy", "suite"])["policy_hash"].last()
+    keep = [latest[(p, s)] == h for p, s, h in zip(df["policy"], df["suite"], df["policy_hash"])]
+    return df[keep]
 
 
 def _entry(df: pd.DataFrame) -> dict[str, Any]:

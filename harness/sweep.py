@@ -104,8 +104,8 @@ def _episode_cost_s(suite: str, task: str, seed: int, steps: int = 10) -> tuple[
         env.close()
 
 
-def _expert_dir(ctx: Context, suite: str) -> Path:
-    return ctx.root / "expert" / suite
+def _expert_dir(ctx: Context) -> Path:
+    return ctx.root / "expert"
 
 
 def _expert_estimate(ctx: Context) -> float:
@@ -114,7 +114,8 @@ def _expert_estimate(ctx: Context) -> float:
     total = 0.0
     for suite in simpler_suites():
         plan = _plan(ctx.profile, suite)
-        done = ResultsStore(_expert_dir(ctx, suite)).frame()
+        stored = ResultsStore(_expert_dir(ctx)).frame()
+        done = stored[stored["suite"] == suite]
         left = sum(len(t) * n for t, _, n in plan) - len(done)
         if left > 0:
             build_s, episode_s = _episode_cost_s(suite, plan[0][0][0], ctx.seed)
@@ -125,11 +126,13 @@ def _expert_estimate(ctx: Context) -> float:
 def _expert_run(ctx: Context) -> None:
     from harness.evaluate import evaluate
 
+    summary = None
     for suite in simpler_suites():
         for task_names, variant, episodes in _plan(ctx.profile, suite):
             summary = evaluate("expert", suite, tasks=task_names, variant=variant, episodes=episodes,
-                               seed=ctx.seed, out=_expert_dir(ctx, suite), table=False)
-        ctx.summaries[f"expert on {suite}"] = summary
+                               seed=ctx.seed, out=_expert_dir(ctx), table=False)
+    if summary is not None:
+        ctx.summaries["scripted experts"] = summary
 
 
 def stages() -> list[Stage]:

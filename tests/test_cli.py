@@ -76,8 +76,8 @@ def test_sweep_smoke_runs_and_resumes(suite, tmp_path, monkeypatch, capsys):
     assert sweep.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "estimate expert_eval" in out and "stage 1/1: expert_eval" in out and "overall" in out
-    df = pd.read_parquet(tmp_path / "smoke" / "expert" / suite / "episodes.parquet")
+    df = pd.read_parquet(tmp_path / "smoke" / "expert" / "episodes.parquet")
     assert len(df) == 2 * 2 and set(df["task"]) == {"reach", "reach_early"}
     assert sweep.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
     assert "4 already done, 0 to run" in capsys.readouterr().out
-    assert len(pd.read_parquet(tmp_path / "smoke" / "expert" / suite / "episodes.parquet")) == 4
+    assert len(pd.read_parquet(tmp_path / "smoke" / "expert" / "episodes.parquet")) == 4

@@ -44,6 +44,17 @@ def test_store_skips_done_keys_and_never_duplicates(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_summary_counts_only_the_latest_hash_per_policy_and_suite(tmp_path):
+    store = ResultsStore(tmp_path)
+    old = [row(i, False, policy_hash="old") | {"finished_at": "2024-01-01T00:00:00+00:00"} for i in range(3)]
+    new = [row(i, True, policy_hash="new") | {"finished_at": "2025-01-01T00:00:00+00:00"} for i in range(2)]
+    store.add(old + new)
+    assert len(store.frame()) == 5  # the old rows stay on record
+    overall = store.summary()["overall"]
+    assert (overall["successes"], overall["n"]) == (2, 2)
+    assert store.summary(policy="someone_else")["overall"]["n"] == 0
+
+
 def test_store_rejects_incomplete_rows_and_names_unreadable_file(tmp_path):
     store = ResultsStore(tmp_path)
     with pytest.raises(ValueError, match="lacks columns"):
