@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import tasks as suites
 from harness.results import ResultsStore, episode_key, format_table, make_row
 from harness.rollout import EpisodeResult, rollout
 from harness.versions import versions
+from harness.videos import write_episode_video
 from tasks.registry import resolve_task, resolve_variant
 
 
@@ -124,17 +123,6 @@ def resolve_variants(suite: str, variant: str | None) -> list[str]:
     return [resolve_variant(suite, variant)]
 
 
-def save_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> None:
-    """Write agentview ``frames`` ((H, W, 3) uint8 each; ``None`` entries skipped) as an mp4."""
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
-        for frame in frames:
-            if frame is not None:
-                writer.append_data(frame)
-
-
 def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None = None,
              variant: str | None = None, episodes: int = 10, seed: int = 0, out: str | os.PathLike,
              videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
@@ -143,7 +131,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     """Run the missing episodes of ``policy`` on ``suite`` and return the run folder's summary.
 
     ``tasks``: task names or indices (default: all); ``variant``: a name, ``"all"`` or ``None``
-    (the default variant); ``videos``: save agentview mp4s of the first ``videos`` episodes of
+    (the default variant); ``videos``: save annotated agentview mp4s (:mod:`harness.videos`) of the first ``videos`` episodes of
     each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
     finish and ``out/summary.json`` (this policy's current rows) at the end; prints a plan line and
     (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
@@ -185,8 +173,9 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
                             task=job.task, variant=job.variant, episode_index=job.episode_index,
                             seed=job.seed, render_mode=render_mode, versions=run_versions)])
         if job.video and result.frames:
-            save_video(result.frames, Path(out) / "videos" / job.suite / job.task / job.variant
-                       / f"ep{job.episode_index:04d}.mp4")
+            write_episode_video(result, Path(out) / "videos" / job.suite / job.task / job.variant
+                                / f"ep{job.episode_index:04d}.mp4",
+                                title=f"{Path(source.name).name} | {job.task} | ep {job.episode_index}")
         successes += result.success
         if bar is not None:
             bar.set_postfix(task=job.task[:24], success=f"{successes}/{n}")
