@@ -60,7 +60,7 @@ class Router(nn.Module):
 
     def __init__(self, hidden_size: int, num_layers: int, router_dim: int = 128, init_logit: float = 0.0):
         super().__init__()
-        self.num_layers = num_layers
+        self.num_layers, self.router_dim = num_layers, router_dim
         self.vision_proj = nn.Linear(hidden_size, router_dim, bias=False)  # no bias: the LayerNorm follows, and a
         self.text_proj = nn.Linear(hidden_size, router_dim, bias=False)  # bias would swamp small embeddings
         self.vision_norm = nn.LayerNorm(router_dim)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -161,7 +162,9 @@ class StudentVLA(VLA):
         super().__init__(config)
         self.budget = float(budget)
         self.layers_per_input = layers_for_budget(budget, self.num_layers)
-        self.router = Router(config.hidden_size, self.num_layers, router_dim)
+        # soft gates start at the budget, so the budget term starts near 0 (the initial order is random)
+        init_logit = math.log(min(budget, 0.99) / (1 - min(budget, 0.99)))
+        self.router = Router(config.hidden_size, self.num_layers, router_dim, init_logit)
 
     @classmethod
     def from_teacher(cls, teacher: VLA, budget: float, router_dim: int = 128) -> StudentVLA:
@@ -214,7 +217,7 @@ def export_student(student: StudentVLA, path: str | Path, meta: Mapping | None =
         "kind": STUDENT_KIND,
         "policy_loader": "distill.student:load_student_policy",
         "student": {"budget": student.budget, "rule": BUDGET_RULE, "layers_per_input": student.layers_per_input,
-                    "num_layers": student.num_layers, "router": {"router_dim": student.router.gate.in_features // 4}},
+                    "num_layers": student.num_layers, "router": {"router_dim": student.router.router_dim}},
     }
     return save_checkpoint(path, student, {**dict(meta or {}), **student_meta})
 
@@ -444,6 +447,7 @@ def save_loss_plot(history: Sequence[Mapping], file: Path, title: str) -> None:
         return
     steps = np.array([h["step"] for h in history])
     fig, ax = plt.subplots(figsize=(7, 4))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
     for key in history[0]:
         if key == "step":
             continue
@@ -456,7 +460,6 @@ def save_loss_plot(history: Sequence[Mapping], file: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
     fig.savefig(file, dpi=120)
     plt.close(fig)
 
@@ -579,7 +582,8 @@ def budget_dir(out: str | Path, budget: float) -> Path:
     return Path(out) / f"student-b{budget:g}"
 
 
-def _open_dataset(data: Sequence[str | os.PathLike] | Dataset, chunk: int) -> Dataset:
+def open_dataset(data: Sequence[str | os.PathLike] | Dataset, chunk: int) -> Dataset:
+    """``data`` itself when it is a dataset, else ``tasks.datasets.DemoDataset`` over the folders ``data``."""
     if isinstance(data, Dataset):
         return data
     from tasks.datasets import DemoDataset
@@ -610,7 +614,7 @@ def distill(teacher: str | Path, data: Sequence[str | os.PathLike] | Dataset, bu
     for b in budgets:
         layers_for_budget(b, teacher_vla.num_layers)
     teacher_hash = file_hash(Path(teacher) / WEIGHTS)
-    dataset = _open_dataset(data, teacher_vla.config.chunk)
+    dataset = open_dataset(data, teacher_vla.config.chunk)
     out = Path(out)
     stage1 = out / STAGE1_DIR
     stage1_meta = {"teacher": str(teacher), "teacher_hash": teacher_hash, "num_samples": len(dataset),

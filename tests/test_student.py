@@ -86,7 +86,7 @@ def tiny_teacher(num_layers: int = 4, chunk: int = 4, seed: int = 0) -> VLA:
 
 def tiny_config(**overrides) -> ActDistillConfig:
     base = {"semantic_dim": 16, "k": 4, "gat_heads": 2, "head_hidden": 32, "router_dim": 8, "batch_size": 6,
-            "steps": 4, "stage1_steps": 3, "warmup": 1, "save_every": 2}
+            "steps": 3, "stage1_steps": 3, "warmup": 1, "save_every": 2}
     return ActDistillConfig(**{**base, **overrides})
 
 

@@ -1,0 +1,71 @@
+"""Distill a teacher into routed students with ActDistill, one per compute budget (resumable).
+
+    actdistill distill --teacher runs/teacher_small --data data/widowx data/google --budgets 0.25,0.5,0.75 \\
+        --out runs/distill_small
+    actdistill distill --teacher runs/teacher_full --data data/libero_spatial --budgets 0.5 --out runs/distill \\
+        --device cuda --steps 20000 --stage1-steps 5000 --batch-size 64
+
+OUT/encapsulation holds stage 1 (graph extractors, per-layer heads, the teacher cache keyed by sample id,
+loss.png), shared by every budget. OUT/student-b<B> holds the student at budget B (fraction of decoder
+layers run per input; each input runs floor(B * L) layers): model.safetensors + config.json (load with
+distill.load_policy), loss.png and history.json. Rerunning skips finished budgets and resumes an
+unfinished one from OUT/student-b<B>.work/training_state.pt (written every --save-every steps).
+"""
+
+from __future__ import annotations
+
+HELP = "distill a teacher into routed students at several compute budgets (ActDistill)"
+
+
+def parse_budgets(text: str) -> list[float]:
+    """``"0.25,0.5,0.75"`` -> ``[0.25, 0.5, 0.75]``; each must be a fraction in (0, 1]."""
+    try:
+        budgets = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--budgets {text!r} must be comma-separated fractions in (0, 1], e.g. 0.25,0.5,0.75") from exc
+    bad = [b for b in budgets if not 0.0 < b <= 1.0]
+    if not budgets or bad:
+        raise ValueError(f"--budgets {text!r}: every budget must be a fraction in (0, 1], e.g. 0.25,0.5,0.75")
+    return sorted(set(budgets))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint folder (from train-teacher)")
+    parser.add_argument("--data", nargs="+", required=True, help="demonstration folders (from actdistill demos)")
+    parser.add_argument("--budgets", default="0.25,0.5,0.75",
+                        help="comma-separated fractions of decoder layers run per input (default 0.25,0.5,0.75)")
+    parser.add_argument("--out", required=True, help="output folder (created; resumed when it exists)")
+    parser.add_argument("--steps", type=int, default=None, help="stage-2 steps per budget (default 3000)")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size of both stages (default 32)")
+    parser.add_argument("--save-every", type=int, default=None, help="steps between training states (default 250)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and gate noise")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _open_dataset(dirs: list[str], chunk: int):
+    """The training dataset of ``dirs`` (a seam for tests)."""
+    from distill.student import open_dataset
+
+    return open_dataset(dirs, chunk)
+
+
+def run(args) -> int:
+    import json
+
+    from distill.checkpoint import read_config
+    from distill.student import ActDistillConfig, distill
+
+    budgets = parse_budgets(args.budgets)
+    overrides = {key: value for key, value in (("steps", args.steps), ("stage1_steps", args.stage1_steps),
+                                               ("batch_size", args.batch_size), ("save_every", args.save_every))
+                 if value is not None}
+    config = ActDistillConfig(seed=args.seed, num_workers=args.workers, **overrides)
+    chunk = int(read_config(args.teacher).get("vla", {}).get("chunk", 8))
+    dataset = _open_dataset(list(args.data), chunk)
+    summary = distill(args.teacher, dataset, budgets, args.out, config=config, device=args.device,
+                      progress=not args.no_progress)
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,102 @@
+"""``actdistill distill`` end to end on a tiny teacher and a synthetic dataset: two budgets, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_student import SyntheticDemos, tiny_teacher
+
+from distill import load_policy
+from distill.checkpoint import save_checkpoint
+from distill.student import STATE, StudentPolicy
+from harness import cli
+from harness.commands import distill as distill_cmd
+
+
+@pytest.fixture()
+def setup(tmp_path, monkeypatch):
+    teacher_dir = tmp_path / "teacher"
+    save_checkpoint(teacher_dir, tiny_teacher())
+    data = SyntheticDemos(n=16)
+    monkeypatch.setattr(distill_cmd, "_open_dataset", lambda dirs, chunk: data)
+    args = ["distill", "--teacher", str(teacher_dir), "--data", str(tmp_path), "--budgets", "0.5,0.25",
+            "--out", str(tmp_path / "out"), "--steps", "3", "--stage1-steps", "2", "--batch-size", "4",
+            "--save-every", "2", "--no-progress"]
+    return tmp_path, args, data
+
+
+def test_distill_two_budgets_then_resume_skips(setup, capsys):
+    tmp_path, args, data = setup
+    assert cli.main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = tmp_path / "out"
+    assert summary["stage1"]["status"] == "trained"
+    assert {k: v["status"] for k, v in summary["budgets"].items()} == {"0.25": "trained", "0.5": "trained"}
+    assert (out / "encapsulation" / "teacher_cache.safetensors").is_file()
+    assert (out / "encapsulation" / "loss.png").is_file()
+    for budget, layers in (("0.25", 1), ("0.5", 2)):
+        folder = out / f"student-b{budget}"
+        assert (folder / "loss.png").is_file()
+        config = json.loads((folder / "config.json").read_text())
+        assert config["kind"] == "student" and config["student"]["budget"] == float(budget)
+        policy = load_policy(folder)
+        assert isinstance(policy, StudentPolicy)
+        policy.act(data[0])
+        assert len(policy.last_info["executed_layers"]) == layers
+        assert policy.mean_executed_fraction <= float(budget)
+        assert not any(k.startswith(("extractors.", "heads.")) for k in load_file(str(folder / "model.safetensors")))
+        assert not (out / f"student-b{budget}.work" / STATE).exists()
+
+    weights = (out / "student-b0.5" / "model.safetensors").read_bytes()
+    args3 = [a if a != "0.5,0.25" else "0.5,0.25,0.75" for a in args]
+    assert cli.main(args3) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["stage1"]["status"] == "skipped"
+    assert {k: v["status"] for k, v in summary["budgets"].items()} == \
+        {"0.25": "skipped", "0.5": "skipped", "0.75": "trained"}
+    assert (out / "student-b0.5" / "model.safetensors").read_bytes() == weights
+
+
+def test_interrupted_budget_resumes_like_an_uninterrupted_run(setup, capsys, monkeypatch):
+    tmp_path, args, _ = setup
+    one = [a if a != "0.5,0.25" else "0.5" for a in args]
+
+    def with_out(name: str) -> list[str]:
+        return [a if a != str(tmp_path / "out") else str(tmp_path / name) for a in one]
+
+    assert cli.main(with_out("a")) == 0
+    reference = json.loads((tmp_path / "a" / "student-b0.5" / "history.json").read_text())
+    assert len(reference) == 3
+
+    import distill.student as student_mod
+
+    export = student_mod.export_student
+
+    def crash(*a, **k):
+        raise RuntimeError("simulated crash before export")
+
+    monkeypatch.setattr(student_mod, "export_student", crash)
+    shutil.copytree(tmp_path / "a" / "encapsulation", tmp_path / "b" / "encapsulation")  # stage 1 is reused
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli.main(with_out("b"))
+    state = torch.load(tmp_path / "b" / "student-b0.5.work" / STATE, weights_only=True)
+    assert state["step"] == 2  # the periodic state of step 2 survived the crash
+    monkeypatch.setattr(student_mod, "export_student", export)
+    capsys.readouterr()
+    assert cli.main(with_out("b")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["stage1"]["status"] == "skipped" and summary["budgets"]["0.5"]["status"] == "trained"
+    resumed = json.loads((tmp_path / "b" / "student-b0.5" / "history.json").read_text())
+    assert [h["step"] for h in resumed] == [0, 1, 2]
+    assert [h["loss"] for h in resumed] == pytest.approx([h["loss"] for h in reference], rel=1e-5)
+
+
+def test_bad_budgets_are_rejected(setup, capsys):
+    _, args, _ = setup
+    bad = [a if a != "0.5,0.25" else "0.5,1.5" for a in args]
+    assert cli.main(bad) == 2
+    assert "(0, 1]" in capsys.readouterr().err
