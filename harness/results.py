@@ -172,14 +172,16 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """A fixed-width text table of a summary: per task, then per group, then overall."""
-    header = f"{'':<48} {'n':>5} {'success':>8} {'95% CI':>15} {'steps':>7} {'failed':>6}"
+    names = [*summary["per_task"], *summary["per_group"], "overall"]
+    width = min(110, max(len(n) for n in names))
+    header = f"{'':<{width}} {'n':>5} {'success':>8} {'95% CI':>15} {'steps':>7} {'failed':>6}"
     lines = [header, "-" * len(header)]
 
     def line(name: str, e: dict[str, Any]) -> str:
         rate = "-" if e["n"] == 0 else f"{100 * e['success_rate']:.1f}%"
         ci = f"[{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
         steps = "-" if e["n"] == 0 else f"{e['mean_steps']:.1f}"
-        return f"{name[:48]:<48} {e['n']:>5} {rate:>8} {ci:>15} {steps:>7} {e['failures']:>6}"
+        return f"{name[:width]:<{width}} {e['n']:>5} {rate:>8} {ci:>15} {steps:>7} {e['failures']:>6}"
 
     lines += [line(name, e) for name, e in summary["per_task"].items()]
     lines.append("-" * len(header))
