@@ -1,10 +1,10 @@
 """Ray-parallel evaluation backend: the only module of the harness that imports Ray.
 
-    from harness.evaluate import BACKENDS, evaluate
-    from harness.ray_backend import RayBackend
-    BACKENDS["ray"] = RayBackend(num_workers=8)                 # local Ray instance, 8 workers
-    BACKENDS["ray"] = RayBackend(num_workers=64, address="auto")  # join an existing cluster
-    evaluate("expert", "simpler_google", episodes=50, out="runs/expert", backend="ray")
+    from harness.evaluate import evaluate
+    from harness.ray_backend import register
+    backend = register(num_workers=8)                  # local Ray instance, 8 workers
+    backend = register(num_workers=64, address="auto")  # or: join an existing cluster
+    evaluate("expert", "simpler_google", episodes=50, out="runs/expert", backend=backend)
 
 A :class:`RayBackend` is a backend of :mod:`harness.evaluate`: called with ``(jobs, source,
 options)`` it yields ``(job, EpisodeResult)`` pairs as episodes finish, so the driver stores
@@ -13,8 +13,8 @@ each row the moment ``ray.wait`` returns it; the episodes themselves run through
 the same per-episode outcomes.
 
 - Workers (:class:`EpisodeWorker`) are actors with one CPU each. Thread pools are pinned to one
-  thread (``OMP/MKL/OPENBLAS_NUM_THREADS=1`` in the worker's environment and
-  ``torch.set_num_threads(1)`` once torch is loaded). The :class:`~harness.evaluate.PolicySource`
+  thread (``OMP/MKL/OPENBLAS_NUM_THREADS=1`` and Mesa llvmpipe's ``LP_NUM_THREADS=1`` in the
+  worker's environment, and ``torch.set_num_threads(1)`` once torch is loaded). The :class:`~harness.evaluate.PolicySource`
   is put in the object store once and every worker loads it once; environments (and their
   renderers) are built inside the worker process, once per (suite, task, variant) in a row. Jobs
   are dispatched one per idle worker, preferring a job whose environment the worker already has.
@@ -44,10 +44,16 @@ import numpy as np
 import ray
 
 import tasks as suites
+from harness import evaluate as _evaluate
 from harness.evaluate import Job, PolicySource, RunOptions
 from harness.rollout import EpisodeResult, rollout
 
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "LP_NUM_THREADS": "1",
+}
 
 
 def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
@@ -340,3 +346,10 @@ class RayBackend:
                 ray.kill(worker, no_restart=True)
             if server is not None:
                 ray.kill(server, no_restart=True)
+
+
+def register(num_workers: int | None = None, *, address: str | None = None, **kwargs) -> str:
+    """Register ``RayBackend(num_workers, address=address, **kwargs)`` in
+    :data:`harness.evaluate.BACKENDS` under ``"ray"`` and return that name (for ``evaluate(backend=...)``)."""
+    _evaluate.BACKENDS["ray"] = RayBackend(num_workers, address=address, **kwargs)
+    return "ray"

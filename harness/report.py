@@ -300,7 +300,13 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str) ->
     for ax, suite in zip(axes[0], suites):
         rows = table[table["suite"] == suite]
         for _, r in rows[rows["kind"] == "expert"].iterrows():
-            ax.axhline(r["rate"], color=_STYLE["expert"][0], ls="--", lw=1, label=f"{r['run']} (expert)")
+            ax.axhline(
+                r["rate"],
+                color=_STYLE["expert"][0],
+                ls="--",
+                lw=1,
+                label="expert" if r["run"] == "expert" else f"{r['run']} (expert)",
+            )
         pts = rows[(rows["kind"] != "expert") & rows[x].notna()]
         for kind in KINDS:
             sub = pts[pts["kind"] == kind]

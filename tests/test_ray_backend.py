@@ -25,6 +25,7 @@ from fake_env import FakeExpert, register
 from harness.bench_scaling import _counts, scaling
 from harness.evaluate import BACKENDS, PolicySource, evaluate
 from harness.ray_backend import RayBackend, ServedPolicy, ServerSpec
+from harness.ray_backend import register as register_ray
 
 TESTS = str(Path(__file__).resolve().parent)
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -272,6 +273,17 @@ def test_policy_server_batches_and_matches_local_model(fake, tmp_path, monkeypat
     assert stats["calls"] == int(np.ceil(par["steps"] / 3).sum())  # one server call per 3-step chunk
     assert 1 <= stats["batches"] <= stats["calls"]
     assert '"batch_size"' in par["info"].iloc[0]
+
+
+def test_register_puts_a_configured_backend_in_the_registry(monkeypatch):
+    import harness.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "BACKENDS", dict(BACKENDS))
+    assert register_ray(3, address="auto", max_attempts=5) == "ray"
+    registered = evaluate_module.BACKENDS["ray"]
+    assert isinstance(registered, RayBackend) and (registered.num_workers, registered.address) == (3, "auto")
+    with pytest.raises(ValueError, match="num_workers must be >= 1"):
+        RayBackend(0)
 
 
 def test_bench_scaling_prints_a_line_per_worker_count_and_a_summary(fake):
