@@ -81,3 +81,27 @@ def test_sweep_smoke_runs_and_resumes(suite, tmp_path, monkeypatch, capsys):
     assert sweep.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
     assert "4 already done, 0 to run" in capsys.readouterr().out
     assert len(pd.read_parquet(tmp_path / "smoke" / "expert" / "episodes.parquet")) == 4
+
+
+def test_eval_cli_with_a_checkpoint(suite, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from test_vla import tiny_vla
+
+    from distill.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", tiny_vla(seed=1))
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["eval", "--policy", str(tmp_path / "ckpt"), "--suite", suite, "--tasks", "reach",
+                     "--episodes", "2", "--out", str(out), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    df = pd.read_parquet(out / "episodes.parquet")
+    assert len(df) == 2 and df["policy_hash"].str.startswith("ckpt-").all()
+    assert (df["failure_reason"].isna()).all() and (df["policy_calls"] == df["steps"]).all()
+    info = json.loads(df["info"][0])
+    chunk_calls = info["executed_fraction"]["n"]
+    assert 1 <= chunk_calls < df["steps"][0]  # the chunk runs open-loop: fewer model calls than steps
+    assert info["executed_fraction"]["mean"] == 1.0  # a teacher runs every layer
