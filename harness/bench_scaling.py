@@ -8,7 +8,9 @@ For each worker count the same episodes run through the full evaluator (Ray back
 store, fresh run folder), timed from the call to the last stored row, so actor start-up and
 environment construction count. Prints one JSON line per count (``workers``, ``episodes``,
 ``wall_s``, ``episodes_per_min``, ``speedup`` over the smallest count, ``efficiency`` = speedup /
-(workers / smallest count)) and a summary line, which also says whether every worker count gave
+(workers / smallest count), plus ``first_episode_s`` (start-up until the first stored episode) and
+``steady_episodes_per_min`` (rate after the first ``workers`` episodes, i.e. without start-up))
+and a summary line, which also says whether every worker count gave
 the same per-episode outcomes. With several processes sharing few cores the numbers say as much
 about the machine as about the evaluator: ``cpus`` is reported alongside.
 """
@@ -71,7 +73,15 @@ def scaling(
     rows, outcomes = [], []
     for count in workers:
         name = f"_bench_ray_{count}"
-        BACKENDS[name] = RayBackend(count, address=address, **(backend_kwargs or {}))
+        backend = RayBackend(count, address=address, **(backend_kwargs or {}))
+        marks: list[float] = []
+
+        def timed(jobs, source, options, backend=backend, marks=marks):
+            for item in backend(jobs, source, options):
+                marks.append(time.perf_counter())
+                yield item
+
+        BACKENDS[name] = timed
         try:
             with tempfile.TemporaryDirectory(prefix="bench_scaling_") as out:
                 start = time.perf_counter()
@@ -92,11 +102,16 @@ def scaling(
         finally:
             del BACKENDS[name]
         outcomes.append(df.set_index("key")[["success", "steps"]].sort_index())
+        # after the first `count` episodes every worker is up and has built an environment
+        warm = marks[min(count, len(marks)) - 1]
+        steady = (len(marks) - min(count, len(marks))) / (marks[-1] - warm) * 60 if marks[-1] > warm else None
         row = {
             "workers": count,
             "episodes": len(df),
             "wall_s": round(wall, 3),
             "episodes_per_min": round(60 * len(df) / wall, 3),
+            "first_episode_s": round(marks[0] - start, 3),
+            "steady_episodes_per_min": None if steady is None else round(steady, 3),
             "success_rate": float(df["success"].mean()),
         }
         base = rows[0] if rows else row
