@@ -81,6 +81,8 @@ def _expert_hash(env) -> str:
 def policy_source(policy: str) -> PolicySource:
     """``"expert"`` (the suite's scripted expert) or a checkpoint folder for ``distill.load_policy``.
 
+    The expert's hash covers the Python sources of its package folder; a checkpoint's covers its
+    ``config.json``, ``*.safetensors`` and the loaded policy's ``checkpoint_hash`` if it has one.
     Raises ``FileNotFoundError`` naming the path when ``policy`` is neither.
     """
     if policy == "expert":
@@ -91,7 +93,11 @@ def policy_source(policy: str) -> PolicySource:
     from distill import load_policy  # lazy: torch and the model code load only for checkpoints
 
     loaded = load_policy(path)
-    digest = "ckpt-" + _hash_files([p for p in path.rglob("*") if p.is_file()], path)
+    # Weights and config identify the policy; training state, logs and plots do not. A policy that
+    # reads weights from elsewhere (e.g. a baseline over a teacher) names them in checkpoint_hash.
+    files = [p for p in path.glob("*") if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")]
+    digest = "ckpt-" + hashlib.sha256(
+        (_hash_files(files, path) + str(getattr(loaded, "checkpoint_hash", ""))).encode()).hexdigest()[:16]
     return PolicySource(str(path), build=lambda env: loaded, hash_for=lambda env: digest)
 
 
