@@ -236,6 +236,9 @@ class _Folder:
         self.proprio = steps.column("proprio").combine_chunks().flatten().to_numpy().reshape(-1, PROPRIO_DIM)
         self.actions = steps.column("action").combine_chunks().flatten().to_numpy().reshape(-1, ACTION_DIM)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])  # first step row of each episode
+        if len(self.lengths) >= 1 << _EP_SHIFT or self.lengths.max() >= 1 << (_DS_SHIFT - _EP_SHIFT):
+            raise DatasetError(f"{path} has {len(self.lengths)} episodes of up to {self.lengths.max()} steps; "
+                               f"sample ids allow fewer than {1 << _EP_SHIFT} of each")
 
     def frames(self, episode: int) -> np.ndarray:
         """Decoded (T, H, 2W, 3) frames of ``episode``, checked against the stored size and hash."""
