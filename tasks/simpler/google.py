@@ -91,7 +91,7 @@ PROPS = {p.name: p for p in (
     Prop("coke_can", "coke can", "can", (0.033, 0.061), "0.8 0.05 0.05 1", SILVER),
     Prop("pepsi_can", "pepsi can", "can", (0.033, 0.061), "0.08 0.18 0.7 1", SILVER),
     Prop("7up_can", "7up can", "can", (0.033, 0.061), "0.1 0.62 0.2 1", SILVER),
-    Prop("redbull_can", "redbull can", "can", (0.027, 0.068), "0.55 0.6 0.75 1", "0.85 0.7 0.1 1"),
+    Prop("redbull_can", "redbull can", "can", (0.03, 0.066), "0.55 0.6 0.75 1", "0.85 0.7 0.1 1"),
     Prop("blue_plastic_bottle", "blue plastic bottle", "can", (0.03, 0.085), "0.45 0.7 0.95 0.9", "0.1 0.3 0.8 1"),
     Prop("apple", "apple", "sphere", (0.034,), "0.85 0.12 0.1 1", "0.35 0.22 0.08 1"),
     Prop("orange", "orange", "sphere", (0.035,), "1.0 0.55 0.05 1", "0.2 0.5 0.1 1"),
