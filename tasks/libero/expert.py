@@ -122,17 +122,31 @@ class _Scene:
         sid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
         return self.data.site_xpos[sid].copy()
 
-    def narrowest_direction(self, body: int) -> tuple[np.ndarray, float]:
-        """Horizontal unit direction of the smallest extent of ``body`` and that extent."""
-        pts = self.corners(body)[:, :2]
-        best = (np.array([0.0, 1.0, 0.0]), np.inf)
-        for theta in np.linspace(0.0, np.pi, 24, endpoint=False):
+    def grasp_direction(self, body: int, grasp_z: float, others: list[int]) -> tuple[np.ndarray, float]:
+        """Horizontal finger-closing direction for a top grasp of ``body`` and the object's extent
+        along it. Among directions whose extent fits the fingers, prefer those that keep the hand
+        (a segment of +-0.11 m along the closing direction) clear of taller neighbours ``others``;
+        the narrowest direction wins when nothing is close."""
+        pts = self.corners(body)[:, :2]  # (8G, 2)
+        centre = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
+        obstacles = [self.corners(o) for o in others]
+        obstacles = [c[:, :2] for c in obstacles if c[:, 2].max() > grasp_z + 0.02]
+        obstacle_pts = np.concatenate(obstacles) if obstacles else np.zeros((0, 2))
+        best, best_score, best_extent = np.array([0.0, 1.0, 0.0]), -np.inf, np.inf
+        for theta in np.linspace(0.0, np.pi, 36, endpoint=False):
             d = np.array([np.cos(theta), np.sin(theta)])
             proj = pts @ d
             extent = float(proj.max() - proj.min())
-            if extent < best[1]:
-                best = (np.array([d[0], d[1], 0.0]), extent)
-        return best
+            clearance = 0.06
+            if len(obstacle_pts):
+                rel = obstacle_pts - centre
+                along = np.clip(rel @ d, -0.11, 0.11)
+                clearance = min(clearance, float(np.linalg.norm(rel - along[:, None] * d, axis=1).min()))
+            fits = extent <= MAX_OPENING - 0.005
+            score = (clearance - 0.3 * extent) if fits else -1.0 - extent
+            if score > best_score:
+                best, best_score, best_extent = np.array([d[0], d[1], 0.0]), score, extent
+        return best, best_extent
 
 
 class LiberoExpert:
@@ -216,8 +230,10 @@ class LiberoExpert:
         body = sc.body_id(obj)
         lo, hi = sc.box(body)
         centre = (lo + hi) / 2.0
-        direction, extent = sc.narrowest_direction(body)
         height = hi[2] - lo[2]
+        grasp_z = max(hi[2] - min(0.035, 0.5 * height), lo[2] + FINGERTIP_BELOW_SITE + 0.005)
+        others = [sc.body_id(n) for n in self.env.sim_env.objects_dict if n != obj]
+        direction, extent = sc.grasp_direction(body, grasp_z, others)
         if extent > MAX_OPENING:  # too wide for the fingers: take the rim nearest the robot
             radius = extent / 2.0
             u = sc.eef_pos() - centre
@@ -227,7 +243,7 @@ class LiberoExpert:
             point[2] = max(hi[2] - min(0.03, 0.6 * height), lo[2] + FINGERTIP_BELOW_SITE + 0.004)
             return point, u
         point = centre.copy()
-        point[2] = max(hi[2] - min(0.035, 0.5 * height), lo[2] + FINGERTIP_BELOW_SITE + 0.005)
+        point[2] = grasp_z
         return point, direction
 
     def _target_top(self, target: str) -> tuple[np.ndarray, float, float]:
@@ -342,26 +358,30 @@ class LiberoExpert:
         ]
 
     # ------------------------------------------------------------------ control
-    def _servo(self, pos: np.ndarray, closing: np.ndarray | None, gripper: float) -> np.ndarray:
+    def _orientation(self, closing: np.ndarray | None) -> np.ndarray:
+        """Target gripper orientation: pointing down, fingers closing along ``closing`` (or keeping
+        the current yaw when None)."""
+        sc = self.scene
+        current = sc.eef_mat()
+        if closing is None:
+            return self._level(current)
+        cur = sc.closing_dir()
+        yaw = np.arctan2(cur[0] * closing[1] - cur[1] * closing[0], cur @ closing)
+        yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2  # the gripper is symmetric
+        return self._level(_rot_z(yaw) @ current)
+
+    def _servo(self, pos: np.ndarray, mat: np.ndarray, gripper: float) -> np.ndarray:
+        """Proportional OSC_POSE delta action towards position ``pos`` (3,) and orientation ``mat`` (3, 3)."""
         sc = self.scene
         action = np.zeros(7)
-        action[:3] = np.clip((pos - sc.eef_pos()) / POS_UNIT * 1.2, -1.0, 1.0)
-        if self.down is None:
-            self.down = sc.eef_mat()
-        target = self.down
-        if closing is not None:
-            cur = sc.closing_dir()
-            yaw = np.arctan2(cur[0] * closing[1] - cur[1] * closing[0], cur @ closing)
-            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2  # the gripper is symmetric
-            target = _rot_z(yaw) @ sc.eef_mat()
-            target = self._level(target)
-        err = _axis_angle_from_matrix(target @ sc.eef_mat().T)
+        action[:3] = np.clip((pos - sc.eef_pos()) / POS_UNIT * 1.5, -1.0, 1.0)
+        err = _axis_angle_from_matrix(mat @ sc.eef_mat().T)
         action[3:6] = np.clip(err / ROT_UNIT * 1.5, -1.0, 1.0)
         action[6] = gripper
         return action
 
     def _level(self, r: np.ndarray) -> np.ndarray:
-        """Rotate ``r`` so the gripper's approach axis points straight down again."""
+        """Rotate ``r`` so the gripper's approach axis points straight down (the reset pose's) again."""
         z = r[:, 2]
         want = self.down[:, 2]
         axis = np.cross(z, want)
@@ -375,44 +395,48 @@ class LiberoExpert:
 
     def act(self, obs: dict) -> np.ndarray:
         """(7,) action for the current state (``obs`` is not needed: the expert reads the simulator)."""
+        if self.down is None:
+            self.down = self.scene.eef_mat()
         for _ in range(8):
             if not self.queue:
                 self._plan()
                 self.stage_steps = 0
                 if not self.queue:
-                    return self._servo(self.scene.eef_pos(), None, GRIPPER_OPEN)
+                    return self._servo(self.scene.eef_pos(), self._level(self.scene.eef_mat()), GRIPPER_OPEN)
             action = self._step_stage()
             if action is not None:
                 self.stage_steps += 1
                 return action
             self.queue.pop(0)
             self.stage_steps = 0
-        return self._servo(self.scene.eef_pos(), None, GRIPPER_OPEN)
+        return self._servo(self.scene.eef_pos(), self._level(self.scene.eef_mat()), GRIPPER_OPEN)
 
     def _step_stage(self) -> np.ndarray | None:
         """Action for the head stage of the queue, or None when it is complete."""
         stage = self.queue[0]
         sc = self.scene
         kind = stage[0]
-        if kind == "move":
-            _, pos, closing, grip, tol = stage
-            if np.linalg.norm(pos - sc.eef_pos()) < tol or self.stage_steps > 60:
-                return None
-            return self._servo(pos, closing, grip)
-        if kind == "grip":
-            _, grip, steps = stage
-            if self.stage_steps >= steps:
-                return None
-            return self._servo(sc.eef_pos(), None, grip)
         if kind == "lift":
             _, obj, target, below, inside = stage
             self.queue[0:1] = self._carry(obj, target, below, inside)
             return self._step_stage()
-        if kind == "release":
-            _, steps = stage
+        if self.stage_steps == 0:  # stage start: fix the orientation and the hold position
+            self.stage_mat = self._orientation(stage[2] if kind == "move" else None)
+            self.stage_pos = sc.eef_pos()
+            self.dists: list[float] = []
+        if kind == "move":
+            _, pos, _, grip, tol = stage
+            dist = float(np.linalg.norm(pos - sc.eef_pos()))
+            self.dists.append(dist)
+            stalled = len(self.dists) > 12 and self.dists[-6] - dist < 0.002
+            if dist < tol or stalled or self.stage_steps > 60:
+                return None
+            return self._servo(pos, self.stage_mat, grip)
+        if kind in ("grip", "release"):
+            grip, steps = (stage[1], stage[2]) if kind == "grip" else (GRIPPER_OPEN, stage[1])
             if self.stage_steps >= steps:
                 return None
-            return self._servo(sc.eef_pos(), None, GRIPPER_OPEN)
+            return self._servo(self.stage_pos, self.stage_mat, grip)
         raise ValueError(f"unknown stage {kind!r}")
 
     def _carry(self, obj: str, target: str, below: float, inside: bool) -> list:
