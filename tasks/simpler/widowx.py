@@ -295,7 +295,7 @@ class PutEggplantInBasket(_PutTask):
     floor_half = 0.004
     wall_half = 0.004
     wall_height = 0.045
-    tgt_half = (0.08, 0.08, 0.0245)
+    tgt_half = (basket_half_xy, basket_half_xy, (2 * floor_half + wall_height) / 2)
     source_yaw_range = np.pi / 3
     grasp_height = 0.008
     lift = 0.12
