@@ -49,7 +49,7 @@ _STD_FLOOR = 1e-2  # normalisation never divides by less than this (e.g. an acti
 # Reference-teacher sizes. "small" trains on a 2-core CPU; "full" is for a GPU.
 PROFILES: dict[str, dict] = {
     "small": {"hidden_size": 128, "num_layers": 12, "num_heads": 4, "intermediate_size": 384,
-              "vision_grid": 4, "stem_channels": 24},
+              "vision_grid": 4, "stem_channels": 32},
     "full": {"hidden_size": 768, "num_layers": 16, "num_heads": 12, "intermediate_size": 2048,
              "vision_grid": 8, "stem_channels": 64},
 }
@@ -74,17 +74,17 @@ class VLAConfig:
     image_size: int = IMAGE_SIZE
     cameras: list[str] = field(default_factory=lambda: list(CAMERAS))
     vision_grid: int = 4
-    stem_channels: int = 24
+    stem_channels: int = 32
     max_text_len: int = 32
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
         if "model_type" not in self.backbone:
             raise ValueError(f"backbone config needs a 'model_type' (e.g. 'llama'); got keys {sorted(self.backbone)}")
-        if self.image_size % (4 * self.vision_grid) != 0:
-            raise ValueError(f"image_size {self.image_size} must be divisible by 4 * vision_grid "
+        if self.image_size % (8 * self.vision_grid) != 0:
+            raise ValueError(f"image_size {self.image_size} must be divisible by 8 * vision_grid "
                              f"(vision_grid={self.vision_grid}); valid grids: "
-                             f"{[g for g in range(1, self.image_size // 4 + 1) if self.image_size % (4 * g) == 0]}")
+                             f"{[g for g in range(1, self.image_size // 8 + 1) if self.image_size % (8 * g) == 0]}")
         for name, stats, dim in (("action_stats", self.action_stats, self.action_dim),
                                  ("proprio_stats", self.proprio_stats, self.proprio_dim)):
             for key in ("mean", "std"):
@@ -194,14 +194,18 @@ class Embedded:
 
 
 class PatchEncoder(nn.Module):
-    """Conv stem: (B, H, W, 3) uint8 -> (B, G*G, D) patch tokens with learned patch positions."""
+    """Conv stem: (B, H, W, 3) uint8 -> (B, G*G, D) patch tokens with learned patch positions.
+
+    A 4x4 patchify conv, a 2x2 stride-2 conv, then a conv whose stride gives the G x G grid: cheap next to
+    the decoder stack, so that (as in large VLAs) the decoder layers dominate the cost of a forward.
+    """
 
     def __init__(self, hidden_size: int, grid: int, channels: int, image_size: int):
         super().__init__()
-        last = image_size // 4 // grid  # kernel/stride of the last conv, after two stride-2 convs
+        last = image_size // 8 // grid  # kernel/stride of the last conv, after strides 4 and 2
         self.stem = nn.Sequential(
-            nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(3, channels, 4, stride=4), nn.GELU(),
+            nn.Conv2d(channels, 2 * channels, 2, stride=2), nn.GELU(),
             nn.Conv2d(2 * channels, hidden_size, last, stride=last),
         )
         self.pos = nn.Parameter(torch.zeros(grid * grid, hidden_size))

@@ -37,21 +37,21 @@ def fixed_batch_loss(model: VLA, dataset: SyntheticDemos) -> float:
 
 def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
     data = SyntheticDemos(n=64)
-    summary = train_teacher(data, tmp_path / "ckpt", steps=40, ckpt_every=20, **FAST)
-    assert summary["step"] == 40 and summary["steps_per_s"] > 0
+    summary = train_teacher(data, tmp_path / "ckpt", steps=80, ckpt_every=40, **FAST)
+    assert summary["step"] == 80 and summary["steps_per_s"] > 0
     trained, config = load_vla(tmp_path / "ckpt")
     torch.manual_seed(0)  # train_teacher seeds the initialisation with its seed (0)
     initial = VLA(trained.config).eval()
     before, after = fixed_batch_loss(initial, data), fixed_batch_loss(trained, data)
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.8 * before, (before, after)  # measured: 0.92 -> 0.65; predicting the mean gives 0.92
     for name in ("model.safetensors", "config.json", "training_state.pt", "train_log.json", "loss.png"):
         assert (tmp_path / "ckpt" / name).is_file(), name
-    assert config["training"]["step"] == 40 and config["data"]["suites"] == ["synthetic"]
+    assert config["training"]["step"] == 80 and config["data"]["suites"] == ["synthetic"]
     assert config["data"]["instructions"] == sorted(data.instructions())
     assert set(config["versions"]) >= {"torch", "transformers"} and "git_commit" in config["code"]
     assert config["vla"]["vocab"][:2] == ["[PAD]", "[UNK]"] and len(config["vla"]["action_stats"]["mean"]) == 7
     log = json.loads((tmp_path / "ckpt" / "train_log.json").read_text())
-    assert [h["step"] for h in log["history"]] == list(range(40))
+    assert [h["step"] for h in log["history"]] == list(range(80))
 
 
 def test_crashed_run_resumes_exactly(tmp_path, monkeypatch):
