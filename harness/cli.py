@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"actdistill {args.verb}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -79,7 +79,8 @@ def _expert_hash(env) -> str:
 
 
 def policy_source(policy: str) -> PolicySource:
-    """``"expert"`` (the suite's scripted expert) or a checkpoint folder for ``distill.load_policy``.
+    """``"expert"`` (the suite's scripted expert), a checkpoint folder for ``distill.load_policy``, or a
+    baseline spec ``baseline:<name>@<budget>:<teacher folder>`` (:func:`distill.baselines.parse_policy_spec`).
 
     The expert's hash covers the Python sources of its package folder; a checkpoint's covers its
     ``config.json``, ``*.safetensors`` and the loaded policy's ``checkpoint_hash`` if it has one.
@@ -87,6 +88,13 @@ def policy_source(policy: str) -> PolicySource:
     """
     if policy == "expert":
         return PolicySource("expert", build=suites.expert, hash_for=_expert_hash)
+    if policy.startswith("baseline:"):
+        from distill.baselines import parse_policy_spec  # lazy, like load_policy below
+
+        baseline = parse_policy_spec(policy).build()
+        # The baseline's hash covers its teacher's weights, name, budget and seed.
+        digest = "baseline-" + str(baseline.checkpoint_hash)
+        return PolicySource(policy, build=lambda env: baseline, hash_for=lambda env: digest)
     path = Path(policy)
     if not path.is_dir():
         raise FileNotFoundError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder")

@@ -3,6 +3,8 @@
     actdistill eval --policy expert --suite simpler_widowx --episodes 10 --out runs/expert
     actdistill eval --policy ckpt/teacher --suite simpler_google --tasks 0,move_near --variant all
     actdistill eval --policy expert --suite libero_spatial --episodes 50 --videos 2 --out runs/libero
+    actdistill eval --policy ckpt/teacher --suite simpler_google --workers 2      # Ray, 2 workers
+    actdistill eval --policy baseline:first_k@0.5:ckpt/teacher --suite simpler_widowx
 
 Writes OUT/episodes.parquet (one row per episode) and OUT/summary.json (per task, per suite and
 variant, overall; 95% Wilson intervals), then prints the table.
@@ -14,17 +16,21 @@ HELP = "evaluate a policy (scripted expert or checkpoint) on a suite"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--policy", required=True, help="'expert' or a checkpoint folder")
+    parser.add_argument("--policy", required=True,
+                        help="'expert', a checkpoint folder, or baseline:<name>@<budget>:<teacher folder>")
     parser.add_argument("--suite", required=True, help="suite name, e.g. simpler_widowx")
     parser.add_argument("--tasks", default=None, help="comma-separated task names or indices (default: all)")
     parser.add_argument("--variant", default=None, help="variant name or 'all' (default: the suite's first)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task and variant (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial states (default 0)")
     parser.add_argument("--out", default=None, help="run folder (default runs/eval/<policy>)")
-    parser.add_argument("--videos", type=int, default=0,
+    parser.add_argument("--videos", type=int, default=2,
                         help="save agentview videos of the first N episodes per task and variant")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode (default: suite's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="Ray workers (0 = sequential in this process; default 0)")
+    parser.add_argument("--address", default=None, help="join an existing Ray cluster at this address")
 
 
 def run(args) -> int:
@@ -32,9 +38,16 @@ def run(args) -> int:
 
     from harness.evaluate import evaluate
 
-    out = args.out or str(Path("runs") / "eval" / Path(args.policy).name)
+    out = args.out or str(Path("runs") / "eval" / Path(args.policy.replace(":", "_").replace("@", "_")).name)
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    backend = "sequential"
+    if args.workers or args.address:
+        from harness.ray_backend import register
+
+        backend = register(args.workers or None, address=args.address)
     evaluate(args.policy, args.suite, tasks=task_list, variant=args.variant, episodes=args.episodes,
              seed=args.seed, out=out, videos=args.videos, max_steps=args.max_steps,
-             progress=not args.no_progress)
+             progress=not args.no_progress, backend=backend)
     return 0
