@@ -24,11 +24,17 @@ from distill.vla import ACTION_DIM, PROPRIO_DIM, VLA, VLAConfig, backbone_dict
 
 def find_decoder(model: nn.Module) -> nn.Module:
     """The module holding ``layers``, ``rotary_emb`` and ``norm`` (``model.model`` for ``*ForCausalLM``)."""
-    for candidate in (model, getattr(model, "model", None), getattr(getattr(model, "model", None), "model", None)):
+    for candidate in (
+        model,
+        getattr(model, "model", None),
+        getattr(getattr(model, "model", None), "model", None),
+    ):
         if candidate is not None and all(hasattr(candidate, a) for a in ("layers", "rotary_emb", "norm")):
             return candidate
-    raise ValueError(f"{type(model).__name__} exposes no decoder with 'layers', 'rotary_emb' and 'norm' "
-                     "(supported: Llama, Qwen2, Mistral families and their *ForCausalLM wrappers)")
+    raise ValueError(
+        f"{type(model).__name__} exposes no decoder with 'layers', 'rotary_emb' and 'norm' "
+        "(supported: Llama, Qwen2, Mistral families and their *ForCausalLM wrappers)"
+    )
 
 
 def from_transformers(

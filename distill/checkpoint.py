@@ -64,8 +64,9 @@ def code_version() -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -78,13 +79,18 @@ def package_versions() -> dict:
     import safetensors
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "safetensors": safetensors.__version__,
-            "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+    }
 
 
-def save_checkpoint(path: str | Path, model: VLA, meta: Mapping | None = None,
-                    dtype: torch.dtype = torch.float32) -> Path:
+def save_checkpoint(
+    path: str | Path, model: VLA, meta: Mapping | None = None, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write ``model`` to the folder ``path`` (created) as ``model.safetensors`` + ``config.json``.
 
     ``meta`` is merged into ``config.json`` (keys ``format``/``vla``/``versions``/``code`` are reserved).
@@ -97,13 +103,21 @@ def save_checkpoint(path: str | Path, model: VLA, meta: Mapping | None = None,
         raise ValueError(f"meta keys {clash} are reserved; reserved keys: {sorted(reserved)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-               for k, v in model.state_dict().items()}
+    tensors = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     tmp = path / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, path / WEIGHTS)
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "vla": model.config.to_dict(),
-              **dict(meta or {}), "versions": package_versions(), "code": code_version()}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vla": model.config.to_dict(),
+        **dict(meta or {}),
+        "versions": package_versions(),
+        "code": code_version(),
+    }
     tmp = path / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, path / CONFIG)
@@ -137,28 +151,34 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise ``ValueError`` naming missing, unexpected or wrongly shaped tensors of ``tensors`` for ``model``."""
+    """Raise ``ValueError`` naming missing, unexpected or wrongly shaped ``tensors`` for ``model``."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     problems = []
     for name, shape in expected.items():
         if name not in tensors:
             problems.append(f"missing tensor {name!r} (config expects shape {shape})")
         elif tuple(tensors[name].shape) != shape:
-            problems.append(f"tensor {name!r}: checkpoint shape {tuple(tensors[name].shape)}, "
-                            f"config expects {shape}")
-    problems += [f"unexpected tensor {name!r} (shape {tuple(tensors[name].shape)}) not in the config's model"
-                 for name in tensors if name not in expected]
+            problems.append(
+                f"tensor {name!r}: checkpoint shape {tuple(tensors[name].shape)}, config expects {shape}"
+            )
+    problems += [
+        f"unexpected tensor {name!r} (shape {tuple(tensors[name].shape)}) not in the config's model"
+        for name in tensors
+        if name not in expected
+    ]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
         raise ValueError(f"weights in {source} do not fit its config.json: {shown}")
 
 
 def load_vla(path: str | Path, device: str | torch.device = "cpu") -> tuple[VLA, dict]:
-    """The :class:`VLA` stored in the folder ``path`` (float32, eval mode, on ``device``) and its config.json."""
+    """The :class:`VLA` in the folder ``path`` (float32, eval mode, on ``device``) and its config.json."""
     config = read_config(path)
     if config.get("format") != FORMAT or "vla" not in config:
-        raise ValueError(f"{Path(path) / CONFIG} is not an {FORMAT} checkpoint config "
-                         f"(format={config.get('format')!r}, keys {sorted(config)})")
+        raise ValueError(
+            f"{Path(path) / CONFIG} is not an {FORMAT} checkpoint config "
+            f"(format={config.get('format')!r}, keys {sorted(config)})"
+        )
     model = VLA(VLAConfig.from_dict(config["vla"]))
     tensors = load_weights(path)
     check_state_dict(model, tensors, str(Path(path) / WEIGHTS))
@@ -224,8 +244,12 @@ class VLAPolicy:
         num_layers = self.model.num_layers
         ran = np.zeros(num_layers)
         ran[executed[0]] = 1.0
-        self.last_info = {"executed_layers": list(executed[0]), "layer_executed": ran.tolist(),
-                          "executed_fraction": len(executed[0]) / num_layers, "model_ms": model_ms}
+        self.last_info = {
+            "executed_layers": list(executed[0]),
+            "layer_executed": ran.tolist(),
+            "executed_fraction": len(executed[0]) / num_layers,
+            "model_ms": model_ms,
+        }
         return postprocess_actions(raw)
 
     def act(self, obs: Mapping) -> np.ndarray:
@@ -235,8 +259,9 @@ class VLAPolicy:
         return self._queue.popleft()
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu",
-                dtype: str | torch.dtype = "float32") -> VLAPolicy:
+def load_policy(
+    path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+) -> VLAPolicy:
     """The policy stored in the checkpoint folder ``path``, on ``device`` with parameters in ``dtype``.
 
     Raises ``FileNotFoundError`` naming a missing folder or file and ``ValueError`` naming a corrupt file
@@ -247,8 +272,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu",
     if loader is not None:
         module_name, _, func_name = str(loader).partition(":")
         if not module_name.startswith("distill.") or not func_name:
-            raise ValueError(f"policy_loader {loader!r} in {Path(path) / CONFIG} must look like "
-                             "'distill.<module>:<function>'")
+            raise ValueError(
+                f"policy_loader {loader!r} in {Path(path) / CONFIG} must look like "
+                "'distill.<module>:<function>'"
+            )
         return getattr(importlib.import_module(module_name), func_name)(path, device=device, dtype=dtype)
     model, _ = load_vla(path, device)
     model = model.to(parse_dtype(dtype))

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 
-def synthetic_observations(policy, batch: int = 1, seed: int = 0, instruction: str | None = None) -> list[dict]:
+def synthetic_observations(
+    policy, batch: int = 1, seed: int = 0, instruction: str | None = None
+) -> list[dict]:
     """``batch`` observations with the shapes ``policy.model`` expects (random uint8 images, zero proprio).
 
     The instruction defaults to the longest instruction in the checkpoint's ``config.json`` (or, without
@@ -39,8 +41,14 @@ def synthetic_observations(policy, batch: int = 1, seed: int = 0, instruction: s
         instruction = max(instructions, key=len) if instructions else " ".join(words[:12])
     rng = np.random.default_rng(seed)
     shape = (cfg.image_size, cfg.image_size, 3)
-    return [{**{cam: rng.integers(0, 256, shape, dtype=np.uint8) for cam in cfg.cameras},
-             "proprio": np.zeros(cfg.proprio_dim, np.float32), "instruction": instruction} for _ in range(batch)]
+    return [
+        {
+            **{cam: rng.integers(0, 256, shape, dtype=np.uint8) for cam in cfg.cameras},
+            "proprio": np.zeros(cfg.proprio_dim, np.float32),
+            "instruction": instruction,
+        }
+        for _ in range(batch)
+    ]
 
 
 def _checkpoint_instructions(path: str | None) -> list[str]:
@@ -98,8 +106,16 @@ class _Target:
         }
 
 
-def measure_latency(policy, *, batch: int = 1, iters: int = 50, warmup: int = 10, vs=None,
-                    use_cuda_graph: bool = True, instruction: str | None = None) -> dict:
+def measure_latency(
+    policy,
+    *,
+    batch: int = 1,
+    iters: int = 50,
+    warmup: int = 10,
+    vs=None,
+    use_cuda_graph: bool = True,
+    instruction: str | None = None,
+) -> dict:
     """Time ``policy.model_call`` (and ``vs``'s, alternating) as described in the module docstring.
 
     Returns a JSON-able dict: median_ms, p90_ms, mean_ms, breakdown {embed_ms, layers_ms, head_ms},
@@ -108,8 +124,9 @@ def measure_latency(policy, *, batch: int = 1, iters: int = 50, warmup: int = 10
     fields for it) and ``speedup``.
     """
     if iters < 1 or warmup < 0 or batch < 1:
-        raise ValueError(f"need iters >= 1, warmup >= 0, batch >= 1; got iters={iters}, warmup={warmup}, "
-                         f"batch={batch}")
+        raise ValueError(
+            f"need iters >= 1, warmup >= 0, batch >= 1; got iters={iters}, warmup={warmup}, batch={batch}"
+        )
     policies = [policy] if vs is None else [policy, vs]
     device = next(policy.model.parameters()).device
     obs = synthetic_observations(policy, batch, instruction=instruction)
@@ -143,8 +160,15 @@ def measure_latency(policy, *, batch: int = 1, iters: int = 50, warmup: int = 10
     return out
 
 
-def _summarise(target: _Target, record: dict[str, list[float]], device: torch.device, batch: int, iters: int,
-               warmup: int, capture: str) -> dict:
+def _summarise(
+    target: _Target,
+    record: dict[str, list[float]],
+    device: torch.device,
+    batch: int,
+    iters: int,
+    warmup: int,
+    capture: str,
+) -> dict:
     policy, model = target.policy, target.policy.model
     total = np.asarray(record["total"])
     embed_ms = float(np.median(record["embed"]))
@@ -154,8 +178,11 @@ def _summarise(target: _Target, record: dict[str, list[float]], device: torch.de
         "median_ms": median,
         "p90_ms": float(np.percentile(total, 90)),
         "mean_ms": float(total.mean()),
-        "breakdown": {"embed_ms": embed_ms, "layers_ms": max(0.0, median - embed_ms - head_ms),
-                      "head_ms": head_ms},
+        "breakdown": {
+            "embed_ms": embed_ms,
+            "layers_ms": max(0.0, median - embed_ms - head_ms),
+            "head_ms": head_ms,
+        },
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "attention": getattr(model, "attn_implementation", "unknown"),

@@ -61,7 +61,7 @@ TRAIN_PROFILES = {
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then cosine to ``floor``."""
+    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, cosine to ``floor``."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -82,7 +82,9 @@ class EpisodeGroupedBatches(torch.utils.data.Sampler):
     function of (seed, step): resuming at a step continues the same stream.
     """
 
-    def __init__(self, episode_ids: np.ndarray, batch_size: int, seed: int, start: int, stop: int, group: int):
+    def __init__(
+        self, episode_ids: np.ndarray, batch_size: int, seed: int, start: int, stop: int, group: int
+    ):
         self.episode_ids = np.asarray(episode_ids)
         self.batch_size, self.seed, self.start, self.stop, self.group = batch_size, seed, start, stop, group
         order = np.argsort(self.episode_ids, kind="stable")
@@ -99,7 +101,7 @@ class EpisodeGroupedBatches(torch.utils.data.Sampler):
         perm = rng.permutation(self.num_episodes)
         parts = []
         for g in range(0, self.num_episodes, self.group):
-            items = np.concatenate([self.members[e] for e in perm[g:g + self.group]])
+            items = np.concatenate([self.members[e] for e in perm[g : g + self.group]])
             parts.append(rng.permutation(items))
         return np.concatenate(parts)
 
@@ -110,7 +112,7 @@ class EpisodeGroupedBatches(torch.utils.data.Sampler):
         for _ in range(self.start, self.stop):
             batch = []
             while len(batch) < self.batch_size:
-                take = order[pos:pos + self.batch_size - len(batch)]
+                take = order[pos : pos + self.batch_size - len(batch)]
                 batch.extend(take.tolist())
                 pos += len(take)
                 if pos == n:
@@ -133,9 +135,11 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     if pad == 0:
         return images
     b, h, w, _ = images.shape
-    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")  # (B,3,H+2p,W+2p)
+    padded = F.pad(
+        images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate"
+    )  # (B,3,H+2p,W+2p)
     dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).tolist()
-    crops = [padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)]  # B x (3, H, W)
+    crops = [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)]  # B x (3, H, W)
     return torch.stack(crops).permute(0, 2, 3, 1).to(torch.uint8)  # (B, H, W, 3)
 
 
@@ -152,8 +156,12 @@ def dataset_stats(dataset: Dataset, episodes: np.ndarray, seed: int = 0) -> dict
     items = [dataset[int(i)] for i in picks]
 
     def stats(values: torch.Tensor) -> dict[str, list[float]]:
-        return {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(),
-                "min": values.min(0).values.tolist(), "max": values.max(0).values.tolist()}
+        return {
+            "mean": values.mean(0).tolist(),
+            "std": values.std(0).tolist(),
+            "min": values.min(0).values.tolist(),
+            "max": values.max(0).values.tolist(),
+        }
 
     def listed(result: Mapping) -> dict[str, list[float]]:
         return {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in result.items()}
@@ -161,12 +169,15 @@ def dataset_stats(dataset: Dataset, episodes: np.ndarray, seed: int = 0) -> dict
     if hasattr(dataset, "action_stats"):
         action_stats = listed(dataset.action_stats())
     else:
-        action_stats = stats(torch.cat([torch.as_tensor(it["actions"])[torch.as_tensor(it["action_mask"])]
-                                        for it in items]))
+        action_stats = stats(
+            torch.cat([torch.as_tensor(it["actions"])[torch.as_tensor(it["action_mask"])] for it in items])
+        )
     if hasattr(dataset, "proprio_stats"):
         proprio_stats = listed(dataset.proprio_stats())
     else:
-        proprio_stats = stats(torch.stack([torch.as_tensor(it["proprio"], dtype=torch.float32) for it in items]))
+        proprio_stats = stats(
+            torch.stack([torch.as_tensor(it["proprio"], dtype=torch.float32) for it in items])
+        )
     if hasattr(dataset, "instructions"):
         instructions = sorted(dataset.instructions())
     else:
@@ -176,8 +187,12 @@ def dataset_stats(dataset: Dataset, episodes: np.ndarray, seed: int = 0) -> dict
         suites = sorted({f.meta["suite"] for f in folders})
     else:
         suites = sorted({it["suite"] for it in items})
-    return {"instructions": instructions, "suites": suites, "action_stats": action_stats,
-            "proprio_stats": proprio_stats}
+    return {
+        "instructions": instructions,
+        "suites": suites,
+        "action_stats": action_stats,
+        "proprio_stats": proprio_stats,
+    }
 
 
 def chunk_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -205,7 +220,9 @@ def _open_dataset(data: Sequence[str | os.PathLike] | Dataset, chunk: int) -> tu
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embed" not in name and name not in ("action_queries",) else no_decay).append(p)
+        (
+            decay if p.ndim >= 2 and "embed" not in name and name not in ("action_queries",) else no_decay
+        ).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -222,7 +239,7 @@ def _save_loss_plot(history: list[dict], file: Path) -> None:
     if len(loss) >= 20:
         width = max(5, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
-        ax.plot(steps[width - 1:], smooth, lw=1.5, label=f"mean of {width}")
+        ax.plot(steps[width - 1 :], smooth, lw=1.5, label=f"mean of {width}")
     ax.set_xlabel("step")
     ax.set_ylabel("L1 loss (normalised actions)")
     ax.set_yscale("log")
@@ -252,7 +269,8 @@ def train_teacher(
     """Train (or resume training) the reference teacher on ``data``; checkpoints go to the folder ``out``.
 
     ``data``: demonstration folders (read with ``tasks.datasets.DemoDataset``) or a dataset with the same
-    item format. ``model_overrides`` change the profile's model sizes (see :func:`distill.vla.teacher_config`).
+    item format. ``model_overrides`` change the profile's model sizes
+    (see :func:`distill.vla.teacher_config`).
     Returns a summary dict: ``out``, ``step``, ``loss`` (mean of the last 50 steps), ``steps_per_s``
     (this run, excluding the first step), ``batch_size``, ``num_params``.
     """
@@ -268,8 +286,14 @@ def train_teacher(
         model, _ = load_vla(out)
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         if state["profile"] != profile:
-            raise ValueError(f"{out} was trained with profile {state['profile']!r}, not {profile!r}; "
-                             "pass the same --profile or a new --out")
+            raise ValueError(
+                f"{out} was trained with profile {state['profile']!r}, not {profile!r}; "
+                "pass the same --profile or a new --out"
+            )
+        if state["dirs"] != dirs:
+            raise ValueError(
+                f"{out} was trained on {state['dirs']}, not {dirs}; pass the same --data or a new --out"
+            )
         settings = TrainSettings(**state["settings"])
         info = state["data_info"]
         seed = state["seed"]
@@ -281,17 +305,33 @@ def train_teacher(
         info = dataset_stats(dataset, episodes, seed)
         vocab = WordTokenizer.build(info["instructions"]).vocab
         torch.manual_seed(seed)
-        model = VLA(teacher_config(profile, vocab, info["action_stats"], info["proprio_stats"], chunk=chunk,
-                                   **dict(model_overrides or {})))
-    for key, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("warmup", warmup),
-                       ("ckpt_every", ckpt_every)):
+        model = VLA(
+            teacher_config(
+                profile,
+                vocab,
+                info["action_stats"],
+                info["proprio_stats"],
+                chunk=chunk,
+                **dict(model_overrides or {}),
+            )
+        )
+    for key, value in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("lr", lr),
+        ("warmup", warmup),
+        ("ckpt_every", ckpt_every),
+    ):
         if value is not None:
             setattr(settings, key, value)
 
     model.to(device).train()
-    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, settings.warmup, settings.steps))
+        optimizer, lambda s: lr_factor(s, settings.warmup, settings.steps)
+    )
     step, history = 0, []
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -302,17 +342,33 @@ def train_teacher(
         torch.set_rng_state(state["torch_rng"])
 
     num_params = sum(p.numel() for p in model.parameters())
-    meta = {"training": {"profile": profile, "seed": seed, **asdict(settings), "num_params": num_params},
-            "data": {"dirs": dirs, "suites": info["suites"], "instructions": info["instructions"],
-                     "num_samples": len(dataset), "dataset": _dataset_meta(dataset)}}
+    meta = {
+        "training": {"profile": profile, "seed": seed, **asdict(settings), "num_params": num_params},
+        "data": {
+            "dirs": dirs,
+            "suites": info["suites"],
+            "instructions": info["instructions"],
+            "num_samples": len(dataset),
+            "dataset": _dataset_meta(dataset),
+        },
+    }
 
     def checkpoint() -> None:
         recent = [h["loss"] for h in history[-50:]]
         meta["training"].update(step=step, loss=float(np.mean(recent)) if recent else None)
         save_checkpoint(out, model, meta)
-        payload = {"step": step, "profile": profile, "seed": seed, "settings": asdict(settings),
-                   "data_info": info, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "history": history, "torch_rng": torch.get_rng_state()}
+        payload = {
+            "step": step,
+            "profile": profile,
+            "seed": seed,
+            "dirs": dirs,
+            "settings": asdict(settings),
+            "data_info": info,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+            "torch_rng": torch.get_rng_state(),
+        }
         torch.save(payload, out / (STATE + ".tmp"))
         os.replace(out / (STATE + ".tmp"), state_file)
         (out / "train_log.json").write_text(json.dumps({"meta": meta, "history": history}))
@@ -322,20 +378,26 @@ def train_teacher(
     out.mkdir(parents=True, exist_ok=True)
     group = max(1, min(GROUP_EPISODES, getattr(dataset, "cache_episodes", 2 * GROUP_EPISODES) // 2))
     sampler = EpisodeGroupedBatches(episodes, settings.batch_size, seed, step, settings.steps, group)
-    loader = DataLoader(dataset, batch_sampler=sampler,
-                        collate_fn=_identity, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_identity, num_workers=num_workers)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=settings.steps, initial=step, disable=not progress, desc=f"teacher[{profile}]",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=settings.steps,
+        initial=step,
+        disable=not progress,
+        desc=f"teacher[{profile}]",
+        dynamic_ncols=True,
+    )
     first_done, start_step = None, step
     for items in loader:
         aug = _step_generator(seed, step, 1)
         batch = model.prepare(items)
         for cam in model.config.cameras:
             batch[cam] = random_shift(batch[cam], settings.shift_pad, aug)
-        target = model.normalize_actions(torch.stack([torch.as_tensor(it["actions"]) for it in items]).to(device))
+        target = model.normalize_actions(
+            torch.stack([torch.as_tensor(it["actions"]) for it in items]).to(device)
+        )
         mask = torch.stack([torch.as_tensor(it["action_mask"]) for it in items]).to(device)  # (B, K)
         with autocast:
             pred = model(batch)  # (B, K, 7)
@@ -360,8 +422,14 @@ def train_teacher(
     elapsed = time.perf_counter() - first_done if first_done is not None else 0.0
     rate = (step - start_step - 1) / elapsed if step - start_step > 1 and elapsed > 0 else float("nan")
     recent = [h["loss"] for h in history[-50:]]
-    return {"out": str(out), "step": step, "loss": float(np.mean(recent)) if recent else None,
-            "steps_per_s": rate, "batch_size": settings.batch_size, "num_params": num_params}
+    return {
+        "out": str(out),
+        "step": step,
+        "loss": float(np.mean(recent)) if recent else None,
+        "steps_per_s": rate,
+        "batch_size": settings.batch_size,
+        "num_params": num_params,
+    }
 
 
 def _dataset_meta(dataset: Dataset) -> list[dict] | None:

@@ -3,7 +3,7 @@
 A :class:`VLA` turns observations into one token sequence, runs an ordered stack of ``transformers``
 decoder layers over it, and reads an action chunk from learned action-query tokens::
 
-    batch = vla.prepare([obs])               # images (B,H,W,3) uint8, proprio (B,8), input_ids/text_mask (B,T)
+    batch = vla.prepare([obs])               # images (B,H,W,3) uint8, proprio (B,8), input_ids (B,T), ...
     emb = vla.embed(batch)                   # Embedded: hidden (B,N,D), masks, rotary cos/sin, attention bias
     h = emb.hidden
     for idx in range(vla.num_layers):        # what forward(batch, layer_mask) does, with per-row skipping
@@ -48,10 +48,22 @@ _STD_FLOOR = 1e-2  # normalisation never divides by less than this (e.g. an acti
 
 # Reference-teacher sizes. "small" trains on a 2-core CPU; "full" is for a GPU.
 PROFILES: dict[str, dict] = {
-    "small": {"hidden_size": 128, "num_layers": 12, "num_heads": 4, "intermediate_size": 384,
-              "vision_grid": 4, "stem_channels": 32},
-    "full": {"hidden_size": 768, "num_layers": 16, "num_heads": 12, "intermediate_size": 2048,
-             "vision_grid": 8, "stem_channels": 64},
+    "small": {
+        "hidden_size": 128,
+        "num_layers": 12,
+        "num_heads": 4,
+        "intermediate_size": 384,
+        "vision_grid": 4,
+        "stem_channels": 32,
+    },
+    "full": {
+        "hidden_size": 768,
+        "num_layers": 16,
+        "num_heads": 12,
+        "intermediate_size": 2048,
+        "vision_grid": 8,
+        "stem_channels": 64,
+    },
 }
 
 
@@ -80,20 +92,30 @@ class VLAConfig:
 
     def __post_init__(self) -> None:
         if "model_type" not in self.backbone:
-            raise ValueError(f"backbone config needs a 'model_type' (e.g. 'llama'); got keys {sorted(self.backbone)}")
+            raise ValueError(
+                f"backbone config needs a 'model_type' (e.g. 'llama'); got keys {sorted(self.backbone)}"
+            )
         if self.image_size % (8 * self.vision_grid) != 0:
-            raise ValueError(f"image_size {self.image_size} must be divisible by 8 * vision_grid "
-                             f"(vision_grid={self.vision_grid}); valid grids: "
-                             f"{[g for g in range(1, self.image_size // 8 + 1) if self.image_size % (8 * g) == 0]}")
-        for name, stats, dim in (("action_stats", self.action_stats, self.action_dim),
-                                 ("proprio_stats", self.proprio_stats, self.proprio_dim)):
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 8 * vision_grid "
+                f"(vision_grid={self.vision_grid}); valid grids: "
+                f"{[g for g in range(1, self.image_size // 8 + 1) if self.image_size % (8 * g) == 0]}"
+            )
+        for name, stats, dim in (
+            ("action_stats", self.action_stats, self.action_dim),
+            ("proprio_stats", self.proprio_stats, self.proprio_dim),
+        ):
             for key in ("mean", "std"):
                 if key not in stats or len(stats[key]) != dim:
-                    raise ValueError(f"{name}[{key!r}] must be a list of {dim} floats, got {stats.get(key)!r}")
+                    raise ValueError(
+                        f"{name}[{key!r}] must be a list of {dim} floats, got {stats.get(key)!r}"
+                    )
         if self.chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"attn_implementation {self.attn_implementation!r} not supported; valid: sdpa, eager")
+            raise ValueError(
+                f"attn_implementation {self.attn_implementation!r} not supported; valid: sdpa, eager"
+            )
 
     @property
     def hidden_size(self) -> int:
@@ -121,8 +143,15 @@ def backbone_dict(config: transformers.PretrainedConfig) -> dict:
     The VLA has its own embeddings, so the vocabulary is shrunk to one row and the special-token ids dropped.
     """
     data = config.to_diff_dict()
-    data.update(model_type=config.model_type, vocab_size=1, bos_token_id=None, eos_token_id=None,
-                pad_token_id=None, use_cache=False, tie_word_embeddings=False)
+    data.update(
+        model_type=config.model_type,
+        vocab_size=1,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        use_cache=False,
+        tie_word_embeddings=False,
+    )
     for key in ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"):
         data.pop(key, None)
     return data
@@ -135,8 +164,9 @@ def build_backbone_config(backbone: Mapping) -> transformers.PretrainedConfig:
     return transformers.AutoConfig.for_model(model_type, **data)
 
 
-def teacher_config(profile: str, vocab: Sequence[str], action_stats: Mapping, proprio_stats: Mapping,
-                   **overrides) -> VLAConfig:
+def teacher_config(
+    profile: str, vocab: Sequence[str], action_stats: Mapping, proprio_stats: Mapping, **overrides
+) -> VLAConfig:
     """Reference-teacher config for ``profile`` (``small`` or ``full``) with a Llama decoder backbone.
 
     ``overrides`` may change any profile size (hidden_size, num_layers, num_heads, num_kv_heads,
@@ -152,16 +182,27 @@ def teacher_config(profile: str, vocab: Sequence[str], action_stats: Mapping, pr
     if sizes["hidden_size"] % heads or (sizes["hidden_size"] // heads) % 2:
         raise ValueError(f"hidden_size {sizes['hidden_size']} must split into {heads} heads of even size")
     llama = transformers.LlamaConfig(
-        hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_layers"], num_attention_heads=heads,
-        num_key_value_heads=sizes["num_kv_heads"] or heads, intermediate_size=sizes["intermediate_size"],
-        max_position_embeddings=1024, rms_norm_eps=1e-6, initializer_range=0.02,
+        hidden_size=sizes["hidden_size"],
+        num_hidden_layers=sizes["num_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=sizes["num_kv_heads"] or heads,
+        intermediate_size=sizes["intermediate_size"],
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-6,
+        initializer_range=0.02,
     )
     stats = {
         "action_stats": {k: [float(x) for x in v] for k, v in action_stats.items()},
         "proprio_stats": {k: [float(x) for x in v] for k, v in proprio_stats.items()},
     }
-    return VLAConfig(backbone=backbone_dict(llama), vocab=list(vocab), vision_grid=sizes["vision_grid"],
-                     stem_channels=sizes["stem_channels"], **stats, **overrides)
+    return VLAConfig(
+        backbone=backbone_dict(llama),
+        vocab=list(vocab),
+        vision_grid=sizes["vision_grid"],
+        stem_channels=sizes["stem_channels"],
+        **stats,
+        **overrides,
+    )
 
 
 @dataclass
@@ -186,10 +227,14 @@ class Embedded:
         """The same embedding for a subset of batch rows (``rows``: int64 indices or a (B,) bool mask)."""
         cos, sin = self.position_embeddings
         return Embedded(
-            hidden=self.hidden[rows], attention_mask=self.attention_mask[rows],
-            position_ids=self.position_ids[rows], vision_mask=self.vision_mask[rows],
-            text_mask=self.text_mask[rows], query_mask=self.query_mask[rows],
-            position_embeddings=(cos[rows], sin[rows]), attention_bias=self.attention_bias[rows],
+            hidden=self.hidden[rows],
+            attention_mask=self.attention_mask[rows],
+            position_ids=self.position_ids[rows],
+            vision_mask=self.vision_mask[rows],
+            text_mask=self.text_mask[rows],
+            query_mask=self.query_mask[rows],
+            position_embeddings=(cos[rows], sin[rows]),
+            attention_bias=self.attention_bias[rows],
         )
 
 
@@ -204,8 +249,10 @@ class PatchEncoder(nn.Module):
         super().__init__()
         last = image_size // 8 // grid  # kernel/stride of the last conv, after strides 4 and 2
         self.stem = nn.Sequential(
-            nn.Conv2d(3, channels, 4, stride=4), nn.GELU(),
-            nn.Conv2d(channels, 2 * channels, 2, stride=2), nn.GELU(),
+            nn.Conv2d(3, channels, 4, stride=4),
+            nn.GELU(),
+            nn.Conv2d(channels, 2 * channels, 2, stride=2),
+            nn.GELU(),
             nn.Conv2d(2 * channels, hidden_size, last, stride=last),
         )
         self.pos = nn.Parameter(torch.zeros(grid * grid, hidden_size))
@@ -230,8 +277,9 @@ class VLA(nn.Module):
         self.config = config
         self.backbone_config = build_backbone_config(config.backbone)
         if decoder is None:
-            model = transformers.AutoModel.from_config(self.backbone_config,
-                                                       attn_implementation=config.attn_implementation)
+            model = transformers.AutoModel.from_config(
+                self.backbone_config, attn_implementation=config.attn_implementation
+            )
             decoder = (model.layers, model.rotary_emb, model.norm)
             self.backbone_config = model.config
         self.layers, self.rotary_emb, self.norm = decoder
@@ -256,10 +304,13 @@ class VLA(nn.Module):
             return torch.tensor(stats[key], dtype=torch.float32)
 
         self.register_buffer("action_mean", stat(config.action_stats, "mean"), persistent=False)
-        self.register_buffer("action_std", stat(config.action_stats, "std").clamp_min(_STD_FLOOR), persistent=False)
+        self.register_buffer(
+            "action_std", stat(config.action_stats, "std").clamp_min(_STD_FLOOR), persistent=False
+        )
         self.register_buffer("proprio_mean", stat(config.proprio_stats, "mean"), persistent=False)
-        self.register_buffer("proprio_std", stat(config.proprio_stats, "std").clamp_min(_STD_FLOOR),
-                             persistent=False)
+        self.register_buffer(
+            "proprio_std", stat(config.proprio_stats, "std").clamp_min(_STD_FLOOR), persistent=False
+        )
 
     # -- interface ------------------------------------------------------------------------------------
 
@@ -272,7 +323,7 @@ class VLA(nn.Module):
         return self.backbone_config._attn_implementation
 
     def set_attn_implementation(self, name: str) -> None:
-        """Switch every decoder layer's attention kernel (``sdpa`` or ``eager``); results agree up to rounding."""
+        """Switch every layer's attention kernel (``sdpa`` or ``eager``); results agree up to rounding."""
         if name not in ("sdpa", "eager"):
             raise ValueError(f"attention implementation {name!r} not supported; valid: sdpa, eager")
         for layer in self.layers:
@@ -299,7 +350,9 @@ class VLA(nn.Module):
         texts = []
         for i, obs in enumerate(obs_list):
             if "instruction" not in obs or not isinstance(obs["instruction"], str):
-                raise ValueError(f"observation {i} needs an 'instruction' string, got {obs.get('instruction')!r}")
+                raise ValueError(
+                    f"observation {i} needs an 'instruction' string, got {obs.get('instruction')!r}"
+                )
             texts.append(obs["instruction"])
         ids, mask = self.tokenizer.batch_encode(texts, cfg.max_text_len)
         batch["input_ids"], batch["text_mask"] = ids.to(device), mask.to(device)  # (B, T)
@@ -348,11 +401,17 @@ class VLA(nn.Module):
 
     def run_layer(self, idx: int, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:
         """Decoder layer ``idx`` on ``hidden`` (B, N, D) -> (B, N, D); ``emb`` must hold the same B rows."""
-        out = self.layers[idx](hidden, attention_mask=emb.attention_bias, position_ids=emb.position_ids,
-                               position_embeddings=emb.position_embeddings)
+        out = self.layers[idx](
+            hidden,
+            attention_mask=emb.attention_bias,
+            position_ids=emb.position_ids,
+            position_embeddings=emb.position_embeddings,
+        )
         return out[0] if isinstance(out, tuple) else out  # older transformers layers return a tuple
 
-    def run_layers(self, hidden: torch.Tensor, emb: Embedded, layer_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def run_layers(
+        self, hidden: torch.Tensor, emb: Embedded, layer_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The decoder stack on ``hidden`` (B, N, D); ``layer_mask`` (B, L) bool picks the layers per row.
 
         A skipped layer is the identity and is not computed for that row: layers on for every row run on
@@ -364,8 +423,10 @@ class VLA(nn.Module):
             return hidden
         expected = (hidden.shape[0], self.num_layers)
         if tuple(layer_mask.shape) != expected or layer_mask.dtype != torch.bool:
-            raise ValueError(f"layer_mask must be a bool tensor of shape {expected} (batch, layers), got "
-                             f"{layer_mask.dtype} {tuple(layer_mask.shape)}")
+            raise ValueError(
+                f"layer_mask must be a bool tensor of shape {expected} (batch, layers), got "
+                f"{layer_mask.dtype} {tuple(layer_mask.shape)}"
+            )
         on_all = layer_mask.all(0).tolist()
         on_any = layer_mask.any(0).tolist()
         for idx in range(self.num_layers):
@@ -378,10 +439,12 @@ class VLA(nn.Module):
 
     def head(self, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:
         """Normalised action chunk (B, K, 7) from the action-query tokens of ``hidden`` (B, N, D)."""
-        queries = hidden[:, -self.config.chunk:]  # (B, K, D): the layout puts the queries last
+        queries = hidden[:, -self.config.chunk :]  # (B, K, D): the layout puts the queries last
         return self.action_head(self.norm(queries)).float()  # (B, K, 7)
 
-    def forward(self, batch: Mapping[str, torch.Tensor], layer_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], layer_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Normalised action chunk (B, K, 7); ``layer_mask`` (B, L) bool as in :meth:`run_layers`."""
         emb = self.embed(batch)
         return self.head(self.run_layers(emb.hidden, emb, layer_mask), emb)

@@ -16,7 +16,7 @@ from distill.checkpoint import VLAPolicy, file_hash, load_vla, save_checkpoint
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, two threads under contention run several times slower."""
+    """One intra-op thread: on the shared 2-core machine two contending threads run several times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -54,7 +54,9 @@ def test_float16_storage_loads_as_float32(tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     obs = make_obs(2)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(loaded.prepare(obs)), model(model.prepare(obs)), atol=5e-3, rtol=5e-3)
+        torch.testing.assert_close(
+            loaded(loaded.prepare(obs)), model(model.prepare(obs)), atol=5e-3, rtol=5e-3
+        )
 
 
 def test_policy_executes_chunks_open_loop(ckpt):
@@ -109,8 +111,11 @@ def test_weights_that_do_not_fit_the_config(ckpt):
     config = json.loads((path / "config.json").read_text())
     config["vla"]["backbone"]["intermediate_size"] = 48
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"tensor 'layers\.0\.mlp\.gate_proj\.weight': checkpoint shape "
-                                         r"\(64, 32\), config expects \(48, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor 'layers\.0\.mlp\.gate_proj\.weight': checkpoint shape "
+        r"\(64, 32\), config expects \(48, 32\)",
+    ):
         load_policy(path)
 
 

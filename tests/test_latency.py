@@ -1,4 +1,4 @@
-"""Latency protocol: the JSON line has its fields, --vs adds a speedup, a student's executed fraction is kept."""
+"""Latency protocol: JSON fields, --vs adds a speedup, a student's executed fraction is reported."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from harness.cli import main
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, two threads under contention run several times slower."""
+    """One intra-op thread: on the shared 2-core machine two contending threads run several times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -25,14 +25,33 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("lat")
-    save_checkpoint(root / "a", tiny_vla(seed=0, num_layers=2),
-                    meta={"data": {"instructions": ["open the top drawer", "put the spoon on the towel, then stop"]}})
+    save_checkpoint(
+        root / "a",
+        tiny_vla(seed=0, num_layers=2),
+        meta={"data": {"instructions": ["open the top drawer", "put the spoon on the towel, then stop"]}},
+    )
     save_checkpoint(root / "b", tiny_vla(seed=0, num_layers=4))
     return root / "a", root / "b"
 
 
-FIELDS = {"median_ms", "p90_ms", "mean_ms", "breakdown", "device", "dtype", "attention", "torch_threads", "batch",
-          "iters", "warmup", "timer", "capture", "tokens", "num_layers", "checkpoint_hash"}
+FIELDS = {
+    "median_ms",
+    "p90_ms",
+    "mean_ms",
+    "breakdown",
+    "device",
+    "dtype",
+    "attention",
+    "torch_threads",
+    "batch",
+    "iters",
+    "warmup",
+    "timer",
+    "capture",
+    "tokens",
+    "num_layers",
+    "checkpoint_hash",
+}
 
 
 def test_cli_prints_one_json_line(ckpts, capsys):
@@ -52,8 +71,26 @@ def test_cli_prints_one_json_line(ckpts, capsys):
 
 def test_vs_alternates_and_reports_speedup(ckpts, capsys):
     a, b = ckpts
-    assert main(["latency", "--policy", str(a), "--vs", str(b), "--iters", "3", "--warmup", "1", "--batch", "2",
-                 "--dtype", "bfloat16"]) == 0
+    assert (
+        main(
+            [
+                "latency",
+                "--policy",
+                str(a),
+                "--vs",
+                str(b),
+                "--iters",
+                "3",
+                "--warmup",
+                "1",
+                "--batch",
+                "2",
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["vs"]["num_layers"] == 4 and result["batch"] == 2 and result["dtype"] == "bfloat16"
     assert result["speedup"] == pytest.approx(result["vs"]["median_ms"] / result["median_ms"])

@@ -1,4 +1,4 @@
-"""Teacher training: the loss goes down, outputs are written, a crashed run resumes exactly, CLI on a demo folder."""
+"""Teacher training: loss goes down, outputs written, a crashed run resumes exactly, CLI on demo folders."""
 
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ from distill.checkpoint import load_vla
 from distill.train import EpisodeGroupedBatches, chunk_loss, lr_factor, train_teacher
 from distill.vla import VLA
 
-FAST = {"profile": "small", "batch_size": 16, "lr": 3e-3, "warmup": 2, "model_overrides": TINY, "progress": False}
+FAST = {
+    "profile": "small",
+    "batch_size": 16,
+    "lr": 3e-3,
+    "warmup": 2,
+    "model_overrides": TINY,
+    "progress": False,
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, two threads under contention run several times slower."""
+    """One intra-op thread: on the shared 2-core machine two contending threads run several times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -49,7 +56,9 @@ def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
     assert config["training"]["step"] == 80 and config["data"]["suites"] == ["synthetic"]
     assert config["data"]["instructions"] == sorted(data.instructions())
     assert set(config["versions"]) >= {"torch", "transformers"} and "git_commit" in config["code"]
-    assert config["vla"]["vocab"][:2] == ["[PAD]", "[UNK]"] and len(config["vla"]["action_stats"]["mean"]) == 7
+    assert (
+        config["vla"]["vocab"][:2] == ["[PAD]", "[UNK]"] and len(config["vla"]["action_stats"]["mean"]) == 7
+    )
     log = json.loads((tmp_path / "ckpt" / "train_log.json").read_text())
     assert [h["step"] for h in log["history"]] == list(range(80))
 
@@ -116,23 +125,43 @@ def test_cli_trains_on_a_demo_folder(tmp_path):
     writer = DemoWriter(tmp_path / "demos", suite="simpler_widowx", variant="visual_matching")
     for ep in range(2):
         n = 6
-        record = {"agentview": rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8),
-                  "wrist": rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8),
-                  "proprio": rng.normal(size=(n, 8)).astype(np.float32),
-                  "actions": rng.uniform(-1, 1, (n, 7)).astype(np.float32),
-                  "instruction": ["put carrot on plate", "stack the green block"][ep]}
+        record = {
+            "agentview": rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8),
+            "wrist": rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=(n, 8)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (n, 7)).astype(np.float32),
+            "instruction": ["put carrot on plate", "stack the green block"][ep],
+        }
         writer.add(record, task=f"task{ep}", seed=0, episode_index=ep)
     writer.close()
     out = tmp_path / "teacher"
-    rc = main(["train-teacher", "--data", str(tmp_path / "demos"), "--out", str(out), "--steps", "2",
-               "--batch-size", "4", "--no-progress"])
+    rc = main(
+        [
+            "train-teacher",
+            "--data",
+            str(tmp_path / "demos"),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     policy = load_policy(out)
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["suites"] == ["simpler_widowx"] and config["data"]["dirs"] == [str(tmp_path / "demos")]
+    assert config["data"]["suites"] == ["simpler_widowx"] and config["data"]["dirs"] == [
+        str(tmp_path / "demos")
+    ]
     assert config["data"]["dataset"][0]["meta"]["episodes"] == 2
     assert policy.model.num_layers == 12  # the small profile
-    obs = {"agentview": np.zeros((128, 128, 3), np.uint8), "wrist": np.zeros((128, 128, 3), np.uint8),
-           "proprio": np.zeros(8, np.float32), "instruction": "put carrot on plate"}
+    obs = {
+        "agentview": np.zeros((128, 128, 3), np.uint8),
+        "wrist": np.zeros((128, 128, 3), np.uint8),
+        "proprio": np.zeros(8, np.float32),
+        "instruction": "put carrot on plate",
+    }
     assert policy.act(obs).shape == (7,)
     assert main(["train-teacher", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2

@@ -17,12 +17,18 @@ from distill.tokenizer import UNK, WordTokenizer
 from distill.vla import VLA, VLAConfig, postprocess_actions, teacher_config
 
 INSTRUCTIONS = ["pick up the coke can", "open the top drawer", "put the spoon on the towel, then stop"]
-TINY = {"hidden_size": 32, "num_layers": 3, "num_heads": 4, "intermediate_size": 64, "vision_grid": 2,
-        "stem_channels": 4}
+TINY = {
+    "hidden_size": 32,
+    "num_layers": 3,
+    "num_heads": 4,
+    "intermediate_size": 64,
+    "vision_grid": 2,
+    "stem_channels": 4,
+}
 
 
 class SyntheticDemos(Dataset):
-    """Items in the ``tasks.datasets.DemoDataset`` format whose actions are learnable from proprio+instruction."""
+    """Items in the ``tasks.datasets.DemoDataset`` format; actions are learnable from proprio+instruction."""
 
     def __init__(self, n: int = 64, chunk: int = 8, seed: int = 0):
         rng = np.random.default_rng(seed)
@@ -48,10 +54,17 @@ class SyntheticDemos(Dataset):
         mask = np.arange(self.chunk) < self.valid[i]
         actions = self.actions[i].copy()
         actions[~mask] = actions[self.valid[i] - 1]
-        return {"agentview": torch.from_numpy(self.images[i, 0]), "wrist": torch.from_numpy(self.images[i, 1]),
-                "proprio": torch.from_numpy(self.proprio[i]), "instruction": INSTRUCTIONS[self.task[i]],
-                "actions": torch.from_numpy(actions), "action_mask": torch.from_numpy(mask),
-                "sample_id": torch.tensor(i, dtype=torch.int64), "suite": "synthetic", "task": f"t{self.task[i]}"}
+        return {
+            "agentview": torch.from_numpy(self.images[i, 0]),
+            "wrist": torch.from_numpy(self.images[i, 1]),
+            "proprio": torch.from_numpy(self.proprio[i]),
+            "instruction": INSTRUCTIONS[self.task[i]],
+            "actions": torch.from_numpy(actions),
+            "action_mask": torch.from_numpy(mask),
+            "sample_id": torch.tensor(i, dtype=torch.int64),
+            "suite": "synthetic",
+            "task": f"t{self.task[i]}",
+        }
 
 
 def tiny_config(**overrides) -> VLAConfig:
@@ -68,15 +81,20 @@ def tiny_vla(seed: int = 0, **overrides) -> VLA:
 
 def make_obs(n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [{"agentview": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
-             "wrist": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
-             "proprio": rng.normal(size=8).astype(np.float32),
-             "instruction": INSTRUCTIONS[i % len(INSTRUCTIONS)]} for i in range(n)]
+    return [
+        {
+            "agentview": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+            "wrist": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=8).astype(np.float32),
+            "instruction": INSTRUCTIONS[i % len(INSTRUCTIONS)],
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, two threads under contention run several times slower."""
+    """One intra-op thread: on the shared 2-core machine two contending threads run several times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -96,7 +114,7 @@ def test_embed_layout_and_shapes(vla):
     assert emb.hidden.shape == (3, n, 32)
     assert emb.attention_mask.shape == emb.vision_mask.shape == emb.text_mask.shape == (3, n)
     assert emb.vision_mask.sum(1).tolist() == [8, 8, 8]
-    assert emb.query_mask[:, -vla.config.chunk:].all() and emb.query_mask.sum() == 3 * vla.config.chunk
+    assert emb.query_mask[:, -vla.config.chunk :].all() and emb.query_mask.sum() == 3 * vla.config.chunk
     assert torch.equal(emb.text_mask.sum(1), batch["text_mask"].sum(1))
     assert not emb.attention_mask.all()  # the three instructions differ in length, so there is padding
     assert emb.attention_bias.shape == (3, 1, 1, n)
@@ -146,8 +164,8 @@ def test_per_row_layer_mask_matches_rows_run_alone(vla):
     with torch.no_grad():
         routed = vla(vla.prepare(obs), layer_mask=mask)
         for row in range(3):
-            alone = vla(vla.prepare([obs[row]]), layer_mask=mask[row:row + 1])
-            torch.testing.assert_close(routed[row:row + 1], alone, atol=1e-5, rtol=1e-5)
+            alone = vla(vla.prepare([obs[row]]), layer_mask=mask[row : row + 1])
+            torch.testing.assert_close(routed[row : row + 1], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_layer_mask_shape_error(vla):
@@ -221,8 +239,13 @@ def test_adapter_wraps_a_config(arch):
     import transformers
 
     cls = {"qwen2": transformers.Qwen2Config, "mistral": transformers.MistralConfig}[arch]
-    cfg = cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=64)
+    cfg = cls(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+    )
     torch.manual_seed(0)
     model = from_transformers(cfg, instructions=INSTRUCTIONS, vision_grid=2, stem_channels=4).eval()
     assert model.num_layers == 2 and model.config.backbone["model_type"] == arch
@@ -244,13 +267,18 @@ def test_adapter_wraps_a_config(arch):
 def test_adapter_reuses_pretrained_llama_layers():
     import transformers
 
-    lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=50))
+    lm = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=50
+        )
+    )
     model = from_transformers(lm, instructions=INSTRUCTIONS, vision_grid=2, stem_channels=4)
     assert model.layers[0] is lm.model.layers[0] and model.norm is lm.model.norm
     assert "embed_tokens" not in "".join(model.state_dict())
     # a rebuilt model from the stored config has the same parameter names and shapes
     rebuilt = VLA(model.config)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
     with pytest.raises(ValueError, match="exposes no decoder"):
         from_transformers(torch.nn.Linear(2, 2))

@@ -19,12 +19,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vs", default=None, help="second checkpoint folder, timed in the same run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="observations per model call (default 1)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="parameter dtype (default float32)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="parameter dtype (default float32)",
+    )
     parser.add_argument("--iters", type=int, default=50, help="timed calls (default 50)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up calls (default 10)")
-    parser.add_argument("--attn", default=None, choices=["sdpa", "eager"],
-                        help="attention kernel (default: the checkpoint's)")
+    parser.add_argument(
+        "--attn", default=None, choices=["sdpa", "eager"], help="attention kernel (default: the checkpoint's)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, time eager calls")
 
@@ -49,7 +54,13 @@ def run(args) -> int:
         if args.attn is not None:
             policy.model.set_attn_implementation(args.attn)
         policies.append(policy)
-    result = measure_latency(policies[0], vs=policies[1] if len(policies) > 1 else None, batch=args.batch,
-                             iters=args.iters, warmup=args.warmup, use_cuda_graph=not args.no_cuda_graph)
+    result = measure_latency(
+        policies[0],
+        vs=policies[1] if len(policies) > 1 else None,
+        batch=args.batch,
+        iters=args.iters,
+        warmup=args.warmup,
+        use_cuda_graph=not args.no_cuda_graph,
+    )
     print(json.dumps(result))
     return 0

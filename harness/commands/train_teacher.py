@@ -1,7 +1,8 @@
 """Train the reference teacher VLA on recorded demonstrations (resumes when OUT holds a training state).
 
     actdistill train-teacher --data data/widowx data/google --out runs/teacher_small
-    actdistill train-teacher --data data/libero_spatial --out runs/teacher_full --profile full --device cuda
+    actdistill train-teacher --data data/libero_spatial --out runs/teacher_full --profile full \
+        --device cuda --workers 8
     actdistill train-teacher --data data/widowx --out runs/teacher_small --steps 30000   # extend a run
 
 OUT receives model.safetensors + config.json (load with distill.load_policy), training_state.pt,
@@ -14,18 +15,30 @@ HELP = "train the reference teacher VLA on demonstrations"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", nargs="+", required=True, help="demonstration folders (from actdistill demos)")
+    parser.add_argument(
+        "--data", nargs="+", required=True, help="demonstration folders (from actdistill demos)"
+    )
     parser.add_argument("--out", required=True, help="checkpoint folder (created; resumed if it has a state)")
-    parser.add_argument("--profile", default="small", choices=["small", "full"],
-                        help="model and optimisation sizes: small (CPU) or full (GPU); default small")
+    parser.add_argument(
+        "--profile",
+        default="small",
+        choices=["small", "full"],
+        help="model and optimisation sizes: small (CPU) or full (GPU); default small",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--steps", type=int, default=None, help="total optimisation steps (default: profile's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="total optimisation steps (default: profile's)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches, augmentation")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: profile's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: profile's)")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's; on a busy machine 1 can be faster)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; on a busy machine 1 can be faster)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -39,8 +52,18 @@ def run(args) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    summary = train_teacher(args.data, args.out, profile=args.profile, device=args.device, steps=args.steps,
-                            seed=args.seed, batch_size=args.batch_size, lr=args.lr, ckpt_every=args.ckpt_every,
-                            num_workers=args.workers, progress=not args.no_progress)
+    summary = train_teacher(
+        args.data,
+        args.out,
+        profile=args.profile,
+        device=args.device,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ckpt_every=args.ckpt_every,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
     print(json.dumps(summary))
     return 0
