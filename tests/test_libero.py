@@ -162,3 +162,19 @@ def test_simplify_mesh_keeps_shape_and_budget():
     assert simple["face"].max() < len(simple["vert"])
     radius = np.linalg.norm(simple["vert"], axis=1)
     assert np.all(radius > 0.85) and np.all(radius < 1.01)
+
+
+def test_expert_solves_known_task_from_official_init_state(env):
+    """libero_spatial task 0 from init state 0: the expert picks the bowl and sets it on the plate."""
+    obs, info = env.reset(options={"episode_index": 0})
+    expert = tasks.expert(env)
+    assert info["success"] is False
+    for t in range(env.max_steps):
+        action = expert.act(obs)
+        assert action.shape == (ACTION_DIM,) and np.all(np.abs(action) <= 1.0)
+        obs, reward, terminated, truncated, info = env.step(action, render=False)
+        if terminated or truncated:
+            break
+    assert info["success"] is True and terminated is True and reward == 1.0
+    assert env.is_success()
+    assert t + 1 < env.max_steps

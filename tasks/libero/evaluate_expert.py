@@ -27,8 +27,29 @@ FIELDS = [
     "success_rate",
     "mean_steps",
     "seconds",
+    "expert",
+    "code",
     "command",
 ]
+
+
+def _code_version() -> str:
+    """Git commit of this checkout (``-dirty`` when tracked files under tasks/libero differ), or ``unknown``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "tasks/libero"], check=False, cwd=root
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.returncode != 0 else "")
 
 
 def run_task(suite: str, task: str, episodes: list[int]) -> dict:
@@ -109,6 +130,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['suite']} | {r['task_index']} | {r['task']} | {r['episodes']} | {float(r['success_rate']):.3f} |"
             f" {r['mean_steps']} |"
         )
+    lines += ["", "## Code", ""]
+    lines += [f"- expert `{e}`, commit `{c}`" for e, c in sorted({(r["expert"], r["code"]) for r in rows})]
     lines += ["", "## Commands", ""]
     lines += [f"    {c}" for c in sorted({r["command"] for r in rows})]
     return "\n".join(lines) + "\n"
@@ -129,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m tasks.libero.evaluate_expert " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
+    code = _code_version()
+    from tasks.libero.expert import LiberoExpert
+
     out = Path(args.out)
     csv_path = out / "per_task.csv"
     for suite in args.suites:
@@ -137,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in indices:
             name = tasks.registry.resolve_task(suite, i)
             row = run_task(suite, name, list(range(args.episodes)))
-            row.update(task_index=i, command=command)
+            row.update(task_index=i, command=command, code=code, expert=LiberoExpert.version)
             print(
                 f"{suite} {i:2d} {row['success_rate']:.2f} ({row['successes']}/{row['episodes']}) {name}",
                 flush=True,

@@ -156,7 +156,7 @@ class LiberoExpert:
     after every ``env.reset``.
     """
 
-    version = "libero-expert-1"
+    version = "libero-expert-2"
 
     def __init__(self, env) -> None:
         self.env = env
@@ -169,6 +169,7 @@ class LiberoExpert:
         self.down = None
         self.queue: list = []
         self.stage_steps = 0
+        self.stage_mat: np.ndarray | None = None
         self.current_goal = None
         self.unsupported: set = set()
 
@@ -303,15 +304,17 @@ class LiberoExpert:
         geoms = sc._subtree_geoms(body)
         handle = d.geom_xpos[geoms[np.argmax(d.geom_xpos[geoms] @ open_dir)]].copy()
         hi = sc.box(body)[1]
-        if open_:
+        if open_:  # approach horizontally, fingers closing vertically around the handle bar
+            side = self._facing(-open_dir)
             pulled = handle + open_dir * 0.2
             return [
-                ("move", handle + [0, 0, 0.08], open_dir, GRIPPER_OPEN, 0.02),
-                ("move", handle + [0, 0, 0.005], open_dir, GRIPPER_OPEN, 0.008),
-                ("grip", GRIPPER_CLOSE, 12),
-                ("move", pulled + [0, 0, 0.005], open_dir, GRIPPER_CLOSE, 0.01),
+                ("move", handle + open_dir * 0.12 + [0, 0, 0.03], side, GRIPPER_OPEN, 0.02),
+                ("move", handle + open_dir * 0.12, side, GRIPPER_OPEN, 0.01),
+                ("move", handle - open_dir * 0.012, side, GRIPPER_OPEN, 0.006),
+                ("grip", GRIPPER_CLOSE, 15),
+                ("move", pulled, side, GRIPPER_CLOSE, 0.01, 0.3),
                 ("release", 8),
-                ("move", pulled + [0, 0, 0.10], open_dir, GRIPPER_OPEN, 0.02),
+                ("move", pulled + open_dir * 0.08, side, GRIPPER_OPEN, 0.02),
             ]
         qpos = d.qpos[m.jnt_qposadr[jid]]
         opening = abs(qpos)
@@ -358,6 +361,18 @@ class LiberoExpert:
         ]
 
     # ------------------------------------------------------------------ control
+    def _facing(self, approach: np.ndarray) -> np.ndarray:
+        """Gripper orientation (3, 3) pointing along horizontal ``approach`` with the fingers closing
+        vertically; of the two such poses, the one nearer the current orientation."""
+        z = approach / np.linalg.norm(approach)
+        best, best_angle = None, np.inf
+        for up in (np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, -1.0])):
+            mat = np.stack([up, np.cross(z, up), z], axis=1)  # columns: closing, y, approach
+            angle = np.linalg.norm(_axis_angle_from_matrix(mat @ self.scene.eef_mat().T))
+            if angle < best_angle:
+                best, best_angle = mat, angle
+        return best
+
     def _orientation(self, closing: np.ndarray | None) -> np.ndarray:
         """Target gripper orientation: pointing down, fingers closing along ``closing`` (or keeping
         the current yaw when None)."""
@@ -365,6 +380,8 @@ class LiberoExpert:
         current = sc.eef_mat()
         if closing is None:
             return self._level(current)
+        if closing.shape == (3, 3):  # an explicit orientation
+            return closing
         cur = sc.closing_dir()
         yaw = np.arctan2(cur[0] * closing[1] - cur[1] * closing[0], cur @ closing)
         yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2  # the gripper is symmetric
@@ -421,17 +438,23 @@ class LiberoExpert:
             self.queue[0:1] = self._carry(obj, target, below, inside)
             return self._step_stage()
         if self.stage_steps == 0:  # stage start: fix the orientation and the hold position
-            self.stage_mat = self._orientation(stage[2] if kind == "move" else None)
+            if kind == "move":
+                self.stage_mat = self._orientation(stage[2])
+            elif self.stage_mat is None:
+                self.stage_mat = sc.eef_mat()  # grip / release keep the previous stage's orientation
             self.stage_pos = sc.eef_pos()
             self.dists: list[float] = []
         if kind == "move":
-            _, pos, _, grip, tol = stage
+            pos, grip, tol = stage[1], stage[3], stage[4]
+            speed = stage[5] if len(stage) > 5 else 1.0
             dist = float(np.linalg.norm(pos - sc.eef_pos()))
             self.dists.append(dist)
             stalled = len(self.dists) > 12 and self.dists[-6] - dist < 0.002
             if dist < tol or stalled or self.stage_steps > 60:
                 return None
-            return self._servo(pos, self.stage_mat, grip)
+            action = self._servo(pos, self.stage_mat, grip)
+            action[:3] = np.clip(action[:3], -speed, speed)
+            return action
         if kind in ("grip", "release"):
             grip, steps = (stage[1], stage[2]) if kind == "grip" else (GRIPPER_OPEN, stage[1])
             if self.stage_steps >= steps:
