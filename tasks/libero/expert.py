@@ -8,10 +8,14 @@ units of 0.5 rad, world frame).
 Predicates and primitives:
 
 - ``On(A, B)``, ``In(A, B)``: pick ``A`` (grasp chosen by shape, below) and place it over ``B``
-  (an object: its top centre; a region site: the site), then release and retreat.
-- ``Open(X)``, ``Close(X)``: grasp the drawer / door handle region's parent joint by its handle
-  site when there is one, pull or push along the joint axis.
-- ``TurnOn(X)``, ``TurnOff(X)``: press down on the knob of the stove / faucet.
+  (an object: its top centre; a region site: the site), then release and retreat. A target
+  region inside a closed drawer gets the drawer opened first.
+- ``Open(X)``, ``Close(X)`` on drawers (slide joints): open by approaching the handle (the drawer
+  geom furthest along the opening direction) horizontally, closing the fingers vertically around
+  it and pulling; close by pushing the front with closed fingers. Hinged doors are not handled
+  (recorded in ``expert.unsupported``; the expert skips that goal).
+- ``TurnOn(X)``, ``TurnOff(X)`` on knobs (hinge about z): push the lever end tangentially with
+  closed fingers.
 
 Grasps: wide, low, hollow objects (bowls, mugs wider than the gripper) are taken by the rim
 nearest the robot, fingers closing radially; everything else from the top at its horizontal
