@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import shlex
 import sys
 import time
@@ -168,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{suite} {i:2d} {row['success_rate']:.2f} ({row['successes']}/{row['episodes']}) {name}",
                 flush=True,
             )
-            rows = [r for r in _read(csv_path) if not (r["suite"] == suite and r["task"] == name)] + [row]
-            _write(csv_path, rows)
-            (out / "README.md").write_text(markdown(_read(csv_path)))
+            out.mkdir(parents=True, exist_ok=True)
+            with (out / ".lock").open("w") as lock:  # several runs may share one table
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                rows = [r for r in _read(csv_path) if not (r["suite"] == suite and r["task"] == name)] + [row]
+                _write(csv_path, rows)
+                (out / "README.md").write_text(markdown(_read(csv_path)))
     return 0
 
 
