@@ -11,7 +11,7 @@ per layer through a linear map (the paper's per-layer gate ``g_l = sigma(w_l^T [
 
 Budget rule (this project's addition; the reference code has only a balance loss and no control at
 inference): a budget ``b`` in (0, 1] is the fraction of decoder layers run. At inference every input runs
-exactly its ``k = floor(b * L)`` highest-scoring layers (at least 1), so the executed fraction is
+exactly its ``k = floor(b * L)`` highest-scoring layers (``b >= 1/L``), so the executed fraction is
 ``k / L <= b`` on every input, not only on average. Training uses the same top-k selection (see
 :mod:`distill.student`), so the student is trained on exactly the computations it performs at inference.
 """
@@ -27,10 +27,15 @@ from distill.vla import Embedded
 
 
 def layers_for_budget(budget: float, num_layers: int) -> int:
-    """Decoder layers run per input at budget ``budget`` (fraction in (0, 1]): ``max(1, floor(b * L))``."""
-    if not 0.0 < budget <= 1.0:
-        raise ValueError(f"budget {budget!r} must be a fraction of layers in (0, 1], e.g. 0.25, 0.5 or 0.75")
-    return max(1, math.floor(budget * num_layers + 1e-9))
+    """Decoder layers run per input at budget ``budget``: ``floor(b * L)`` (up to float rounding).
+
+    Raises ``ValueError`` naming the valid range when ``budget`` is outside [1/L, 1] (below 1/L no layer
+    would run, and running one would exceed the budget).
+    """
+    if not 1.0 / num_layers - 1e-9 <= budget <= 1.0:
+        raise ValueError(f"budget {budget!r} out of range for {num_layers} layers; valid: "
+                         f"{1.0 / num_layers:.4g} (one layer) to 1.0 (all layers), e.g. 0.25, 0.5 or 0.75")
+    return math.floor(budget * num_layers + 1e-9)
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -93,6 +93,7 @@ class ActDistillConfig:
     budget_weight: float = 1.0  # lambda_b of the budget term
     teacher_weight: float = 1.0  # final head vs the teacher's final chunk (and stage-1 heads vs it)
     gate_noise: float = 1.0  # Gumbel scale of the training-time top-k, annealed linearly to 0
+    graph_supervision: bool = True  # False: the "router without graph supervision" ablation (final + budget)
     steps: int = 3000  # stage-2 steps per budget
     stage1_steps: int = 1000
     batch_size: int = 32
@@ -505,11 +506,12 @@ def train_encapsulation(teacher: VLA, dataset: Dataset, workdir: str | Path, con
 # -- stage 2 ---------------------------------------------------------------------------------------------------
 
 
-def student_losses(student: StudentVLA, enc: GraphEncapsulation, batch: Batch, cache: TeacherCache,
+def student_losses(student: StudentVLA, enc: GraphEncapsulation | None, batch: Batch, cache: TeacherCache,
                    config: ActDistillConfig, weights: torch.Tensor, noise: float) -> dict[str, torch.Tensor]:
     """One stage-2 forward (Sec. 3.3-3.4): routed student, per-layer graph supervision, final and budget terms.
 
-    ``noise`` is the Gumbel scale of the top-k selection (0 gives exactly the inference routing). Returns
+    ``noise`` is the Gumbel scale of the top-k selection (0 gives exactly the inference routing). Without
+    ``config.graph_supervision`` the per-layer terms are 0 and ``enc`` is not run. Returns
     scalar ``loss`` and its terms ``align``, ``struct``, ``action``, ``final``, ``budget`` and the mean soft
     gate ``gate_mean``.
     """
@@ -524,9 +526,14 @@ def student_losses(student: StudentVLA, enc: GraphEncapsulation, batch: Batch, c
         scores = scores - noise * torch.log(-torch.log(u))  # Gumbel-top-k: sample k layers without replacement
     mask = topk_mask(scores, student.layers_per_input)  # (B, L) bool
     states = routed_states(student, emb, mask, gates.to(emb.hidden.dtype))
-    s_s, a_s = enc([h.float() for h in states], emb.attention_mask)  # (L, B, d_s), (L, B, K, 7)
-    terms = hierarchical_loss(s_s.float(), s_t, a_s.float(), a_t, batch.actions, batch.mask, weights.to(device),
-                              alpha=config.alpha, beta=config.beta, eta=config.eta)
+    if config.graph_supervision:
+        if enc is None:
+            raise ValueError("graph supervision needs the student's extractors (enc); got None")
+        s_s, a_s = enc([h.float() for h in states], emb.attention_mask)  # (L, B, d_s), (L, B, K, 7)
+        terms = hierarchical_loss(s_s.float(), s_t, a_s.float(), a_t, batch.actions, batch.mask,
+                                  weights.to(device), alpha=config.alpha, beta=config.beta, eta=config.eta)
+    else:
+        terms = dict.fromkeys(("align", "struct", "action", "total"), gates.new_zeros(()))
     chunk = student.head(states[-1], emb)  # (B, K, 7)
     final = masked_mse(chunk, batch.actions, batch.mask) + config.teacher_weight * masked_mse(chunk, final_t)
     budget = budget_loss(gates, student.budget)
@@ -552,7 +559,7 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
     optimizer = torch.optim.AdamW([
         {"params": [p for p in student.parameters() if id(p) not in router_ids], "lr": config.lr},
         {"params": router_params, "lr": config.router_lr},
-        {"params": list(student_enc.parameters()), "lr": config.graph_lr},
+        *([{"params": list(student_enc.parameters()), "lr": config.graph_lr}] if config.graph_supervision else []),
     ], weight_decay=config.weight_decay)
 
     def step_fn(items: list, step: int) -> dict[str, torch.Tensor]:

@@ -159,8 +159,8 @@ def test_straight_through_gate_gradient(teacher, data):
 
 
 def test_budget_rule():
-    assert [layers_for_budget(b, 12) for b in (0.25, 0.5, 0.75, 1.0, 0.01)] == [3, 6, 9, 12, 1]
-    for bad in (0.0, -0.1, 1.5):
+    assert [layers_for_budget(b, 12) for b in (0.25, 0.5, 0.75, 1.0, 1 / 12, 0.3)] == [3, 6, 9, 12, 1, 3]
+    for bad in (0.0, -0.1, 1.5, 0.08):
         with pytest.raises(ValueError, match="budget"):
             layers_for_budget(bad, 12)
     mask = topk_mask(torch.tensor([[0.1, 0.9, 0.5, -1.0], [3.0, 2.0, 1.0, 0.0]]), 2)
@@ -292,6 +292,18 @@ def test_student_losses_start_at_teacher_and_training_moves_router(tmp_path, tea
     assert all(math.isfinite(h["loss"]) for h in result["history"])
     assert not torch.equal(student.router.gate.bias, torch.zeros(4))
     assert (tmp_path / "work" / "training_state.pt").is_file()  # periodic state written at step 2
+
+
+def test_router_only_ablation_has_no_graph_terms(teacher, data):
+    config = tiny_config(graph_supervision=False)
+    cache = build_teacher_cache(teacher, build_encapsulation(teacher, config).eval(), data, batch_size=12)
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8)
+    batch = collate(student, [data[i] for i in range(4)])
+    terms = student_losses(student, None, batch, cache, config, layer_weights(4, 2.0), noise=1.0)
+    assert terms["align"].item() == terms["action"].item() == 0.0
+    assert terms["loss"].item() == pytest.approx(terms["final"].item() + terms["budget"].item())
+    terms["loss"].backward()
+    assert student.router.gate.weight.grad.abs().sum() > 0
 
 
 def test_export_has_no_graph_parameters_and_loads(tmp_path, teacher, data):

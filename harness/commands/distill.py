@@ -4,12 +4,15 @@
         --out runs/distill_small
     actdistill distill --teacher runs/teacher_full --data data/libero_spatial --budgets 0.5 --out runs/distill \\
         --device cuda --steps 20000 --stage1-steps 5000 --batch-size 64
+    actdistill distill --teacher runs/teacher_small --data data/widowx --budgets 0.5 --out runs/router_only --no-graph
 
 OUT/encapsulation holds stage 1 (graph extractors, per-layer heads, the teacher cache keyed by sample id,
 loss.png), shared by every budget. OUT/student-b<B> holds the student at budget B (fraction of decoder
 layers run per input; each input runs floor(B * L) layers): model.safetensors + config.json (load with
 distill.load_policy), loss.png and history.json. Rerunning skips finished budgets and resumes an
 unfinished one from OUT/student-b<B>.work/training_state.pt (written every --save-every steps).
+--no-graph trains the "router without graph supervision" ablation (stage 1 still runs: its cache supplies
+the teacher's final chunks); give it its own --out.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=int, default=None, help="steps between training states (default 250)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and gate noise")
+    parser.add_argument("--no-graph", action="store_true",
+                        help="ablation: train the router without the graph-informed per-layer supervision")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -62,7 +67,8 @@ def run(args) -> int:
     overrides = {key: value for key, value in (("steps", args.steps), ("stage1_steps", args.stage1_steps),
                                                ("batch_size", args.batch_size), ("save_every", args.save_every))
                  if value is not None}
-    config = ActDistillConfig(seed=args.seed, num_workers=args.workers, **overrides)
+    config = ActDistillConfig(seed=args.seed, num_workers=args.workers, graph_supervision=not args.no_graph,
+                              **overrides)
     chunk = int(read_config(args.teacher).get("vla", {}).get("chunk", 8))
     dataset = _open_dataset(list(args.data), chunk)
     summary = distill(args.teacher, dataset, budgets, args.out, config=config, device=args.device,
