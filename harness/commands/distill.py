@@ -47,6 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-graph", action="store_true",
                         help="ablation: train the router without the graph-informed per-layer supervision")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is much faster on a shared machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -64,6 +66,12 @@ def run(args) -> int:
     from distill.student import ActDistillConfig, distill
 
     budgets = parse_budgets(args.budgets)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     overrides = {key: value for key, value in (("steps", args.steps), ("stage1_steps", args.stage1_steps),
                                                ("batch_size", args.batch_size), ("save_every", args.save_every))
                  if value is not None}
