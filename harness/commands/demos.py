@@ -2,6 +2,7 @@
 
     actdistill demos --suite simpler_widowx --episodes 50 --out data/widowx
     actdistill demos --suite simpler_google --tasks move_near,0 --episodes 20 --out data/google --overwrite
+    actdistill demos --family simpler --out data/simpler    # the reference teacher's set (harness/demo_sets.py)
 
 Per task it runs the expert on episode indices 0, 1, 2, ... (initial states from --seed; the
 default seed 1 keeps demonstrations off the evaluation states of seed 0) and keeps successful
@@ -15,7 +16,10 @@ HELP = "record scripted-expert demonstrations into a dataset folder"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--suite", required=True, help="suite name, e.g. simpler_widowx")
+    parser.add_argument("--suite", default=None, help="suite name, e.g. simpler_widowx")
+    parser.add_argument("--family", default=None,
+                        help="record a family's reference set instead of one suite (see harness/demo_sets.py)")
+    parser.add_argument("--scale", type=float, default=1.0, help="with --family: scale the episode counts")
     parser.add_argument("--tasks", default=None, help="comma-separated task names or indices (default: all)")
     parser.add_argument("--variant", default=None, help="variant name (default: the suite's first)")
     parser.add_argument("--episodes", type=int, default=50, help="successful episodes per task (default 50)")
@@ -88,6 +92,14 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
 def run(args) -> int:
     import sys
 
+    if (args.suite is None) == (args.family is None):
+        raise ValueError("give exactly one of --suite SUITE or --family FAMILY")
+    if args.family is not None:
+        from harness.demo_sets import record_family
+
+        folders = record_family(args.family, args.out, scale=args.scale)
+        print(f"[demos] {args.family}: {len(folders)} dataset folders under {args.out}")
+        return 0
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
         meta = record_demos(args.suite, args.out, tasks=task_list, variant=args.variant, episodes=args.episodes,
