@@ -54,7 +54,6 @@ import torch
 import torch.nn.functional as F
 
 from distill.checkpoint import VLAPolicy, load_policy, read_config
-from distill.flops import flops_for_batch
 from distill.vla import VLA
 
 BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "early_exit_adaptive", "random")
@@ -195,8 +194,8 @@ class BaselinePolicy(VLAPolicy):
 
     ``k`` is the layer count of the budget (``floor(b * L)``); ``layers`` the static layer set (``None`` for
     ``random``, which draws ``k`` layers per row and call, and for the adaptive subclass).
-    ``last_info`` adds ``flops`` (analytic FLOPs of the call for one row, :mod:`distill.flops`) to the
-    teacher policy's keys. ``mean_executed_fraction`` averages the executed fraction over every row of
+    ``last_info`` has the teacher policy's keys (``flops`` counts the layers the first row ran).
+    ``mean_executed_fraction`` averages the executed fraction over every row of
     every model call so far (the planned ``k / L`` before the first call).
     """
 
@@ -210,7 +209,6 @@ class BaselinePolicy(VLAPolicy):
         self.label = tag
         self._rng = np.random.default_rng(seed)
         self._executed_sum, self._rows = 0, 0
-        self._last_flops: list[int] = []
 
     @property
     def mean_executed_fraction(self) -> float:
@@ -232,15 +230,9 @@ class BaselinePolicy(VLAPolicy):
         mask = self.layer_mask(b)  # (B, L)
         with torch.inference_mode():
             chunk = self.model(batch, mask.to(self.device))  # (B, K, 7)
-        self._last_flops = flops_for_batch(self.model, batch, mask).tolist()
         self._executed_sum += int(mask.sum())
         self._rows += b
         return chunk, [row.nonzero().squeeze(1).tolist() for row in mask]
-
-    def predict(self, obs_list: Sequence[Mapping]) -> np.ndarray:
-        actions = super().predict(obs_list)
-        self.last_info["flops"] = self._last_flops[0]
-        return actions
 
 
 class AdaptiveExitPolicy(BaselinePolicy):
@@ -281,7 +273,6 @@ class AdaptiveExitPolicy(BaselinePolicy):
                     break
             chunk = model.head(hidden, emb)  # (B, K, 7)
         mask = torch.arange(model.num_layers)[None, :] < depth[:, None]  # (B, L)
-        self._last_flops = flops_for_batch(model, batch, mask).tolist()
         self._executed_sum += int(mask.sum())
         self._rows += b
         return chunk, [list(range(int(d))) for d in depth]

@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from distill.flops import forward_flops, seq_len
 from distill.vla import VLA, VLAConfig, postprocess_actions
 
 WEIGHTS = "model.safetensors"
@@ -196,6 +197,7 @@ class VLAPolicy:
         {"executed_layers": [0, 1, ...],   # layer indices run by the last model call
          "layer_executed": [1.0, ...],      # (L,) 1.0 where the layer ran: its mean is the per-layer rate
          "executed_fraction": 1.0,          # fraction of the L layers that ran
+         "flops": 3.9e8,                    # analytic FLOPs of the call for one row (distill.flops)
          "model_ms": 4.2}                   # wall time of the model call (device synchronised)
 
     Routed students subclass it and override :meth:`model_call`.
@@ -248,6 +250,7 @@ class VLAPolicy:
             "executed_layers": list(executed[0]),
             "layer_executed": ran.tolist(),
             "executed_fraction": len(executed[0]) / num_layers,
+            "flops": forward_flops(self.model, 1, seq_len(self.model, batch), executed[0])["total"],
             "model_ms": model_ms,
         }
         return postprocess_actions(raw)
