@@ -54,6 +54,21 @@ def test_suites_and_tasks_listed():
     assert tasks.variants(SUITE) == ["default"]
 
 
+def test_libero_config_lives_in_the_cache_dir_and_points_at_bundled_files():
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    libero.suite_names()
+    config = Path(os.environ["LIBERO_CONFIG_PATH"]) / "config.yaml"
+    assert config.is_file()
+    paths = yaml.safe_load(config.read_text())
+    assert Path(paths["bddl_files"], "libero_spatial").is_dir()
+    assert Path(paths["init_states"], "libero_spatial").is_dir()
+    assert Path(paths["assets"]).is_dir()
+
+
 def test_bad_task_name_and_index_list_valid_tasks():
     names = tasks.tasks(SUITE)
     with pytest.raises(ValueError, match=names[0]):
