@@ -56,28 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cache = HERE / f"{SUITE}.cells.jsonl"
     rows: dict[tuple[str, str], tuple[int, int]] = {}
+    seconds: dict[tuple[str, str], float] = {}
     if cache.exists():
         for line in cache.read_text().splitlines():
             cell = json.loads(line)
             if cell["episodes"] == args.episodes and cell["seed"] == args.seed:
                 rows[cell["task"], cell["variant"]] = (cell["episodes"], cell["successes"])
+                seconds[cell["task"], cell["variant"]] = cell["seconds"]
     first = ("visual_matching", "distractors_1", "distractors_2")
     order = [v for v in first if v in args.variants] + [v for v in args.variants if v not in first]
     jobs = [(t, v, args.episodes, args.seed) for v in order for t in args.tasks if (t, v) not in rows]
-    t0 = time.perf_counter()
     with Pool(args.workers) as pool:
         for task, variant, n, ok, failed, secs in pool.imap_unordered(run_cell, jobs):
             rows[task, variant] = (n, ok)
+            seconds[task, variant] = secs
             print(f"{task:34s} {variant:18s} {ok}/{n}  failed={failed}  {secs:.0f}s", flush=True)
             with open(cache, "a") as f:
                 f.write(json.dumps({"task": task, "variant": variant, "episodes": n, "seed": args.seed,
                                     "successes": ok, "failed": failed, "seconds": round(secs, 1)}) + "\n")
-    write_tables(rows, args, time.perf_counter() - t0)
+    write_tables(rows, args, sum(seconds.values()))
     return 0
 
 
-def write_tables(rows: dict[tuple[str, str], tuple[int, int]], args: argparse.Namespace, wall: float) -> None:
-    """Write the csv and markdown tables from the measured cells (missing cells show as '-')."""
+def write_tables(rows: dict[tuple[str, str], tuple[int, int]], args: argparse.Namespace, cell_seconds: float) -> None:
+    """Write the csv and markdown tables from the measured cells (missing cells show as '-');
+    ``cell_seconds`` is the summed wall time of the cells (worker time, not elapsed time)."""
     with open(HERE / f"{SUITE}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "variant", "episodes", "successes", "success_rate"])
@@ -93,7 +96,8 @@ def write_tables(rows: dict[tuple[str, str], tuple[int, int]], args: argparse.Na
         f"{args.episodes} episodes per task and variant (seed {args.seed}, episode indices 0..{args.episodes - 1}),",
         "success at the final step, rendering off. Targets: >= 95% on visual_matching, >= 90% on every variant.",
         "",
-        f"Produced by `{command.strip()}` (last run: {wall / 60:.1f} min on a shared, heavily loaded 2-core CPU).",
+        f"Produced by `{command.strip()}`: {cell_seconds / 60:.0f} worker-minutes in all (summed per-cell wall time,",
+        "2 workers on a shared, heavily loaded 2-core CPU; cells are cached in `simpler_google.cells.jsonl`).",
         "",
         "| task | " + " | ".join(args.variants) + " |",
         "|---|" + "---|" * len(args.variants),
