@@ -38,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from distill.vla import VLA
@@ -75,15 +76,21 @@ def seq_len(model: VLA, batch: Mapping[str, torch.Tensor]) -> int:
 
 
 def embed_flops(model: VLA, batch_size: int) -> int:
-    """FLOPs of :meth:`VLA.embed` for ``batch_size`` rows: patch-encoder convs of every camera + proprio MLP."""
+    """FLOPs of :meth:`VLA.embed` for ``batch_size`` rows: patch-encoder convs of every camera + proprio MLP.
+
+    Read off the modules themselves (every ``Conv2d`` of the stem with its output size, every ``Linear``
+    of the proprio projection), so the count follows the architecture.
+    """
     cfg = model.config
-    d, c, size, grid = cfg.hidden_size, cfg.stem_channels, cfg.image_size, cfg.vision_grid
-    s1, s2 = (size + 1) // 2, (size + 3) // 4  # spatial sizes after the two stride-2, padding-1 3x3 convs
-    last = size // 4 // grid  # kernel = stride of the last conv
-    per_image = (2 * s1 * s1 * c * 3 * 3 * 3  # 3 -> c
-                 + 2 * s2 * s2 * (2 * c) * c * 3 * 3  # c -> 2c
-                 + 2 * grid * grid * d * (2 * c) * last * last)  # 2c -> D, one output per patch
-    proprio = 2 * cfg.proprio_dim * d + 2 * d * d  # Linear(8, D) -> GELU -> Linear(D, D)
+    size = cfg.image_size
+    per_image = 0
+    for conv in model.vision.stem.modules():
+        if isinstance(conv, nn.Conv2d):
+            k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            size = (size + 2 * pad - k) // stride + 1  # square images, square kernels
+            per_image += 2 * size * size * conv.out_channels * (conv.in_channels // conv.groups) * k * k
+    proprio = sum(2 * lin.in_features * lin.out_features for lin in model.proprio_proj.modules()
+                  if isinstance(lin, nn.Linear))
     return batch_size * (len(cfg.cameras) * per_image + proprio)
 
 
