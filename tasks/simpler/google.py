@@ -92,7 +92,7 @@ PROPS = {p.name: p for p in (
     Prop("pepsi_can", "pepsi can", "can", (0.033, 0.061), "0.08 0.18 0.7 1", SILVER),
     Prop("7up_can", "7up can", "can", (0.033, 0.061), "0.1 0.62 0.2 1", SILVER),
     Prop("redbull_can", "redbull can", "can", (0.03, 0.066), "0.55 0.6 0.75 1", "0.85 0.7 0.1 1"),
-    Prop("blue_plastic_bottle", "blue plastic bottle", "can", (0.03, 0.085), "0.45 0.7 0.95 0.9", "0.1 0.3 0.8 1"),
+    Prop("blue_plastic_bottle", "blue plastic bottle", "can", (0.03, 0.085), "0.45 0.7 0.95 1", "0.1 0.3 0.8 1"),
     Prop("apple", "apple", "sphere", (0.034,), "0.85 0.12 0.1 1", "0.35 0.22 0.08 1"),
     Prop("orange", "orange", "sphere", (0.035,), "1.0 0.55 0.05 1", "0.2 0.5 0.1 1"),
     Prop("sponge", "sponge", "box", (0.045, 0.03, 0.022), "0.95 0.85 0.2 1", "0.2 0.6 0.25 1"),
@@ -104,7 +104,7 @@ SHELF_Z = -0.5
 
 def _park_xml() -> str:
     return (f'<geom name="park_shelf" type="box" size="0.3 0.5 0.01" pos="0 0 {SHELF_Z - 0.01}" '
-            f'rgba="0 0 0 0"/>')
+            f'rgba="0 0 0 0" group="3"/>')
 
 
 def _park(env: SimplerEnv, names: list[str]) -> None:
@@ -402,8 +402,8 @@ def _drawer_xml(level: str, zc: float) -> str:
         f'contype="0" conaffinity="0"/>'
         f'<geom type="box" size="{HANDLE_OUT / 2} 0.005 0.005" pos="{hx + HANDLE_OUT / 2} 0 -0.03" rgba="{metal}" '
         f'contype="0" conaffinity="0"/>'
-        f'<site name="{level}_handle" pos="{hx} 0 0" size="0.005" rgba="0 0 0 0"/>'
-        f'<site name="{level}_inside" pos="0.01 0 0" size="0.005" rgba="0 0 0 0"/>'
+        f'<site name="{level}_handle" pos="{hx} 0 0" size="0.005" rgba="0 0 0 0" group="3"/>'
+        f'<site name="{level}_inside" pos="0.01 0 0" size="0.005" rgba="0 0 0 0" group="3"/>'
         "</body>"
     )
 
