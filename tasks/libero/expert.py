@@ -147,7 +147,7 @@ class _Scene:
                 along = np.clip(rel @ d, -0.11, 0.11)
                 clearance = min(clearance, float(np.linalg.norm(rel - along[:, None] * d, axis=1).min()))
             fits = extent <= MAX_OPENING - 0.005
-            score = (clearance - 0.3 * extent) if fits else -1.0 - extent
+            score = (min(clearance, 0.04) - extent) if fits else -1.0 - extent
             if score > best_score:
                 best, best_score, best_extent = np.array([d[0], d[1], 0.0]), score, extent
         return best, best_extent
@@ -160,7 +160,7 @@ class LiberoExpert:
     after every ``env.reset``.
     """
 
-    version = "libero-expert-2"
+    version = "libero-expert-3"
 
     def __init__(self, env) -> None:
         self.env = env
@@ -274,7 +274,7 @@ class LiberoExpert:
         below = point[2] - obj_lo  # grip site height above the object's bottom
         return [
             ("move", point + [0, 0, 0.12], closing, GRIPPER_OPEN, 0.02),
-            ("move", point, closing, GRIPPER_OPEN, 0.008),
+            ("move", point - [0, 0, 0.008], closing, GRIPPER_OPEN, 0.01),  # aim low: P control stops short
             ("grip", GRIPPER_CLOSE, 12),
             ("lift", obj, target, below, inside),
         ]
