@@ -123,13 +123,13 @@ def markdown(rows: list[dict]) -> str:
         "",
         "## Per task",
         "",
-        "| suite | # | task | episodes | success rate | mean steps |",
-        "|---|---|---|---|---|---|",
+        "| suite | # | task | episodes | success rate | mean steps | expert @ commit |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["suite"], int(r["task_index"]))):
         lines.append(
             f"| {r['suite']} | {r['task_index']} | {r['task']} | {r['episodes']} | {float(r['success_rate']):.3f} |"
-            f" {r['mean_steps']} |"
+            f" {r['mean_steps']} | {r['expert']} @ {r['code']} |"
         )
     lines += ["", "## Code", ""]
     lines += [f"- expert `{e}`, commit `{c}`" for e, c in sorted({(r["expert"], r["code"]) for r in rows})]
