@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,11 +48,13 @@ class Job:
 @dataclass
 class PolicySource:
     """Where policies come from: ``build(env)`` returns a policy for ``env`` (see
-    :mod:`harness.rollout` for the protocol); ``hash_for(env)`` identifies its weights/code."""
+    :mod:`harness.rollout` for the protocol); ``hash_for(env)`` identifies its weights/code;
+    ``meta`` describes it for the report (``kind``, ``budget``, ``method``: see :mod:`harness.report`)."""
 
     name: str
     build: Callable[[Any], Any]
     hash_for: Callable[[Any], str]
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,14 +90,16 @@ def policy_source(policy: str) -> PolicySource:
     Raises ``FileNotFoundError`` naming the path when ``policy`` is neither.
     """
     if policy == "expert":
-        return PolicySource("expert", build=suites.expert, hash_for=_expert_hash)
+        return PolicySource("expert", build=suites.expert, hash_for=_expert_hash,
+                            meta={"policy": "expert", "kind": "expert", "method": "scripted expert"})
     if policy.startswith("baseline:"):
         from distill.baselines import parse_policy_spec  # lazy, like load_policy below
 
         baseline = parse_policy_spec(policy).build()
         # The baseline's hash covers its teacher's weights, name, budget and seed.
         digest = "baseline-" + str(baseline.checkpoint_hash)
-        return PolicySource(policy, build=lambda env: baseline, hash_for=lambda env: digest)
+        meta = {"policy": policy, "kind": "baseline", "budget": baseline.budget, "method": baseline.name}
+        return PolicySource(policy, build=lambda env: baseline, hash_for=lambda env: digest, meta=meta)
     path = Path(policy)
     if not path.is_dir():
         raise FileNotFoundError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder")
@@ -106,7 +111,28 @@ def policy_source(policy: str) -> PolicySource:
     files = [p for p in path.glob("*") if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")]
     digest = "ckpt-" + hashlib.sha256(
         (_hash_files(files, path) + str(getattr(loaded, "checkpoint_hash", ""))).encode()).hexdigest()[:16]
-    return PolicySource(str(path), build=lambda env: loaded, hash_for=lambda env: digest)
+    config = json.loads((path / "config.json").read_text())
+    if config.get("kind") == "student":
+        meta = {"policy": str(path), "kind": "student", "budget": config["student"]["budget"],
+                "method": "ActDistill" if config.get("training", {}).get("graph_supervision", True)
+                else "router without graph supervision"}
+    else:
+        meta = {"policy": str(path), "kind": "teacher", "method": "teacher"}
+    return PolicySource(str(path), build=lambda env: loaded, hash_for=lambda env: digest, meta=meta)
+
+
+def write_meta(out: Path, meta: dict[str, Any]) -> None:
+    """Merge ``meta`` into ``out/meta.json`` (fields already there, e.g. a measured latency, are kept)."""
+    if not meta:
+        return
+    path = out / "meta.json"
+    current = json.loads(path.read_text()) if path.exists() else {}
+    merged = {**meta, **current}
+    if merged != current:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged, indent=2) + "\n")
+        os.replace(tmp, path)
 
 
 def run_sequential(jobs: list[Job], source: PolicySource, options: RunOptions) -> Iterator[tuple[Job, EpisodeResult]]:
@@ -167,6 +193,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
         probe.close()
 
     store = ResultsStore(out)
+    write_meta(Path(out), source.meta)
     done = store.done_keys()
     jobs = [Job(suite, t, v, i, seed, video=i < videos)
             for t in task_names for v in variant_names for i in range(episodes)

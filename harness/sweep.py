@@ -4,10 +4,14 @@
     python -m harness.sweep --profile default    # 10 episodes per task + a sample of every variant
     python -m harness.sweep --profile full       # 50 episodes per task on every variant
 
-Stages now: ``expert_eval`` (the scripted experts over the SIMPLER-style suites: the reference
-upper bound of every table). Later stages (demos, teacher, students, report) append to
-:func:`stages`. Each stage writes under ``runs/<profile>/``; episodes already stored are
-skipped, so rerunning after an interruption continues where it stopped. The upfront time
+Stages: ``expert_eval`` (the scripted experts over the SIMPLER-style suites: the upper bound
+of every table), ``models`` (the reference teacher and the students at each budget under
+``results/checkpoints/``: used as committed, or recorded, trained and distilled when missing),
+``policy_eval`` (teacher, students and the profile's baselines on the SIMPLER-style suites),
+``latency`` (each policy's model call in its own pass, students and baselines timed against
+the teacher), ``libero_expert`` (the LIBERO expert on a subset) and ``report`` (figures and
+tables from the stored results). Each stage writes under ``runs/<profile>/``; episodes and
+models already there are skipped, so rerunning after an interruption continues where it stopped. The upfront time
 estimate builds one environment per suite, times its reset and a few expert steps, and assumes
 every episode runs to the first task's step limit (SIMPLER-style episodes run to their limit;
 drawer tasks have longer limits than pick tasks), so it is a rough guide, not a bound.
@@ -16,6 +20,7 @@ drawer tasks have longer limits than pick tasks), so it is a rough guide, not a 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,13 +38,33 @@ class Profile:
     episodes: int  # per task on the default variant ("visual matching")
     tasks_per_suite: int | None  # first N tasks of each suite; None = all
     variant_episodes: int  # per task on each other variant; 0 = default variant only
+    policy_episodes: int = 2  # teacher/students/baselines: per task on the default variant
+    policy_variant_episodes: int = 0  # ... and on each other variant
+    budgets: tuple[float, ...] = (0.25, 0.5, 0.75)
+    baselines: tuple[str, ...] = ()  # baseline names evaluated at every budget
+    libero: tuple[str, int, int] | None = None  # (suite, tasks, episodes) for the LIBERO expert
+    latency_iters: int = 50
+    workers: int = 0  # Ray workers for policy evaluation (0 = sequential)
+    demo_scale: float = 1.0  # of harness.demo_sets' recipe, when models must be rebuilt
+    teacher_steps: int | None = None  # None: the training profile's default
+    distill_steps: int | None = None
 
 
 PROFILES = {
-    "smoke": Profile("smoke", episodes=2, tasks_per_suite=2, variant_episodes=0),
-    "default": Profile("default", episodes=10, tasks_per_suite=None, variant_episodes=2),
-    "full": Profile("full", episodes=50, tasks_per_suite=None, variant_episodes=50),
+    "smoke": Profile("smoke", episodes=1, tasks_per_suite=2, variant_episodes=0, policy_episodes=1,
+                     budgets=(0.5,), baselines=("random",), latency_iters=5, demo_scale=0.1,
+                     teacher_steps=50, distill_steps=20),
+    "default": Profile("default", episodes=10, tasks_per_suite=None, variant_episodes=2, policy_episodes=5,
+                       policy_variant_episodes=1, baselines=("random", "first_k"),
+                       libero=("libero_spatial", 2, 2), workers=2, demo_scale=0.5),
+    "full": Profile("full", episodes=50, tasks_per_suite=None, variant_episodes=50, policy_episodes=50,
+                    policy_variant_episodes=50,
+                    baselines=("first_k", "uniform", "redundancy", "early_exit", "random"),
+                    libero=("libero_spatial", 10, 50), latency_iters=200, workers=2),
 }
+
+CHECKPOINTS = Path("results/checkpoints")  # reference models, relative to the project root
+FAMILY = "simpler"
 
 
 @dataclass
@@ -69,15 +94,18 @@ def simpler_suites() -> list[str]:
     return [s for s in suites.suites() if s.startswith("simpler_")]
 
 
-def _plan(profile: Profile, suite: str) -> list[tuple[list[str], str, int]]:
-    """(tasks, variant, episodes) evaluations of ``suite`` under ``profile``."""
+def _plan(profile: Profile, suite: str, policies: bool = False) -> list[tuple[list[str], str, int]]:
+    """(tasks, variant, episodes) evaluations of ``suite`` under ``profile`` (for the expert, or
+    with ``policies`` for the teacher, students and baselines)."""
     import tasks as suites
 
     task_names = suites.tasks(suite)[: profile.tasks_per_suite]
     variants = suites.variants(suite)
-    plan = [(task_names, variants[0], profile.episodes)]
-    if profile.variant_episodes:
-        plan += [(task_names, v, profile.variant_episodes) for v in variants[1:]]
+    episodes, variant_episodes = ((profile.policy_episodes, profile.policy_variant_episodes) if policies
+                                  else (profile.episodes, profile.variant_episodes))
+    plan = [(task_names, variants[0], episodes)]
+    if variant_episodes:
+        plan += [(task_names, v, variant_episodes) for v in variants[1:]]
     return plan
 
 
@@ -135,10 +163,180 @@ def _expert_run(ctx: Context) -> None:
         ctx.summaries["scripted experts"] = summary
 
 
+def teacher_dir() -> Path:
+    return CHECKPOINTS / f"teacher-{FAMILY}"
+
+
+def student_dir(budget: float) -> Path:
+    return CHECKPOINTS / f"student-{FAMILY}-b{budget:.2f}"
+
+
+def _missing_models(ctx: Context) -> list[Path]:
+    wanted = [teacher_dir()] + [student_dir(b) for b in ctx.profile.budgets]
+    return [p for p in wanted if not (p / "model.safetensors").exists()]
+
+
+def _models_estimate(ctx: Context) -> float:
+    missing = _missing_models(ctx)
+    if not missing:
+        return 0.0
+    # Measured on the 2-core CPU: demos ~2 s per episode, teacher ~1 step/s, distillation ~0.5 step/s.
+    demo_s = 2.0 * 1500 * ctx.profile.demo_scale
+    teacher_s = (ctx.profile.teacher_steps or 20000) if teacher_dir() in missing else 0
+    students_s = 2.0 * (ctx.profile.distill_steps or 3000) * (len(missing) - (teacher_dir() in missing))
+    return demo_s + teacher_s + students_s
+
+
+def _models_run(ctx: Context) -> None:
+    missing = _missing_models(ctx)
+    if not missing:
+        print(f"[sweep] reference models present under {CHECKPOINTS}: teacher and students at budgets "
+              f"{', '.join(f'{b:g}' for b in ctx.profile.budgets)}")
+        return
+    import shutil
+
+    import torch
+
+    from distill.student import ActDistillConfig, budget_dir, distill
+    from distill.train import train_teacher
+    from harness.demo_sets import record_family
+
+    print(f"[sweep] missing reference models: {', '.join(map(str, missing))}; building them (this is the "
+          "long part: see the estimate above)")
+    # One thread: on a shared 2-core machine two torch threads ran training 8x slower than one.
+    torch.set_num_threads(1)
+    data = record_family(FAMILY, ctx.root / "data" / FAMILY, scale=ctx.profile.demo_scale)
+    if teacher_dir() in missing:
+        train_teacher([str(d) for d in data], teacher_dir(), profile="small", steps=ctx.profile.teacher_steps)
+    budgets = [b for b in ctx.profile.budgets if student_dir(b) in missing]
+    if budgets:
+        work = ctx.root / "distill"
+        steps = ctx.profile.distill_steps
+        config = ActDistillConfig(**({"steps": steps, "stage1_steps": max(10, steps // 3)} if steps else {}))
+        distill(teacher_dir(), [str(d) for d in data], budgets, work, config=config)
+        for b in budgets:
+            shutil.copytree(budget_dir(work, b), student_dir(b), dirs_exist_ok=True)
+
+
+def policy_specs(profile: Profile) -> list[tuple[str, str]]:
+    """(run name, policy spec for harness.evaluate) of the teacher, students and baselines."""
+    specs = [("teacher", str(teacher_dir()))]
+    specs += [(f"student-b{b:.2f}", str(student_dir(b))) for b in profile.budgets]
+    specs += [(f"{name}-b{b:.2f}", f"baseline:{name}@{b}:{teacher_dir()}")
+              for name in profile.baselines for b in profile.budgets]
+    return specs
+
+
+def _policy_estimate(ctx: Context) -> float:
+    from harness.results import ResultsStore
+
+    total = 0.0
+    for suite in simpler_suites():
+        plan = _plan(ctx.profile, suite, policies=True)
+        episodes = sum(len(t) * n for t, _, n in plan)
+        left = 0
+        for name, _ in policy_specs(ctx.profile):
+            stored = ResultsStore(ctx.root / name).frame()
+            left += max(0, episodes - int((stored["suite"] == suite).sum()) if len(stored) else episodes)
+        if left:
+            _, episode_s = _episode_cost_s(suite, plan[0][0][0], ctx.seed)
+            total += left * episode_s * 1.5 / max(1, ctx.profile.workers)  # + the policy's model calls
+    return total
+
+
+def _policy_run(ctx: Context) -> None:
+    from harness.evaluate import evaluate, write_meta
+
+    backend = "sequential"
+    if ctx.profile.workers:
+        from harness.ray_backend import register
+
+        backend = register(ctx.profile.workers)
+    for name, spec in policy_specs(ctx.profile):
+        write_meta(ctx.root / name, {"policy": name})  # the short name the report shows
+        summary = None
+        for suite in simpler_suites():
+            for task_names, variant, episodes in _plan(ctx.profile, suite, policies=True):
+                summary = evaluate(spec, suite, tasks=task_names, variant=variant, episodes=episodes,
+                                   seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend)
+        if summary is not None:
+            ctx.summaries[name] = summary
+
+
+def _latency_estimate(ctx: Context) -> float:
+    return 0.1 * ctx.profile.latency_iters * len(policy_specs(ctx.profile))
+
+
+def _latency_run(ctx: Context) -> None:
+    """Each policy's model call timed in its own pass (never from rollout time), against the teacher."""
+    import json
+
+    import torch
+
+    from distill import load_policy
+    from distill.baselines import parse_policy_spec
+    from distill.latency import measure_latency
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    teacher = load_policy(teacher_dir())
+    for name, spec in policy_specs(ctx.profile):
+        out = ctx.root / name / "latency.json"
+        if out.exists():
+            print(f"[sweep] latency of {name}: stored in {out}, skipped")
+            continue
+        if spec.startswith("baseline:"):
+            policy = parse_policy_spec(spec).build()
+        else:
+            policy = load_policy(spec)
+        vs = None if name == "teacher" else teacher
+        result = measure_latency(policy, iters=ctx.profile.latency_iters, vs=vs)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        line = f"[sweep] latency of {name}: median {result['median_ms']:.2f} ms"
+        if "speedup" in result:
+            line += f", {result['speedup']:.2f}x vs the teacher"
+        print(line)
+
+
+def _libero_estimate(ctx: Context) -> float:
+    if ctx.profile.libero is None:
+        return 0.0
+    _, n_tasks, episodes = ctx.profile.libero
+    return n_tasks * episodes * 60.0
+
+
+def _libero_run(ctx: Context) -> None:
+    if ctx.profile.libero is None:
+        print(f"[sweep] profile {ctx.profile.name} runs no LIBERO episodes")
+        return
+    from harness.evaluate import evaluate
+
+    suite, n_tasks, episodes = ctx.profile.libero
+    ctx.summaries[f"scripted expert on {suite}"] = evaluate(
+        "expert", suite, tasks=list(range(n_tasks)), episodes=episodes, seed=ctx.seed,
+        out=ctx.root / "libero-expert", table=False, videos=0)
+
+
+def _report_run(ctx: Context) -> None:
+    from harness.report import build_report
+
+    runs = [ctx.root / "expert"] + [ctx.root / name for name, _ in policy_specs(ctx.profile)]
+    written = build_report([r for r in runs if (r / "episodes.parquet").exists()], ctx.root / "figures")
+    print(f"[sweep] report: {len(written)} files under {ctx.root / 'figures'} (start with report.md)")
+
+
 def stages() -> list[Stage]:
     """The sweep's stages in order."""
     return [
         Stage("expert_eval", "scripted experts on the SIMPLER-style suites", _expert_estimate, _expert_run),
+        Stage("models", "reference teacher and students (built only when missing)", _models_estimate,
+              _models_run),
+        Stage("policy_eval", "teacher, students and baselines on the SIMPLER-style suites", _policy_estimate,
+              _policy_run),
+        Stage("latency", "model-call latency of every policy, against the teacher", _latency_estimate,
+              _latency_run),
+        Stage("libero_expert", "scripted expert on a LIBERO subset", _libero_estimate, _libero_run),
+        Stage("report", "figures and tables from the stored results", lambda ctx: 5.0, _report_run),
     ]
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from fake_env import register
 
-from harness.evaluate import evaluate
+from harness.evaluate import evaluate, write_meta
 from harness.results import ResultsStore, format_table, make_row
 from harness.rollout import EpisodeResult
 from harness.stats import wilson
@@ -101,6 +101,10 @@ def test_evaluate_expert_end_to_end_and_resume(tmp_path, monkeypatch):
     assert json.loads(df["versions"][0])["git_commit"] is not None
     assert (out / "videos" / suite / "reach" / "dark" / "ep0000.mp4").stat().st_size > 0
     assert not (out / "videos" / suite / "reach" / "dark" / "ep0001.mp4").exists()
+    # the run folder describes its policy for the report; fields written before (a chosen name) are kept
+    assert json.loads((out / "meta.json").read_text())["kind"] == "expert"
+    write_meta(out, {"policy": "my-expert", "kind": "teacher"})
+    assert json.loads((out / "meta.json").read_text())["kind"] == "expert"
 
     # a rerun with more episodes runs only the new ones; finished rows are left as they were
     before = df.set_index("key")["finished_at"]
