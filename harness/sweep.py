@@ -3,6 +3,7 @@
     python -m harness.sweep --profile smoke      # minutes: 2 episodes on 2 tasks per suite
     python -m harness.sweep --profile default    # 10 episodes per task + a sample of every variant
     python -m harness.sweep --profile full       # 50 episodes per task on every variant
+    python -m harness.sweep --stages policy_eval,report   # only these stages
 
 Stages: ``expert_eval`` (the scripted experts over the SIMPLER-style suites: the upper bound
 of every table), ``models`` (the reference teacher and the students at each budget under
@@ -350,11 +351,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
     parser.add_argument("--out", default="runs", help="root folder (default runs); results go to OUT/<profile>")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation initial states")
+    parser.add_argument("--stages", default=None,
+                        help="comma-separated stages to run (default: all, in order)")
     args = parser.parse_args(argv)
     from harness.results import format_table
 
     ctx = Context(PROFILES[args.profile], Path(args.out) / args.profile, seed=args.seed)
     todo = stages()
+    if args.stages:
+        wanted = [name.strip() for name in args.stages.split(",") if name.strip()]
+        valid = [stage.name for stage in todo]
+        unknown = [name for name in wanted if name not in valid]
+        if unknown:
+            parser.error(f"unknown stage(s) {', '.join(unknown)}; valid stages: {', '.join(valid)}")
+        todo = [stage for stage in todo if stage.name in wanted]
     print(f"[sweep] profile {args.profile} -> {ctx.root}; stages: {', '.join(s.name for s in todo)}")
     estimates = {}
     for stage in todo:

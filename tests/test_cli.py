@@ -73,14 +73,18 @@ def test_bench_env_prints_one_json_line(suite, capsys):
 
 def test_sweep_smoke_runs_and_resumes(suite, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "simpler_suites", lambda: [suite])
-    assert sweep.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
+    with pytest.raises(SystemExit):
+        sweep.main(["--profile", "smoke", "--out", str(tmp_path), "--stages", "expert_eval,bogus"])
+    assert "unknown stage(s) bogus; valid stages: expert_eval, models" in capsys.readouterr().err
+    assert sweep.main(["--profile", "smoke", "--out", str(tmp_path), "--stages", "expert_eval"]) == 0
     out = capsys.readouterr().out
     assert "estimate expert_eval" in out and "stage 1/1: expert_eval" in out and "overall" in out
     df = pd.read_parquet(tmp_path / "smoke" / "expert" / "episodes.parquet")
-    assert len(df) == 2 * 2 and set(df["task"]) == {"reach", "reach_early"}
-    assert sweep.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
-    assert "4 already done, 0 to run" in capsys.readouterr().out
-    assert len(pd.read_parquet(tmp_path / "smoke" / "expert" / "episodes.parquet")) == 4
+    smoke = sweep.PROFILES["smoke"]
+    assert len(df) == 2 * smoke.episodes and set(df["task"]) == {"reach", "reach_early"}
+    assert sweep.main(["--profile", "smoke", "--out", str(tmp_path), "--stages", "expert_eval"]) == 0
+    assert f"{2 * smoke.episodes} already done, 0 to run" in capsys.readouterr().out
+    assert len(pd.read_parquet(tmp_path / "smoke" / "expert" / "episodes.parquet")) == 2 * smoke.episodes
 
 
 def test_eval_cli_with_a_checkpoint(suite, tmp_path, capsys):
