@@ -14,4 +14,4 @@ The environment contract every suite follows is documented in :mod:`tasks.base`.
 
 from tasks.registry import expert, make, suites, tasks, variants
 
-__all__ = ["suites", "tasks", "variants", "make", "expert"]
+__all__ = ["expert", "make", "suites", "tasks", "variants"]

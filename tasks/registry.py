@@ -4,7 +4,7 @@ matters to the code that needs it."""
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 
 import gymnasium
 
@@ -27,7 +27,7 @@ def _module(family: str):
     return importlib.import_module(_FAMILIES[family])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _suite_list() -> tuple[str, ...]:
     names: list[str] = []
     for family in _FAMILIES:

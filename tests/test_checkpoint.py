@@ -14,15 +14,6 @@ from distill import load_policy
 from distill.checkpoint import VLAPolicy, file_hash, load_vla, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine two contending threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def ckpt(tmp_path):
     model = tiny_vla(seed=1)

@@ -24,15 +24,6 @@ FAST = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine two contending threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fixed_batch_loss(model: VLA, dataset: SyntheticDemos) -> float:
     items = [dataset[i] for i in range(32)]
     with torch.no_grad():

@@ -92,15 +92,6 @@ def make_obs(n: int, seed: int = 0) -> list[dict]:
     ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine two contending threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def vla() -> VLA:
     return tiny_vla()

@@ -9,10 +9,12 @@ scripted expert; this module owns everything the tasks share. The contract is in
 
 from __future__ import annotations
 
+import abc
 import atexit
 import time
 import weakref
 from dataclasses import dataclass
+from typing import ClassVar
 
 import gymnasium
 import mujoco
@@ -90,9 +92,9 @@ DISTRACTOR_SETS = (
 )
 
 
-class Task:
-    """One task of a suite. Subclasses set ``name``, ``instruction``, ``max_steps`` and override
-    ``objects_xml``, ``reset_objects`` and ``success``; ``make_expert`` returns the scripted expert."""
+class Task(abc.ABC):
+    """One task of a suite. Subclasses set ``name``, ``instruction``, ``max_steps``, override
+    ``objects_xml`` and ``reset_objects``, and must define ``success`` and ``make_expert``."""
 
     name: str = ""
     instruction: str = ""
@@ -110,11 +112,13 @@ class Task:
     def reset_objects(self, env: SimplerEnv, rng: np.random.Generator) -> None:
         """Place the task's objects for a new episode (write ``env.data.qpos``)."""
 
+    @abc.abstractmethod
     def success(self, env: SimplerEnv) -> bool:
-        raise NotImplementedError(f"task {self.name!r} defines no success rule")
+        """The suite's success rule on the current state."""
 
+    @abc.abstractmethod
     def make_expert(self, env: SimplerEnv):
-        raise NotImplementedError(f"task {self.name!r} has no scripted expert")
+        """The scripted expert (``reset()``, ``act(obs)``) for ``env``."""
 
 
 def _quat_to_rotvec(quat: np.ndarray) -> np.ndarray:
@@ -159,7 +163,7 @@ DOWN_QUAT = _rotvec_to_quat(np.array([0.0, np.pi, 0.0]))
 class SimplerEnv(gymnasium.Env):
     """A SIMPLER-style task on one embodiment. See :mod:`tasks.base` for the contract."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, suite: str, task: Task, arm: str, variant: str = "visual_matching", seed: int = 0,
                  image_size: int = 128):
@@ -183,7 +187,7 @@ class SimplerEnv(gymnasium.Env):
         self._scratch = mujoco.MjData(self.model)
         self._setup_indices()
         self._renderer: mujoco.Renderer | None = None
-        self._substeps = int(round(CONTROL_DT / PHYSICS_DT))
+        self._substeps = round(CONTROL_DT / PHYSICS_DT)
         self.episode_index = 0
         self.steps = 0
         self._timings = {"physics_ms": 0.0, "render_ms": 0.0}
