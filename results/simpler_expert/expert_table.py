@@ -1,10 +1,10 @@
-"""Measure the scripted expert of ``simpler_widowx`` per task x variant and write the table.
+"""Measure the scripted expert of a SIMPLER-style suite per task x variant and write the table.
 
 Regenerate (seed 0, episode indices 0..49, every variant; a few minutes on 2 cores)::
 
-    MUJOCO_GL=egl python results/simpler_expert/simpler_widowx.py --episodes 50 --workers 2
+    MUJOCO_GL=egl python results/simpler_expert/expert_table.py --suite simpler_widowx --episodes 50 --workers 2
 
-Writes ``simpler_widowx.csv`` (one row per task x variant) and ``simpler_widowx.md`` next to this file.
+Writes ``<suite>.csv`` (one row per task x variant) and ``<suite>.md`` next to this file.
 Episodes run with ``render=False`` (the expert reads privileged state, not images).
 """
 
@@ -16,15 +16,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-SUITE = "simpler_widowx"
 OUT_DIR = Path(__file__).resolve().parent
 
 
-def run_cell(task: str, variant: str, episodes: int, seed: int) -> dict:
+def run_cell(suite: str, task: str, variant: str, episodes: int, seed: int) -> dict:
     """Run ``episodes`` expert episodes of one (task, variant); return counts and the failed indices."""
     from tasks import registry
 
-    env = registry.make(SUITE, task, variant=variant, seed=seed)
+    env = registry.make(suite, task, variant=variant, seed=seed)
     expert = registry.expert(env)
     failed = []
     t0 = time.perf_counter()
@@ -47,11 +46,11 @@ def run_cell(task: str, variant: str, episodes: int, seed: int) -> dict:
     }
 
 
-def write_tables(rows: list[dict], seed: int, command: str) -> None:
+def write_tables(suite: str, rows: list[dict], seed: int, command: str) -> None:
     """Write the per-cell CSV and the task x variant markdown table."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    with open(OUT_DIR / f"{SUITE}.csv", "w", newline="") as f:
+    with open(OUT_DIR / f"{suite}.csv", "w", newline="") as f:
         writer = csv.DictWriter(
             f,
             fieldnames=[
@@ -68,7 +67,7 @@ def write_tables(rows: list[dict], seed: int, command: str) -> None:
         for r in rows:
             writer.writerow(
                 {
-                    "suite": SUITE,
+                    "suite": suite,
                     "task": r["task"],
                     "variant": r["variant"],
                     "episodes": r["episodes"],
@@ -79,7 +78,7 @@ def write_tables(rows: list[dict], seed: int, command: str) -> None:
             )
     cell = {(r["task"], r["variant"]): r for r in rows}
     lines = [
-        f"# Scripted expert success: `{SUITE}`",
+        f"# Scripted expert success: `{suite}`",
         "",
         (
             f"Success rate (%) over {rows[0]['episodes']} episodes per cell (seed {seed}, episode indices "
@@ -95,7 +94,7 @@ def write_tables(rows: list[dict], seed: int, command: str) -> None:
         lines.append(f"| {task} | " + " | ".join(vals) + " |")
     lines += [
         "",
-        f"Per-cell counts and failed episode indices: `{SUITE}.csv`.",
+        f"Per-cell counts and failed episode indices: `{suite}.csv`.",
         "",
         "Produced by:",
         "",
@@ -104,22 +103,23 @@ def write_tables(rows: list[dict], seed: int, command: str) -> None:
         "```",
         "",
     ]
-    (OUT_DIR / f"{SUITE}.md").write_text("\n".join(lines))
+    (OUT_DIR / f"{suite}.md").write_text("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--suite", required=True, choices=["simpler_google", "simpler_widowx"])
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     from tasks import registry
 
-    cells = [(t, v) for t in registry.tasks(SUITE) for v in registry.variants(SUITE)]
+    cells = [(t, v) for t in registry.tasks(args.suite) for v in registry.variants(args.suite)]
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_cell, t, v, args.episodes, args.seed) for t, v in cells]
+        futures = [pool.submit(run_cell, args.suite, t, v, args.episodes, args.seed) for t, v in cells]
         rows = []
         for fut in futures:
             rows.append(fut.result())
@@ -129,10 +129,10 @@ def main() -> None:
                 flush=True,
             )
     command = (
-        f"MUJOCO_GL=egl python results/simpler_expert/{SUITE}.py --episodes {args.episodes} "
+        f"MUJOCO_GL=egl python results/simpler_expert/expert_table.py --suite {args.suite} --episodes {args.episodes} "
         f"--seed {args.seed} --workers {args.workers}"
     )
-    write_tables(rows, args.seed, command)
+    write_tables(args.suite, rows, args.seed, command)
 
 
 if __name__ == "__main__":
