@@ -41,6 +41,12 @@ FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_device(device: str | torch.device) -> None:
+    """Raise ``ValueError`` naming ``device`` when it asks for CUDA on a machine without it."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; valid here: cpu")
+
+
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) -> torch dtype."""
     if isinstance(name, torch.dtype):

@@ -49,6 +49,7 @@ from distill.checkpoint import (
     CONFIG,
     WEIGHTS,
     VLAPolicy,
+    check_device,
     check_state_dict,
     file_hash,
     load_vla,
@@ -612,8 +613,7 @@ def distill(teacher: str | Path, data: Sequence[str | os.PathLike] | Dataset, bu
     the final loss terms.
     """
     config = config or ActDistillConfig()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; valid here: cpu")
+    check_device(device)
     budgets = [float(b) for b in budgets]
     if not budgets:
         raise ValueError("need at least one budget, e.g. 0.25,0.5,0.75")

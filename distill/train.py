@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from distill.checkpoint import CONFIG, WEIGHTS, load_vla, save_checkpoint
+from distill.checkpoint import CONFIG, WEIGHTS, check_device, load_vla, save_checkpoint
 from distill.tokenizer import WordTokenizer
 from distill.vla import VLA, teacher_config
 
@@ -276,8 +276,7 @@ def train_teacher(
     """
     if profile not in TRAIN_PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(TRAIN_PROFILES)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; valid here: cpu")
+    check_device(device)
     out = Path(out)
     dataset, dirs = _open_dataset(data, chunk)
     episodes = episode_ids(dataset)

@@ -39,11 +39,10 @@ def run(args) -> int:
 
     import torch
 
-    from distill.checkpoint import load_policy
+    from distill.checkpoint import check_device, load_policy
     from distill.latency import measure_latency
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {args.device!r} requested but CUDA is not available; valid here: cpu")
+    check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     policies = []
