@@ -23,6 +23,8 @@ import tempfile
 import time
 from typing import Any
 
+from harness.results import read_episodes
+
 HELP = "episodes per minute of the Ray evaluator per worker count (scripted expert)"
 
 
@@ -64,7 +66,6 @@ def scaling(
 
     ``backend_kwargs`` go to :class:`harness.ray_backend.RayBackend` (e.g. ``worker_setup`` in tests).
     """
-    import pandas as pd
 
     from harness.evaluate import BACKENDS, evaluate
     from harness.ray_backend import RayBackend, init_ray
@@ -98,7 +99,7 @@ def scaling(
                     quiet=True,
                 )
                 wall = time.perf_counter() - start
-                df = pd.read_parquet(os.path.join(out, "episodes.parquet"))
+                df = read_episodes(out)
         finally:
             del BACKENDS[name]
         outcomes.append(df.set_index("key")[["success", "steps"]].sort_index())

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.results import read_episodes
 from harness.stats import wilson
 
 TESTS = ("fisher", "binomial")
@@ -39,10 +40,12 @@ BASELINE_FORMAT = 1
 
 
 def _episodes(run_dir: str | os.PathLike) -> pd.DataFrame:
-    path = Path(run_dir) / "episodes.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"no results in run folder {run_dir!r} (expected {path})")
-    return pd.read_parquet(path)
+    try:
+        return read_episodes(run_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no results in run folder {run_dir!r} (expected {Path(run_dir) / 'episodes.parquet'})"
+        ) from None
 
 
 def run_counts(run_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:

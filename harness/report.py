@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.results import read_episodes
 from harness.stats import wilson
 
 KINDS = ("teacher", "student", "baseline", "expert", "policy")
@@ -128,10 +129,7 @@ def _pooled_mean(infos: list[dict[str, Any]], key: str) -> np.ndarray | None:
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read one run folder; raise ``FileNotFoundError`` naming it when it has no episodes."""
     path = Path(run_dir)
-    parquet = path / "episodes.parquet"
-    if not parquet.exists():
-        raise FileNotFoundError(f"run folder {str(path)!r} has no episodes.parquet")
-    df = pd.read_parquet(parquet)
+    df = read_episodes(path)
     meta = _read_json(path / "meta.json")
     latency = _read_json(path / "latency.json")
     policies = sorted(set(df["policy"])) if len(df) else []

@@ -11,13 +11,20 @@ Files in the run folder:
 - ``episodes.parquet``: one row per episode with the columns of :data:`COLUMNS`. ``info`` holds
   the policy's aggregated ``last_info`` (see :mod:`harness.rollout`) and ``versions`` the code
   and package versions, both as JSON strings.
+- ``episodes.parts/``: rows added since the last compaction, one small parquet file per ``add``.
+  ``add`` only writes a part (constant cost, not a rewrite of everything stored); every
+  :data:`COMPACT_EVERY` parts, and in ``write_summary``, the parts are merged into
+  ``episodes.parquet``. Readers go through :func:`read_episodes` (or ``ResultsStore.frame``),
+  which sees both.
 - ``summary.json`` (of the current rows, see :func:`current_rows`): ``{"per_task": {"suite/task": entry}, "per_group": {"suite": entry,
   "suite/variant": entry}, "overall": entry}``; an entry is ``{"success_rate", "successes", "n",
   "ci_low", "ci_high", "mean_steps", "mean_policy_ms", "failures"}`` with a 95% Wilson interval;
   per-task entries add ``"per_variant": {variant: entry}``.
 
 The episode key is (policy hash, suite, task, variant, episode index, render mode). Writes go to
-a temporary file then ``os.replace``, so a crash leaves the previous complete file. One process
+a temporary file then ``os.replace``, so a crash leaves the previous complete files; a crash
+between a compaction and the removal of its parts leaves rows twice on disk, which readers
+de-duplicate by key (first wins). One process
 writes a store at a time (parallel backends send their rows to the driver, which calls ``add``).
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -60,6 +68,27 @@ def make_row(result, *, policy: str, policy_hash: str, suite: str, task: str, va
     }
 
 
+COMPACT_EVERY = 64
+PARTS = "episodes.parts"
+
+
+def read_episodes(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every stored episode row of a run folder (compacted file and pending parts, de-duplicated).
+
+    Raises ``FileNotFoundError`` when the folder holds no results at all.
+    """
+    store = ResultsStore(run_dir)
+    if not store.path.exists() and not store._part_files():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} has no episodes.parquet")
+    return store.frame()
+
+
+def has_results(run_dir: str | os.PathLike) -> bool:
+    """True when the run folder holds stored episode rows (compacted or pending)."""
+    store = ResultsStore(run_dir)
+    return store.path.exists() or bool(store._part_files())
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -72,26 +101,42 @@ class ResultsStore:
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
         self.path = self.dir / "episodes.parquet"
+        self.parts_dir = self.dir / PARTS
         self.summary_path = self.dir / "summary.json"
+        self._keys: set[str] | None = None  # cache of stored keys (one process writes a store)
+
+    def _part_files(self) -> list[Path]:
+        if not self.parts_dir.is_dir():
+            return []
+        return sorted(p for p in self.parts_dir.glob("*.parquet") if not p.name.startswith("."))
+
+    @staticmethod
+    def _read(path: Path) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:
+            raise ValueError(f"results file {path} is unreadable ({type(exc).__name__}: {exc}); "
+                             f"move it away to start this run folder afresh") from exc
 
     def frame(self) -> pd.DataFrame:
         """All stored rows (an empty frame with :data:`COLUMNS` when nothing is stored yet)."""
-        if not self.path.exists():
+        tables = [self._read(self.path)] if self.path.exists() else []
+        tables += [self._read(p) for p in self._part_files()]
+        tables = [t for t in tables if not t.empty]
+        if not tables:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
-        try:
-            return pd.read_parquet(self.path)
-        except Exception as exc:
-            raise ValueError(f"results file {self.path} is unreadable ({type(exc).__name__}: {exc}); "
-                             f"move it away to start this run folder afresh") from exc
+        table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+        return table.drop_duplicates("key", keep="first").reset_index(drop=True)
 
     def done_keys(self) -> set[str]:
         """Keys of the episodes already stored."""
-        return set(self.frame()["key"])
+        if self._keys is None:
+            self._keys = set(self.frame()["key"])
+        return set(self._keys)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> int:
         """Store ``rows`` whose key is not stored yet (first one wins); return how many were added."""
-        existing = self.frame()
-        seen = set(existing["key"])
+        seen = self.done_keys()
         fresh = []
         for row in rows:
             missing = set(COLUMNS) - set(row)
@@ -102,13 +147,27 @@ class ResultsStore:
                 fresh.append({c: row[c] for c in COLUMNS})
         if not fresh:
             return 0
-        new = pd.DataFrame(fresh, columns=list(COLUMNS))
-        table = new if existing.empty else pd.concat([existing, new], ignore_index=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}.parquet"
+        tmp = self.parts_dir / f".{name}.tmp"
+        pd.DataFrame(fresh, columns=list(COLUMNS)).to_parquet(tmp, index=False)
+        os.replace(tmp, self.parts_dir / name)
+        self._keys = seen
+        if len(self._part_files()) >= COMPACT_EVERY:
+            self.compact()
+        return len(fresh)
+
+    def compact(self) -> None:
+        """Merge the pending parts into ``episodes.parquet`` (atomic), then remove them."""
+        parts = self._part_files()
+        if not parts:
+            return
+        table = self.frame()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         table.to_parquet(tmp, index=False)
         os.replace(tmp, self.path)
-        return len(fresh)
+        for part in parts:
+            part.unlink(missing_ok=True)
 
     def summary(self, policy: str | None = None) -> dict[str, Any]:
         """Summary of the current rows (:func:`current_rows`), only ``policy``'s when given."""
@@ -118,7 +177,8 @@ class ResultsStore:
         return summarize(current_rows(df))
 
     def write_summary(self, policy: str | None = None) -> dict[str, Any]:
-        """Compute :meth:`summary`, write it to ``summary.json`` atomically and return it."""
+        """Compact, compute :meth:`summary`, write it to ``summary.json`` atomically and return it."""
+        self.compact()
         summary = self.summary(policy)
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -322,7 +322,9 @@ def _report_run(ctx: Context) -> None:
     from harness.report import build_report
 
     runs = [ctx.root / "expert"] + [ctx.root / name for name, _ in policy_specs(ctx.profile)]
-    written = build_report([r for r in runs if (r / "episodes.parquet").exists()], ctx.root / "figures")
+    from harness.results import has_results
+
+    written = build_report([r for r in runs if has_results(r)], ctx.root / "figures")
     print(f"[sweep] report: {len(written)} files under {ctx.root / 'figures'} (start with report.md)")
 
 

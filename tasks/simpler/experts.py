@@ -34,12 +34,28 @@ class Waypoint:
 
 
 class WaypointExpert:
-    """Follows a list of waypoints built by ``plan(env) -> list[Waypoint]`` at reset."""
+    """Follows a list of waypoints built by ``plan(env) -> list[Waypoint]`` at reset.
 
-    def __init__(self, env: SimplerEnv, plan: Callable[[SimplerEnv], list[Waypoint]], gain: float = 1.0):
+    Each step commands a proportional move from the hand's *measured* pose towards the current
+    waypoint: ``gain`` of the remaining distance per step, capped at ``max_speed`` action units per
+    axis. The action is therefore a smooth function of what a policy observes (hand pose, scene) and
+    the plan phase. An earlier version commanded full-speed jumps relative to the controller's
+    internal target and then zeros while the hand caught up; those actions depended on a state no
+    observation shows, and a cloned policy could only learn the median (zero) action from them.
+    Phases time out after ``timeout_scale * Waypoint.max_steps`` steps.
+    """
+
+    def __init__(self, env: SimplerEnv, plan: Callable[[SimplerEnv], list[Waypoint]], gain: float = 0.6,
+                 max_speed: float = 0.8, timeout_scale: float = 3.0):
+        if not 0.0 < gain <= 1.0:
+            raise ValueError(f"gain must be in (0, 1], got {gain}")
+        if not 0.0 < max_speed <= 1.0:
+            raise ValueError(f"max_speed must be in (0, 1], got {max_speed}")
         self.env = env
         self.plan = plan
         self.gain = gain
+        self.max_speed = max_speed
+        self.timeout_scale = timeout_scale
         self.reset()
 
     def reset(self) -> None:
@@ -70,19 +86,19 @@ class WaypointExpert:
             self._resolved = self._resolve(wp)
         pos, quat = self._resolved
         eef, cur = env.eef_pose()
-        # Command relative to the controller's own target so small residuals do not stall.
-        dpos = (pos - env.target_pos) / env.arm.pos_scale
-        drot = quat_error(quat, env.target_quat) / env.arm.rot_scale
+        dpos = self.gain * (pos - eef) / env.arm.pos_scale
+        drot = self.gain * quat_error(quat, cur) / env.arm.rot_scale
         reached = np.linalg.norm(pos - eef) < wp.tol and np.linalg.norm(quat_error(quat, cur)) < wp.rot_tol
         self._phase_steps += 1
         if reached:
             self._held += 1
-        if (reached and self._held > wp.hold) or self._phase_steps >= wp.max_steps:
+        if (reached and self._held > wp.hold) or self._phase_steps >= self.timeout_scale * wp.max_steps:
             self.index += 1
             self._phase_steps = 0
             self._held = 0
             self._resolved = None
-        action = np.concatenate([np.clip(self.gain * dpos, -1, 1), np.clip(drot, -1, 1), [wp.grip]])
+        v = self.max_speed
+        action = np.concatenate([np.clip(dpos, -v, v), np.clip(drot, -v, v), [wp.grip]])
         return action.astype(np.float32)
 
 
