@@ -290,6 +290,19 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
+def _label_points(ax, pts: pd.DataFrame, x: str) -> None:
+    """Name each point; labels of points that (nearly) coincide are stacked instead of overprinted."""
+    if pts.empty:
+        return
+    xs = pts[x].to_numpy(float)
+    span = max(float(xs.max() - xs.min()), 1e-12)
+    placed: list[tuple[float, float]] = []
+    for _, r in pts.sort_values([x, "rate"]).iterrows():
+        near = sum(abs(px - r[x]) < 0.04 * span and abs(py - r["rate"]) < 0.05 for px, py in placed)
+        placed.append((float(r[x]), float(r["rate"])))
+        ax.annotate(r["run"], (r[x], r["rate"]), textcoords="offset points", xytext=(4, 4 + 8 * near), fontsize=7)
+
+
 def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
@@ -322,10 +335,7 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str) ->
                 capsize=3,
                 label=kind,
             )
-            for _, r in sub.iterrows():
-                ax.annotate(
-                    r["run"], (r[x], r["rate"]), textcoords="offset points", xytext=(4, 4), fontsize=7
-                )
+        _label_points(ax, pts, x)
         if len(pts) > 1:
             front = pareto_front(pts[x].to_numpy(float), pts["rate"].to_numpy(float))
             fx, fy = pts[x].to_numpy(float)[front], pts["rate"].to_numpy(float)[front]

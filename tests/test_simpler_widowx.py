@@ -137,3 +137,18 @@ def test_expert_solves_fixed_episodes(task):
         assert lifted, f"{task} episode {ep}: the expert never lifted the object"
         assert info["success"], f"{task} episode {ep}: expert failed"
     env.close()
+
+
+def test_expert_acts_on_the_measured_hand_pose_not_the_hidden_controller_target():
+    """A cloned policy sees the hand, never the controller's internal target: the expert must not read it."""
+    env = registry.make("simpler_widowx", "put_carrot_on_plate", seed=0)
+    env.reset(options={"episode_index": 0})
+    expert = registry.expert(env)
+    for _ in range(2):
+        env.step(expert.act(), render=False)
+    first = expert.act()
+    env.target_pos = env.target_pos + 0.03  # move the hidden target; the observation is unchanged
+    again = expert.act()
+    np.testing.assert_allclose(first, again, atol=1e-6)
+    assert 0 < np.abs(first[:3]).max() <= expert.max_speed + 1e-6
+    env.close()

@@ -156,3 +156,13 @@ def test_cli_trains_on_a_demo_folder(tmp_path):
     }
     assert policy.act(obs).shape == (7,)
     assert main(["train-teacher", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_chunk_loss_l1_and_mse_by_hand_and_bad_name():
+    pred = torch.tensor([[[1.0] * 7, [5.0] * 7]])  # (1, 2, 7): the second step is masked out
+    target = torch.tensor([[[3.0] * 7, [0.0] * 7]])
+    mask = torch.tensor([[True, False]])
+    assert float(chunk_loss(pred, target, mask, "l1")) == pytest.approx(2.0)
+    assert float(chunk_loss(pred, target, mask, "mse")) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="'huber'.*l1, mse"):
+        chunk_loss(pred, target, mask, "huber")

@@ -32,6 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches, augmentation")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: profile's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: profile's)")
+    parser.add_argument("--loss", choices=["l1", "mse"], default=None,
+                        help="loss on the normalised action chunk (default: the profile's)")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument(
         "--threads",
@@ -62,6 +64,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         ckpt_every=args.ckpt_every,
+        loss=args.loss,
         num_workers=args.workers,
         progress=not args.no_progress,
     )
