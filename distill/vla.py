@@ -87,6 +87,7 @@ class VLAConfig:
     cameras: list[str] = field(default_factory=lambda: list(CAMERAS))
     vision_grid: int = 4
     stem_channels: int = 32
+    vision_coords: bool = False  # CoordConv: two pixel-coordinate channels enter the conv stem with RGB
     max_text_len: int = 32
     attn_implementation: str = "sdpa"
 
@@ -243,13 +244,21 @@ class PatchEncoder(nn.Module):
 
     A 4x4 patchify conv, a 2x2 stride-2 conv, then a conv whose stride gives the G x G grid: cheap next to
     the decoder stack, so that (as in large VLAs) the decoder layers dominate the cost of a forward.
+    With ``coords`` (CoordConv), x and y pixel coordinates in [-1, 1] enter the stem as two extra channels,
+    so every patch feature says where in the image it was seen: where the object is, relative to the
+    gripper, is what a manipulation policy must read off its cameras.
     """
 
-    def __init__(self, hidden_size: int, grid: int, channels: int, image_size: int):
+    def __init__(self, hidden_size: int, grid: int, channels: int, image_size: int, coords: bool = False):
         super().__init__()
         last = image_size // 8 // grid  # kernel/stride of the last conv, after strides 4 and 2
+        self.coords = coords
+        if coords:
+            axis = torch.linspace(-1.0, 1.0, image_size)
+            yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+            self.register_buffer("coord_grid", torch.stack([xx, yy])[None], persistent=False)  # (1, 2, H, W)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, channels, 4, stride=4),
+            nn.Conv2d(5 if coords else 3, channels, 4, stride=4),
             nn.GELU(),
             nn.Conv2d(channels, 2 * channels, 2, stride=2),
             nn.GELU(),
@@ -260,6 +269,9 @@ class PatchEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.pos.dtype
         x = images.permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
+        if self.coords:
+            grid = self.coord_grid.to(dtype).expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W)
+            x = torch.cat([x, grid], dim=1)  # (B, 5, H, W)
         x = self.stem(x)  # (B, D, G, G)
         return x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
 
@@ -289,7 +301,9 @@ class VLA(nn.Module):
         self.tokenizer = WordTokenizer(config.vocab)
 
         d = config.hidden_size
-        self.vision = PatchEncoder(d, config.vision_grid, config.stem_channels, config.image_size)
+        self.vision = PatchEncoder(
+            d, config.vision_grid, config.stem_channels, config.image_size, coords=config.vision_coords
+        )
         self.camera_embed = nn.Parameter(torch.zeros(len(config.cameras), d))
         self.text_embed = nn.Embedding(len(config.vocab), d)
         self.proprio_proj = nn.Sequential(nn.Linear(config.proprio_dim, d), nn.GELU(), nn.Linear(d, d))

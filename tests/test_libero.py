@@ -193,3 +193,22 @@ def test_expert_solves_known_task_from_official_init_state(env):
     assert info["success"] is True and terminated is True and reward == 1.0
     assert env.is_success()
     assert t + 1 < env.max_steps
+
+
+def test_expert_closes_a_container_after_filling_it():
+    """BDDL may list Close(drawer) before In(bowl, drawer): the expert fills the drawer first."""
+    from types import SimpleNamespace
+
+    from tasks.libero.expert import LiberoExpert
+
+    region = "white_cabinet_1_bottom_region"
+    sim_env = SimpleNamespace(
+        object_sites_dict={region: object()},
+        object_states_dict={region: SimpleNamespace(parent_name="white_cabinet_1")},
+    )
+    stub = SimpleNamespace(env=SimpleNamespace(sim_env=sim_env))
+    close, put, knob = ("close", region), ("in", "akita_black_bowl_1", region), ("turnon", "flat_stove_1")
+    assert LiberoExpert._order(stub, [close, put, knob]) == [put, knob, close]
+    assert LiberoExpert._order(stub, [put, close]) == [put, close]
+    other = ("close", "microwave_1")  # nothing goes into it: keeps its place
+    assert LiberoExpert._order(stub, [other, put]) == [other, put]

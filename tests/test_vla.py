@@ -273,3 +273,15 @@ def test_adapter_reuses_pretrained_llama_layers():
     }
     with pytest.raises(ValueError, match="exposes no decoder"):
         from_transformers(torch.nn.Linear(2, 2))
+
+
+def test_coordconv_stem_sees_pixel_positions():
+    vla = tiny_vla(vision_coords=True).eval()
+    assert vla.vision.stem[0].in_channels == 5 and tiny_vla().vision.stem[0].in_channels == 3
+    blank = torch.zeros(1, vla.config.image_size, vla.config.image_size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        tokens = vla.vision(blank)  # (1, G*G, D): a blank image still gives position-dependent features
+    assert tokens.shape[1] == vla.config.vision_grid ** 2
+    assert not torch.allclose(tokens[0, 0] - vla.vision.pos[0], tokens[0, -1] - vla.vision.pos[-1])
+    with torch.no_grad():
+        assert torch.isfinite(vla(vla.prepare(make_obs(2)))).all()
