@@ -8,19 +8,29 @@ units of 0.5 rad, world frame).
 Predicates and primitives:
 
 - ``On(A, B)``, ``In(A, B)``: pick ``A`` (grasp chosen by shape, below) and place it over ``B``
-  (an object: its top centre; a region site: the site), then release and retreat. A target
-  region inside a closed drawer gets the drawer opened first.
+  (an object: its top centre; a region site: the site, or where it still has room when other
+  objects already stand in it; a drawer region: its part nearest the open end), then release
+  and retreat. The hand first rises over whatever stands near its way, and carries ``A`` above
+  the neighbours on the way and above the rim of the target's container (a basket, a caddy).
+  ``A`` is turned to fit a narrow region (a caddy slot). A target region inside a closed drawer
+  gets the drawer opened first; when the open drawer would leave the hand no room to take ``A``
+  from above, ``A`` is first set down nearby where it will.
 - ``Open(X)``, ``Close(X)`` on drawers (slide joints): open by approaching the handle (the drawer
   geom furthest along the opening direction) horizontally, closing the fingers vertically around
-  it and pulling; close by pushing the front with closed fingers. Hinged doors are not handled
-  (recorded in ``expert.unsupported``; the expert skips that goal).
+  it and pulling; close by pushing the handle home pointing down, fingers closing sideways and
+  leaning towards the cabinet. Closing a container waits for the goals that fill it. Hinged
+  doors are not handled (recorded in ``expert.unsupported``; the expert skips that goal).
 - ``TurnOn(X)``, ``TurnOff(X)`` on knobs (hinge about z): push the lever end tangentially with
   closed fingers.
 
-Grasps: wide, low, hollow objects (bowls, mugs wider than the gripper) are taken by the rim
-nearest the robot, fingers closing radially; everything else from the top at its horizontal
-centre, fingers closing across its narrowest horizontal extent. Goals already satisfied are
-skipped. The plan is recomputed from the current state at every primitive boundary.
+Grasps: wide, low, hollow objects (bowls, mugs wider than the gripper) are taken by the rim,
+fingers closing radially: the rim nearest the robot unless the hand would crowd a neighbour or a
+fixture there. Solid objects too wide for the fingers (a moka pot) are taken by a thin part (the
+handle) the open fingers can straddle. Everything else is taken from the top, fingers closing
+across a horizontal extent that fits them, at its centre or shifted along its long side, scored
+by the room the hand's and fingers' footprint leaves to taller neighbours. Goals already
+satisfied are skipped. The plan is recomputed from the current state at every primitive
+boundary.
 """
 
 from __future__ import annotations
@@ -32,6 +42,14 @@ GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
 MAX_OPENING = 0.075  # widest object the Panda gripper can close on, m
 FINGERTIP_BELOW_SITE = 0.013  # fingertips reach this far below the grip site, m
 POS_UNIT, ROT_UNIT = 0.05, 0.5  # OSC_POSE output_max: metres / radians per unit action
+# Panda gripper footprint around the grip site (horizontal half sizes along / across the closing
+# direction, m) and the hand's bottom above the site, m (from the collision geoms)
+HAND_HALF, HAND_BOTTOM = (0.106, 0.037), 0.024
+FINGER_HALF = (0.069, 0.014)
+GRASP_CLEARANCE = 0.015  # footprint clearance beyond which neighbours no longer matter, m
+PUSH_TILT = 0.5  # fingertips lean this far (rad) towards a drawer being pushed shut
+RIM_ROOM = 0.005  # footprint clearance below which a rim grasp looks for another side, m
+GRASP_EDGE_MARGIN = 0.014  # finger pads stay this far inside the object's side when shifting, m
 
 
 def _axis_angle_from_matrix(r: np.ndarray) -> np.ndarray:
@@ -46,6 +64,33 @@ def _axis_angle_from_matrix(r: np.ndarray) -> np.ndarray:
         w, v = np.linalg.eigh((r + r.T) / 2.0)
         return v[:, np.argmax(w)] * angle
     return axis / norm * angle
+
+
+# gripper parts: (half length along closing, half width across, bottom height above the site),
+# and their footprints sampled every cm as (along, across) points
+_GRIPPER_PARTS = [(HAND_HALF[0], HAND_HALF[1], HAND_BOTTOM), (FINGER_HALF[0], FINGER_HALF[1], -FINGERTIP_BELOW_SITE)]
+_GRIPPER_SAMPLES = [
+    np.stack(
+        np.meshgrid(
+            np.linspace(-a, a, int(np.ceil(2 * a / 0.01)) + 1),
+            np.linspace(-c, c, max(int(np.ceil(2 * c / 0.01)) + 1, 2)),
+        ),
+        axis=-1,
+    ).reshape(-1, 2)
+    for a, c, _ in _GRIPPER_PARTS
+]
+
+
+def _boxes_overlap(ca, axa, ha, cb, axb, hb) -> bool:
+    """Whether two oriented rectangles overlap (separating axis test): centres (2,), unit axes as
+    rows (2, 2), half sizes (2,)."""
+    delta = cb - ca
+    for axis in np.concatenate([axa, axb]):
+        ra = np.abs(axa @ axis) @ ha
+        rb = np.abs(axb @ axis) @ hb
+        if abs(delta @ axis) > ra + rb:
+            return False
+    return True
 
 
 def _rot_z(theta: float) -> np.ndarray:
@@ -126,31 +171,135 @@ class _Scene:
         sid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
         return self.data.site_xpos[sid].copy()
 
-    def grasp_direction(self, body: int, grasp_z: float, others: list[int]) -> tuple[np.ndarray, float]:
-        """Horizontal finger-closing direction for a top grasp of ``body`` and the object's extent
-        along it. Among directions whose extent fits the fingers, prefer those that keep the hand
-        (a segment of +-0.11 m along the closing direction) clear of taller neighbours ``others``;
-        the narrowest direction wins when nothing is close."""
+    def geom_footprints(self, body: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per collision geom under ``body``: world-aligned horizontal box centre (G, 2), half sizes
+        (G, 2) and top height (G,)."""
+        geoms = self._subtree_geoms(body)
+        if not len(geoms):
+            return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
+        signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=float)
+        c, h = self.model.geom_aabb[geoms, :3], self.model.geom_aabb[geoms, 3:]  # (G, 3)
+        local = c[:, None] + signs[None] * h[:, None]  # (G, 8, 3)
+        mats = self.data.geom_xmat[geoms].reshape(-1, 3, 3)
+        pts = self.data.geom_xpos[geoms][:, None] + np.einsum("gkj,gij->gki", local, mats)
+        lo, hi = pts.min(axis=1), pts.max(axis=1)
+        return (lo[:, :2] + hi[:, :2]) / 2.0, (hi[:, :2] - lo[:, :2]) / 2.0, hi[:, 2]
+
+    def _geom_boxes(self, body: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]]:
+        """Per collision geom under ``body``: horizontal centre (2,), the two horizontal unit axes of
+        its box (2, 2), their half sizes (2,), bottom and top heights."""
+        out = []
+        for g in self._subtree_geoms(body):
+            mat = self.data.geom_xmat[g].reshape(3, 3)
+            c, h = self.model.geom_aabb[g, :3], self.model.geom_aabb[g, 3:]
+            centre = self.data.geom_xpos[g] + mat @ c
+            vertical = int(np.argmax(np.abs(mat[2])))  # the local axis nearest world z
+            axes = [i for i in range(3) if i != vertical]
+            dirs = mat[:2, axes].T  # (2, 2) rows: horizontal projections of the other local axes
+            norms = np.linalg.norm(dirs, axis=1, keepdims=True)
+            z_half = float(np.abs(mat[2]) @ h)
+            out.append((centre[:2], dirs / np.maximum(norms, 1e-9), h[axes], centre[2] - z_half, centre[2] + z_half))
+        return out
+
+    def hollow(self, body: int) -> bool:
+        """Whether no collision geom of ``body`` fills the middle of its footprint in its upper half
+        (a bowl, a mug; not a moka pot)."""
+        lo, hi = self.box(body)
+        mid = (lo[:2] + hi[:2]) / 2.0
+        for c, axes, half, bottom, top in self._geom_boxes(body):
+            if top > (lo[2] + hi[2]) / 2.0 and np.all(np.abs(axes @ (mid - c)) <= half):
+                return False
+        return True
+
+    def part_grasp(self, body: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top grasp of a thin part (a handle) of a solid object too wide for the fingers: grasp
+        point (3,) and closing direction (3,), or None. A part qualifies when it is thin enough
+        along its narrow horizontal axis and the open fingers can come down on both sides of it
+        without landing on another geom of the object; the highest such part wins."""
+        boxes = self._geom_boxes(body)
+        best, best_z = None, -np.inf
+        for c, axes, half, bottom, top in boxes:
+            k = int(np.argmin(half))
+            if 2 * half[k] > MAX_OPENING - 0.03:
+                continue
+            d, p = axes[k], axes[1 - k]
+            z = top - 0.02  # pads well on the part; the fingertips reach below it
+            if z - bottom < 0.005:
+                continue
+            tip = z - FINGERTIP_BELOW_SITE
+            fingers = [(c + sign * d * 0.045, d, p) for sign in (-1.0, 1.0)]  # landing spots
+            blocked = False
+            for oc, oaxes, ohalf, obottom, otop in boxes:
+                if otop <= tip:
+                    continue
+                for fc, fd, fp in fingers:
+                    if _boxes_overlap(fc, np.stack([fd, fp]), np.array([0.012, 0.014]), oc, oaxes, ohalf):
+                        blocked = True
+            if not blocked and z > best_z:
+                best, best_z = (np.array([c[0], c[1], z]), np.array([d[0], d[1], 0.0])), z
+        return best
+
+    def obstacles(self, bodies: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Collision geom footprints of ``bodies``: centres (O, 2), half sizes (O, 2), tops (O,)."""
+        boxes = [self.geom_footprints(b) for b in bodies]
+        return (
+            np.concatenate([b[0] for b in boxes] + [np.zeros((0, 2))]),
+            np.concatenate([b[1] for b in boxes] + [np.zeros((0, 2))]),
+            np.concatenate([b[2] for b in boxes] + [np.zeros(0)]),
+        )
+
+    def clearance(self, xy: np.ndarray, d: np.ndarray, grasp_z: float, obstacles) -> float:
+        """Clearance (m, negative when overlapping, at most GRASP_CLEARANCE) between the gripper's
+        footprint (hand and fingers, as boxes about the grip site at ``xy`` (2,) and height
+        ``grasp_z``, fingers closing along ``d`` (2,)) and the ``obstacles`` tall enough to reach
+        each part."""
+        obs_c, obs_h, obs_top = obstacles
+        p = np.array([-d[1], d[0]])
+        clearance = GRASP_CLEARANCE
+        for (_, _, bottom), sample in zip(_GRIPPER_PARTS, _GRIPPER_SAMPLES):
+            near = obs_top > grasp_z + bottom
+            if not near.any():
+                continue
+            world = xy + sample[:, :1] * d + sample[:, 1:] * p  # (S, 2)
+            q = np.abs(world[:, None] - obs_c[near][None]) - obs_h[near][None]  # (S, O, 2)
+            outside = np.linalg.norm(np.maximum(q, 0.0), axis=-1)
+            inside = np.minimum(q.max(axis=-1), 0.0)
+            clearance = min(clearance, float((outside + inside).min()))
+        return clearance
+
+    def grasp_direction(
+        self, body: int, grasp_z: float, others: list[int]
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Top grasp of ``body``: horizontal finger-closing direction (3,), the object's extent
+        along it, and the horizontal grasp centre (2,).
+
+        Candidates are closing directions whose extent fits the fingers, centred on the object or
+        shifted along the object's long side (keeping the finger pads on it). Each is scored by the
+        clearance between the gripper's footprint (hand and fingers, as boxes around the grip
+        site) and the collision geoms of neighbours ``others`` tall enough to reach it; the
+        narrowest centred grasp wins when nothing is close."""
         pts = self.corners(body)[:, :2]  # (8G, 2)
         centre = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
-        obstacles = [self.corners(o) for o in others]
-        obstacles = [c[:, :2] for c in obstacles if c[:, 2].max() > grasp_z + 0.02]
-        obstacle_pts = np.concatenate(obstacles) if obstacles else np.zeros((0, 2))
-        best, best_score, best_extent = np.array([0.0, 1.0, 0.0]), -np.inf, np.inf
+        obstacles = self.obstacles(others)
+        best, best_score, best_extent, best_xy = np.array([0.0, 1.0, 0.0]), -np.inf, np.inf, centre
         for theta in np.linspace(0.0, np.pi, 36, endpoint=False):
             d = np.array([np.cos(theta), np.sin(theta)])
+            p = np.array([-d[1], d[0]])
             proj = pts @ d
             extent = float(proj.max() - proj.min())
-            clearance = 0.06
-            if len(obstacle_pts):
-                rel = obstacle_pts - centre
-                along = np.clip(rel @ d, -0.11, 0.11)
-                clearance = min(clearance, float(np.linalg.norm(rel - along[:, None] * d, axis=1).min()))
             fits = extent <= MAX_OPENING - 0.005
-            score = (min(clearance, 0.04) - extent) if fits else -1.0 - extent
-            if score > best_score:
-                best, best_score, best_extent = np.array([d[0], d[1], 0.0]), score, extent
-        return best, best_extent
+            mid_d = (proj.max() + proj.min()) / 2.0 - centre @ d
+            across = pts @ p
+            room = max(0.0, (across.max() - across.min()) / 2.0 - GRASP_EDGE_MARGIN)
+            mid_p = (across.max() + across.min()) / 2.0 - centre @ p
+            shifts = np.unique(np.clip(np.array([0.0, -0.01, 0.01, -0.02, 0.02, -0.03, 0.03]), -room, room))
+            for shift in shifts:
+                xy = centre + d * mid_d + p * (mid_p + shift)
+                clearance = self.clearance(xy, d, grasp_z, obstacles)
+                score = (clearance - extent - 0.2 * abs(shift)) if fits else -1.0 - extent
+                if score > best_score:
+                    best, best_score, best_extent, best_xy = np.array([d[0], d[1], 0.0]), score, extent, xy
+        return best, best_extent, best_xy
 
 
 class LiberoExpert:
@@ -160,7 +309,7 @@ class LiberoExpert:
     after every ``env.reset``.
     """
 
-    version = "libero-expert-3"
+    version = "libero-expert-4"
 
     def __init__(self, env) -> None:
         self.env = env
@@ -169,13 +318,27 @@ class LiberoExpert:
     def reset(self) -> None:
         """Forget the current plan (call after ``env.reset``)."""
         self.scene = _Scene(self.env.sim_env)
-        self.goals = [tuple(g) for g in self.env.sim_env.parsed_problem["goal_state"]]
+        self.goals = self._order([tuple(g) for g in self.env.sim_env.parsed_problem["goal_state"]])
         self.down = None
         self.queue: list = []
         self.stage_steps = 0
         self.stage_mat: np.ndarray | None = None
         self.current_goal = None
         self.unsupported: set = set()
+
+    def _order(self, goals: list) -> list:
+        """Goals in BDDL order, except that closing a container waits for the goals that put
+        something into it (``Close(drawer)`` listed before ``In(bowl, drawer)``)."""
+        se = self.env.sim_env
+
+        def owner(name: str) -> str:
+            if name in se.object_sites_dict:
+                return se.object_states_dict[name].parent_name
+            return name
+
+        filled = {owner(g[2]) for g in goals if g[0].lower() in ("on", "in")}
+        late = [g for g in goals if g[0].lower() == "close" and owner(g[1]) in filled]
+        return [g for g in goals if g not in late] + late
 
     # ------------------------------------------------------------------ predicates
     def _holds(self, goal: tuple) -> bool:
@@ -206,7 +369,11 @@ class LiberoExpert:
             self.current_goal = goal
             kind = goal[0].lower()
             if kind in ("on", "in") and self._closed_drawer(goal[2]):
-                self.queue = self._articulate(goal[2], open_=True)
+                spot = self._spot_clear_of_drawer(goal[1], goal[2])
+                if spot is not None:  # the open drawer would crowd the grasp: move the object first
+                    self.queue = self._pick_place(goal[1], spot, inside=False)
+                else:
+                    self.queue = self._articulate(goal[2], open_=True)
             elif kind in ("on", "in"):
                 self.queue = self._pick_place(goal[1], goal[2], inside=kind == "in")
             elif kind in ("open", "close"):
@@ -229,6 +396,62 @@ class LiberoExpert:
             and not se.object_states_dict[target].is_open()
         )
 
+    def _spot_clear_of_drawer(self, obj: str, region: str) -> np.ndarray | None:
+        """Where to set ``obj`` down first, (x, y, surface height), when the drawer holding
+        ``region``, once pulled fully open, would leave no room for the hand to take ``obj`` from
+        above (the drawer hangs over it); None when there is room, or when no spot is found.
+
+        Spots lie on the object's own surface, on a ring about it; a spot keeps the object clear
+        of the other objects and fixtures and leaves the hand room for a grasp with the drawer
+        open. The nearest spot wins."""
+        sc = self.scene
+        se = self.env.sim_env
+        jid, open_dir = self._slide(region)
+        owner = se.get_object(se.object_states_dict[region].parent_name)
+        full = max(abs(v) for v in owner.object_properties["articulation"]["default_open_ranges"])
+        extra = max(0.0, full - abs(sc.data.qpos[sc.model.jnt_qposadr[jid]]))
+        body = sc.body_id(obj)
+        lo, hi = sc.box(body)
+        centre, half = (lo[:2] + hi[:2]) / 2.0, (hi[:2] - lo[:2]) / 2.0
+        others = [sc.body_id(n) for n in se.objects_dict if n != obj]
+        others += [sc.body_id(n) for n in getattr(se, "fixtures_dict", {}) if n in se.obj_body_id]
+        oc, oh, otop = sc.obstacles(others)
+        dc, dh, dtop = sc.geom_footprints(sc.model.jnt_bodyid[jid])
+        opened = (
+            np.concatenate([oc, dc + open_dir[:2] * extra]),
+            np.concatenate([oh, dh]),
+            np.concatenate([otop, dtop]),
+        )
+        point, closing = self._grasp(obj)
+        if sc.hollow(body) and np.ptp(sc.corners(body)[:, :2] @ closing[:2]) > MAX_OPENING:
+            reach = float(np.linalg.norm(point[:2] - centre))  # rim grasps: grip site off the centre
+            dirs = [np.array([np.cos(a), np.sin(a)]) for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+        else:
+            reach, dirs = 0.0, [closing[:2]]
+        offset = point[:2] - centre
+
+        def room(xy: np.ndarray) -> float:
+            if reach:
+                return max(sc.clearance(xy + v * reach, v, point[2], opened) for v in dirs)
+            return sc.clearance(xy + offset, dirs[0], point[2], opened)
+
+        if room(centre) >= 0.0:
+            return None
+        radius = float(half.max())
+        stand = otop > lo[2] + 0.005  # what stands up from the object's surface
+        ring = [(r, a) for r in np.arange(0.04, 0.25, 0.02) for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
+        base = np.asarray(se.robots[0].base_pos)[:2]
+        for r, a in ring:  # nearest first
+            xy = centre + r * np.array([np.cos(a), np.sin(a)])
+            if not 0.35 < np.linalg.norm(xy - base) < 0.75:
+                continue
+            q = np.maximum(np.abs(xy - oc[stand]) - oh[stand], 0.0)
+            if len(q) and np.linalg.norm(q, axis=1).min() < radius + 0.01:
+                continue
+            if room(xy) >= 0.0:
+                return np.array([xy[0], xy[1], lo[2]])
+        return None
+
     def _grasp(self, obj: str) -> tuple[np.ndarray, np.ndarray]:
         """Grasp point (3,) and finger closing direction (3,) for ``obj``."""
         sc = self.scene
@@ -238,46 +461,182 @@ class LiberoExpert:
         height = hi[2] - lo[2]
         grasp_z = max(hi[2] - min(0.035, 0.5 * height), lo[2] + FINGERTIP_BELOW_SITE + 0.005)
         others = [sc.body_id(n) for n in self.env.sim_env.objects_dict if n != obj]
-        direction, extent = sc.grasp_direction(body, grasp_z, others)
+        direction, extent, grasp_xy = sc.grasp_direction(body, grasp_z, others)
+        if extent > MAX_OPENING and not sc.hollow(body):  # solid and too wide: a handle
+            part = sc.part_grasp(body)
+            if part is not None:
+                return part
         if extent > MAX_OPENING:  # too wide for the fingers: take the rim nearest the robot
             radius = extent / 2.0
             u = sc.eef_pos() - centre
             u[2] = 0.0
             u = np.array([-1.0, 0.0, 0.0]) if np.linalg.norm(u) < 1e-6 else u / np.linalg.norm(u)
+            rim_z = max(hi[2] - min(0.03, 0.6 * height), lo[2] + FINGERTIP_BELOW_SITE + 0.004)
+            # the hand lies along the radius, across the object: when that crowds a neighbour or a
+            # fixture (an open drawer above a bowl), take the rim where the hand has most room
+            se = self.env.sim_env
+            fixtures = [sc.body_id(n) for n in getattr(se, "fixtures_dict", {}) if n in se.obj_body_id]
+            obstacles = sc.obstacles(others + fixtures)
+
+            def room(v: np.ndarray) -> float:
+                return sc.clearance(centre[:2] + v[:2] * (radius - 0.015), v[:2], rim_z, obstacles)
+
+            if room(u) < RIM_ROOM:
+                best, best_score = u, room(u)
+                for a in np.linspace(0.0, 2 * np.pi, 24, endpoint=False):
+                    v = np.array([np.cos(a), np.sin(a), 0.0])
+                    score = room(v) - 0.003 * np.arccos(np.clip(v @ u, -1.0, 1.0))
+                    if score > best_score + 0.002:
+                        best, best_score = v, score
+                u = best
             point = centre + u * (radius - 0.015)
-            point[2] = max(hi[2] - min(0.03, 0.6 * height), lo[2] + FINGERTIP_BELOW_SITE + 0.004)
+            point[2] = rim_z
             return point, u
-        point = centre.copy()
-        point[2] = grasp_z
+        point = np.array([grasp_xy[0], grasp_xy[1], grasp_z])
         return point, direction
 
-    def _target_top(self, target: str) -> tuple[np.ndarray, float, float]:
+    def _target_top(self, target: str | np.ndarray, obj: str | None = None) -> tuple[np.ndarray, float, float]:
         """Target point (3,), the surface height to place on and the height to clear when carrying.
 
-        Region sites give their own height as the surface; a movable parent (a basket) adds its
-        rim as the height to clear. Objects give their top."""
+        Region sites give their own height as the surface; their parent (a basket, a caddy; not a
+        drawer's cabinet) adds its rim as the height to clear. A region inside a drawer gives the point of the region nearest
+        the drawer's open end that still takes ``obj`` whole (the back of an open drawer lies
+        under the cabinet). Objects give their top."""
         se, sc = self.env.sim_env, self.scene
+        if isinstance(target, np.ndarray):  # a spot on a surface: (x, y, surface height)
+            return target.copy(), float(target[2]), float(target[2])
         if target in se.object_sites_dict:
             point = sc.site_pos(target)
             parent = se.object_states_dict[target].parent_name
             clear = point[2]
-            if parent in se.objects_dict:
+            slide = self._slide(target)
+            if parent in se.objects_dict or (
+                slide is None and parent in se.obj_body_id and not self._roofed(parent, point)
+            ):
+                # a basket's or a caddy's rim (a drawer's cabinet top or a microwave's roof is
+                # no rim: such regions are entered from the front)
                 clear = max(clear, sc.box(sc.body_id(parent))[1][2])
+            if slide is not None and obj is not None:
+                open_dir = slide[1]
+                site = se.object_sites_dict[target]
+                sid = mujoco.mj_name2id(sc.model, mujoco.mjtObj.mjOBJ_SITE, target)
+                half = np.abs(sc.data.site_xmat[sid].reshape(3, 3) @ np.asarray(site.size)) @ np.abs(open_dir)
+                proj = sc.corners(sc.body_id(obj)) @ open_dir
+                obj_half = (proj.max() - proj.min()) / 2.0
+                point = point + open_dir * float(np.clip(half - obj_half - 0.01, 0.0, 0.8 * half))
+            elif obj is not None:
+                point = self._free_point(obj, target, point)
             return point, float(point[2]), float(clear)
         hi = sc.box(sc.body_id(target))[1]
         return sc.obj_pos(target), float(hi[2]), float(hi[2])
+
+    def _roofed(self, parent: str, point: np.ndarray) -> bool:
+        """Whether a collision geom of ``parent`` covers ``point`` (3,) from above."""
+        for c, axes, half, bottom, top in self.scene._geom_boxes(self.scene.body_id(parent)):
+            if bottom > point[2] + 0.01 and np.all(np.abs(axes @ (point[:2] - c)) <= half):
+                return True
+        return False
+
+    def _free_point(self, obj: str, region: str, point: np.ndarray) -> np.ndarray:
+        """Where in region site ``region`` to set ``obj`` (its body position) so that it keeps clear
+        of the other objects already there (two moka pots on one stove): the site centre
+        ``point`` when that is clear, else the point of the region's box with the most room."""
+        se, sc = self.env.sim_env, self.scene
+        lo, hi = sc.box(sc.body_id(obj))
+        pos = sc.obj_pos(obj)[:2]
+        radius = float(np.maximum(hi[:2] - pos, pos - lo[:2]).max())  # footprint about the body
+        boxes = [sc.geom_footprints(sc.body_id(n)) for n in se.objects_dict if n != obj]
+        oc = np.concatenate([b[0] for b in boxes] + [np.zeros((0, 2))])
+        oh = np.concatenate([b[1] for b in boxes] + [np.zeros((0, 2))])
+        if not len(oc):
+            return point
+
+        def room(xy: np.ndarray) -> np.ndarray:
+            q = np.maximum(np.abs(xy[:, None] - oc[None]) - oh[None], 0.0)
+            return np.linalg.norm(q, axis=-1).min(axis=1) - radius
+
+        if room(point[None, :2])[0] >= 0.01:
+            return point
+        sid = mujoco.mj_name2id(sc.model, mujoco.mjtObj.mjOBJ_SITE, region)
+        mat = sc.data.site_xmat[sid].reshape(3, 3)
+        half = np.asarray(se.object_sites_dict[region].size, dtype=float)[:2] - 0.01
+        u = np.linspace(-1.0, 1.0, 9)
+        grid = np.stack(np.meshgrid(u, u), axis=-1).reshape(-1, 2) * half  # site frame
+        xy = point[:2] + grid @ mat[:2, :2].T
+        best = xy[np.argmax(room(xy) - 0.1 * np.linalg.norm(grid, axis=1))]
+        return np.array([best[0], best[1], point[2]])
+
+    def _fit_yaw(self, obj: str, target: str, hold: np.ndarray) -> np.ndarray | None:
+        """Finger closing direction (3,) that turns the held ``obj`` so that its footprint fits the
+        region site ``target`` (a narrow slot) when, held as it is, it does not; None when it
+        fits already, ``target`` is no region, or turning would not help."""
+        se, sc = self.env.sim_env, self.scene
+        if isinstance(target, np.ndarray) or target not in se.object_sites_dict:
+            return None
+        sid = mujoco.mj_name2id(sc.model, mujoco.mjtObj.mjOBJ_SITE, target)
+        size = np.asarray(se.object_sites_dict[target].size, dtype=float)
+        room = 2.0 * np.abs(sc.data.site_xmat[sid].reshape(3, 3) @ size)[:2]  # world x, y extents
+        pts = sc.corners(sc.body_id(obj))[:, :2]
+        perp = np.array([-hold[1], hold[0]])
+        e_c, e_p = np.ptp(pts @ hold[:2]), np.ptp(pts @ perp)
+
+        def slack(c: np.ndarray) -> float:
+            q = np.array([-c[1], c[0]])
+            foot = np.abs(c) * e_c + np.abs(q) * e_p  # footprint along world x, y with closing c
+            return float((room - foot).min())
+
+        if slack(hold[:2]) >= 0.0:
+            return None
+        best, best_slack = None, slack(hold[:2])
+        for c in (np.array([1.0, 0.0]), np.array([0.0, 1.0])):
+            c = c if c @ hold[:2] >= 0 else -c
+            if slack(c) > best_slack + 0.005:
+                best, best_slack = np.array([c[0], c[1], 0.0]), slack(c)
+        return best
 
     def _pick_place(self, obj: str, target: str, inside: bool) -> list:
         point, closing = self._grasp(obj)
         sc = self.scene
         obj_lo = sc.box(sc.body_id(obj))[0][2]
         below = point[2] - obj_lo  # grip site height above the object's bottom
-        return [
-            ("move", point + [0, 0, 0.12], closing, GRIPPER_OPEN, 0.02),
+        eef = sc.eef_pos()
+        # fingertips clear every neighbour near the way over to the grasp
+        safe = self._path_top(eef[:2], point[:2], {obj}, fixtures=True) + FINGERTIP_BELOW_SITE + 0.03
+        rise = []
+        if eef[2] < safe - 0.01:
+            rise = [("move", np.array([eef[0], eef[1], safe]), closing, GRIPPER_OPEN, 0.02)]
+        return rise + [
+            ("move", np.array([point[0], point[1], max(point[2] + 0.12, safe)]), closing, GRIPPER_OPEN, 0.02),
             ("move", point - [0, 0, 0.008], closing, GRIPPER_OPEN, 0.01),  # aim low: P control stops short
             ("grip", GRIPPER_CLOSE, 12),
             ("lift", obj, target, below, inside),
         ]
+
+    def _path_top(
+        self, a: np.ndarray, b: np.ndarray, exclude: set, margin: float = 0.07, fixtures: bool = False
+    ) -> float:
+        """Highest top of the movable objects (and the fixtures, when ``fixtures``; but
+        ``exclude``) whose collision geoms come within ``margin`` of the horizontal segment
+        ``a`` -> ``b`` (2,); -inf when none does."""
+        sc = self.scene
+        se = self.env.sim_env
+        n = max(int(np.linalg.norm(b - a) / 0.01), 1) + 1
+        path = a + np.linspace(0.0, 1.0, n)[:, None] * (b - a)  # (n, 2)
+        top = -np.inf
+        names = list(se.objects_dict)
+        if fixtures:
+            names += [f for f in getattr(se, "fixtures_dict", {}) if f in se.obj_body_id]
+        for name in names:
+            if name in exclude:
+                continue
+            c, h, z = sc.geom_footprints(sc.body_id(name))
+            if not len(z):
+                continue
+            q = np.maximum(np.abs(path[:, None] - c[None]) - h[None], 0.0)  # (n, G, 2)
+            near = np.linalg.norm(q, axis=-1).min(axis=0) < margin  # (G,)
+            if near.any():
+                top = max(top, float(z[near].max()))
+        return top
 
     def _joints(self, name: str) -> tuple[list[int], object]:
         """Joint ids moved by predicate argument ``name`` (a region site or an object) and the
@@ -291,6 +650,20 @@ class LiberoExpert:
             joints = owner.joints
         ids = [mujoco.mj_name2id(self.scene.model, mujoco.mjtObj.mjOBJ_JOINT, j) for j in joints]
         return ids, owner
+
+    def _slide(self, name: str) -> tuple[int, np.ndarray] | None:
+        """Slide joint moved by ``name`` (a drawer region or object) and the world direction (3,)
+        the drawer moves when it opens; None when ``name`` moves no slide joint."""
+        sc = self.scene
+        se = self.env.sim_env
+        if name in se.object_sites_dict and not getattr(se.object_sites_dict[name], "joints", None):
+            return None
+        ids, owner = self._joints(name)
+        if not ids or sc.model.jnt_type[ids[0]] != mujoco.mjtJoint.mjJNT_SLIDE:
+            return None
+        art = owner.object_properties["articulation"]
+        sign = np.sign(np.mean(art["default_open_ranges"]) - np.mean(art["default_close_ranges"]))
+        return ids[0], sign * sc.data.xaxis[ids[0]].copy()
 
     def _articulate(self, name: str, open_: bool) -> list:
         """Pull a drawer open by its handle, or push it shut. Hinged doors are not handled."""
@@ -310,26 +683,53 @@ class LiberoExpert:
         hi = sc.box(body)[1]
         if open_:  # approach horizontally, fingers closing vertically around the handle bar
             side = self._facing(-open_dir)
-            pulled = handle + open_dir * 0.2
-            return [
-                ("move", handle + open_dir * 0.12 + [0, 0, 0.03], side, GRIPPER_OPEN, 0.02),
+            art_open = max(abs(v) for v in art["default_open_ranges"])
+            travel = max(0.0, art_open - abs(d.qpos[m.jnt_qposadr[jid]])) + 0.02
+            pulled = handle + open_dir * travel  # a little past fully open: P control stops short
+            base = np.asarray(self.env.sim_env.robots[0].base_pos)
+            homeward = base - pulled
+            homeward[2] = 0.0
+            homeward /= max(np.linalg.norm(homeward), 1e-9)
+            pre = handle + open_dir * 0.12
+            # hover over the approach point first, pointing down, clear of what stands near the
+            # way (turning to face the drawer swings the hand HAND_HALF[0] below the grip site)
+            eef = sc.eef_pos()
+            hover = pre + [0, 0, 0.03]
+            hover[2] = max(hover[2], self._path_top(eef[:2], pre[:2], set()) + FINGERTIP_BELOW_SITE + 0.03)
+            stages = [("move", hover + [0, 0, 0.07], None, GRIPPER_OPEN, 0.03)] if hover[2] > pre[2] + 0.03 else []
+            return stages + [
+                ("move", pre + [0, 0, 0.03], side, GRIPPER_OPEN, 0.02),
                 ("move", handle + open_dir * 0.12, side, GRIPPER_OPEN, 0.01),
-                ("move", handle - open_dir * 0.012, side, GRIPPER_OPEN, 0.006),
-                ("grip", GRIPPER_CLOSE, 15),
-                ("move", pulled, side, GRIPPER_CLOSE, 0.01, 0.3),
+                ("move", handle - open_dir * 0.006, side, GRIPPER_OPEN, 0.006),  # pads on the bar, tips off the front
+                ("grip", GRIPPER_CLOSE, 10),
+                ("move", pulled, side, GRIPPER_CLOSE, 0.01, 0.6),
                 ("release", 8),
-                ("move", pulled + open_dir * 0.08, side, GRIPPER_OPEN, 0.02),
+                ("move", pulled + open_dir * 0.05, side, GRIPPER_OPEN, 0.02),
+                # point the hand down again clear of the drawer before the next primitive, coming
+                # back towards the robot (the arm is stretched out after a pull)
+                ("move", pulled + open_dir * 0.05 + homeward * 0.06 + [0, 0, 0.08], None, GRIPPER_OPEN, 0.02),
             ]
-        qpos = d.qpos[m.jnt_qposadr[jid]]
-        opening = abs(qpos)
-        start = handle + open_dir * 0.04
-        start[2] = max(handle[2], hi[2] - 0.03)
+        # push the handle home pointing down, closed fingers just in front of its bar and
+        # closing sideways: the hand reaches only HAND_HALF[1] along the push, so it stops short
+        # of the cabinet face above the drawer (the handle stands off the front)
+        opening = abs(d.qpos[m.jnt_qposadr[jid]])
+        lateral = np.cross([0.0, 0.0, 1.0], open_dir)
+        front = float((sc.corners(body) @ open_dir).max())  # the handle bar's outer face
+        touch = handle + open_dir * (front - handle @ open_dir + FINGER_HALF[1])
+        touch[2] = handle[2] + FINGERTIP_BELOW_SITE - 0.004
+        home = touch - open_dir * (opening + 0.01)  # aim past home: P control stops short
+        # fingertips tilted towards the cabinet so that the forearm stays back from its top
+        approach = np.cos(PUSH_TILT) * np.array([0.0, 0.0, -1.0]) - np.sin(PUSH_TILT) * open_dir
+        tilted = np.stack([lateral, np.cross(approach, lateral), approach], axis=1)
+        if np.linalg.norm(_axis_angle_from_matrix(tilted @ sc.eef_mat().T)) > np.pi / 2:
+            tilted = tilted @ np.diag([-1.0, -1.0, 1.0])  # the same grasp, the nearer yaw
         return [
             ("grip", GRIPPER_CLOSE, 6),
-            ("move", start + [0, 0, 0.08], open_dir, GRIPPER_CLOSE, 0.02),
-            ("move", start, open_dir, GRIPPER_CLOSE, 0.01),
-            ("move", start - open_dir * (opening + 0.06), open_dir, GRIPPER_CLOSE, 0.01),
-            ("move", start - open_dir * (opening + 0.06) + [0, 0, 0.08], open_dir, GRIPPER_CLOSE, 0.02),
+            ("move", touch + open_dir * 0.04 + [0, 0, 0.1], tilted, GRIPPER_CLOSE, 0.02),
+            ("move", touch + open_dir * 0.04, tilted, GRIPPER_CLOSE, 0.008),
+            ("move", home, tilted, GRIPPER_CLOSE, 0.006, 0.5),
+            ("move", home + open_dir * 0.06, tilted, GRIPPER_CLOSE, 0.02),
+            ("move", home + open_dir * 0.06 + [0, 0, 0.1], None, GRIPPER_CLOSE, 0.02),
         ]
 
     def _press(self, name: str, on: bool) -> list:
@@ -365,13 +765,17 @@ class LiberoExpert:
         ]
 
     # ------------------------------------------------------------------ control
-    def _facing(self, approach: np.ndarray) -> np.ndarray:
+    def _facing(self, approach: np.ndarray, closing_up: bool = True) -> np.ndarray:
         """Gripper orientation (3, 3) pointing along horizontal ``approach`` with the fingers closing
-        vertically; of the two such poses, the one nearer the current orientation."""
+        vertically (or horizontally when not ``closing_up``); of the two such poses, the one nearer
+        the current orientation."""
         z = approach / np.linalg.norm(approach)
+        side = np.cross(np.array([0.0, 0.0, 1.0]), z)
+        side /= max(np.linalg.norm(side), 1e-9)
         best, best_angle = None, np.inf
-        for up in (np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, -1.0])):
-            mat = np.stack([up, np.cross(z, up), z], axis=1)  # columns: closing, y, approach
+        for sign in (1.0, -1.0):
+            closing = sign * (np.array([0.0, 0.0, 1.0]) if closing_up else side)
+            mat = np.stack([closing, np.cross(z, closing), z], axis=1)  # columns: closing, y, approach
             angle = np.linalg.norm(_axis_angle_from_matrix(mat @ self.scene.eef_mat().T))
             if angle < best_angle:
                 best, best_angle = mat, angle
@@ -454,7 +858,11 @@ class LiberoExpert:
             dist = float(np.linalg.norm(pos - sc.eef_pos()))
             self.dists.append(dist)
             stalled = len(self.dists) > 12 and self.dists[-6] - dist < 0.002
-            if dist < tol or stalled or self.stage_steps > 60:
+            # a re-levelling stage (orientation None) also waits for the hand to point down
+            turned = stage[2] is not None or np.linalg.norm(
+                _axis_angle_from_matrix(self.stage_mat @ sc.eef_mat().T)
+            ) < 0.1
+            if (dist < tol and turned) or stalled or self.stage_steps > 60:
                 return None
             action = self._servo(pos, self.stage_mat, grip)
             action[:3] = np.clip(action[:3], -speed, speed)
@@ -471,11 +879,18 @@ class LiberoExpert:
         sc = self.scene
         eef = sc.eef_pos()
         offset = eef - sc.obj_pos(obj)  # keep the grasp offset when placing the object's centre
-        point, top, rim = self._target_top(target)
+        point, top, rim = self._target_top(target, obj)
         clear = rim + 0.04 + below  # grip site height that keeps the object's bottom above the target
-        carry = max(eef[2] + 0.10, clear + 0.03)
         hold = sc.closing_dir()
+        turned = self._fit_yaw(obj, target, hold)
+        if turned is not None:  # turn the held object so that it fits the region
+            turn = np.arctan2(hold[0] * turned[1] - hold[1] * turned[0], hold @ turned)
+            offset[:2] = _rot_z(turn)[:2, :2] @ offset[:2]
+            hold = turned
         goal_xy = point[:2] + offset[:2]
+        # the held object's bottom clears every neighbour on the way
+        passing = self._path_top(eef[:2], goal_xy, {obj}, margin=0.05) + below + 0.03
+        carry = max(eef[2] + 0.10, clear + 0.03, passing)
         place_z = top + (0.03 if inside else 0.015) + below
         return [
             ("move", np.array([eef[0], eef[1], carry]), hold, GRIPPER_CLOSE, 0.02),
