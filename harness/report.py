@@ -345,7 +345,7 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str) ->
         ax.set_ylabel("success rate")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     paths = _save(fig, out, stem)
     plt.close(fig)
