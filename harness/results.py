@@ -77,10 +77,9 @@ def read_episodes(run_dir: str | os.PathLike) -> pd.DataFrame:
 
     Raises ``FileNotFoundError`` when the folder holds no results at all.
     """
-    store = ResultsStore(run_dir)
-    if not store.path.exists() and not store._part_files():
+    if not has_results(run_dir):
         raise FileNotFoundError(f"run folder {str(run_dir)!r} has no episodes.parquet")
-    return store.frame()
+    return ResultsStore(run_dir).frame()
 
 
 def has_results(run_dir: str | os.PathLike) -> bool:
