@@ -20,7 +20,7 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,21 +167,30 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
              variant: str | None = None, episodes: int = 10, seed: int = 0, out: str | os.PathLike,
              videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
              env_kwargs: dict[str, Any] | None = None, progress: bool = True, table: bool = True,
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, episodes_by_variant: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Run the missing episodes of ``policy`` on ``suite`` and return the run folder's summary.
 
     ``tasks``: task names or indices (default: all); ``variant``: a name, ``"all"`` or ``None``
-    (the default variant); ``videos``: save annotated agentview mp4s (:mod:`harness.videos`) of the first ``videos`` episodes of
+    (the default variant); ``episodes_by_variant``: ``{variant: episodes}``, used instead of
+    ``variant``/``episodes`` to run different episode counts per variant in one call (one set of
+    workers and one probe environment for the whole plan); ``videos``: save annotated agentview mp4s (:mod:`harness.videos`) of the first ``videos`` episodes of
     each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
     finish and ``out/summary.json`` (this policy's current rows) at the end; prints a plan line and
     (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
-    variant_names = resolve_variants(suite, variant)
+    if episodes_by_variant is not None:
+        if not episodes_by_variant:
+            raise ValueError("episodes_by_variant is empty; give at least one {variant: episodes}")
+        counts = {resolve_variant(suite, v): int(n) for v, n in episodes_by_variant.items()}
+    else:
+        counts = {v: episodes for v in resolve_variants(suite, variant)}
+    for v, n in counts.items():
+        if n < 1:
+            raise ValueError(f"episodes must be >= 1, got {n} (variant {v!r})")
+    variant_names = list(counts)
     source = policy if isinstance(policy, PolicySource) else policy_source(policy)
     env_kwargs = dict(env_kwargs or {})
 
@@ -196,12 +205,20 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     write_meta(Path(out), source.meta)
     done = store.done_keys()
     jobs = [Job(suite, t, v, i, seed, video=i < videos)
-            for t in task_names for v in variant_names for i in range(episodes)
+            for t in task_names for v in variant_names for i in range(counts[v])
             if episode_key(policy_hash, suite, t, v, i, render_mode) not in done]
-    total = len(task_names) * len(variant_names) * episodes
+    total = len(task_names) * sum(counts.values())
     if not quiet:
-        print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {len(variant_names)} variant(s) "
-              f"x {episodes} episode(s); {total - len(jobs)} already done, {len(jobs)} to run -> {out}")
+        if len(set(counts.values())) == 1:
+            shape = f"{len(variant_names)} variant(s) x {next(iter(counts.values()))} episode(s)"
+        else:
+            groups: dict[int, list[str]] = {}
+            for v, n in counts.items():
+                groups.setdefault(n, []).append(v)
+            shape = "(" + " + ".join(f"{names[0] if len(names) == 1 else f'{len(names)} variants'} x {n}"
+                                     for n, names in groups.items()) + ") episode(s)"
+        print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {shape}; "
+              f"{total - len(jobs)} already done, {len(jobs)} to run -> {out}")
     run_versions = versions()
     bar = None
     if progress and jobs:

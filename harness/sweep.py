@@ -95,19 +95,19 @@ def simpler_suites() -> list[str]:
     return [s for s in suites.suites() if s.startswith("simpler_")]
 
 
-def _plan(profile: Profile, suite: str, policies: bool = False) -> list[tuple[list[str], str, int]]:
-    """(tasks, variant, episodes) evaluations of ``suite`` under ``profile`` (for the expert, or
-    with ``policies`` for the teacher, students and baselines)."""
+def _plan(profile: Profile, suite: str, policies: bool = False) -> tuple[list[str], dict[str, int]]:
+    """(tasks, {variant: episodes}) of ``suite`` under ``profile`` (for the expert, or with
+    ``policies`` for the teacher, students and baselines): one ``evaluate`` call per suite."""
     import tasks as suites
 
     task_names = suites.tasks(suite)[: profile.tasks_per_suite]
     variants = suites.variants(suite)
     episodes, variant_episodes = ((profile.policy_episodes, profile.policy_variant_episodes) if policies
                                   else (profile.episodes, profile.variant_episodes))
-    plan = [(task_names, variants[0], episodes)]
+    counts = {variants[0]: episodes}
     if variant_episodes:
-        plan += [(task_names, v, variant_episodes) for v in variants[1:]]
-    return plan
+        counts.update({v: variant_episodes for v in variants[1:]})
+    return task_names, counts
 
 
 def _episode_cost_s(suite: str, task: str, seed: int, steps: int = 10) -> tuple[float, float]:
@@ -142,13 +142,13 @@ def _expert_estimate(ctx: Context) -> float:
 
     total = 0.0
     for suite in simpler_suites():
-        plan = _plan(ctx.profile, suite)
+        task_names, counts = _plan(ctx.profile, suite)
         stored = ResultsStore(_expert_dir(ctx)).frame()
         done = stored[stored["suite"] == suite]
-        left = sum(len(t) * n for t, _, n in plan) - len(done)
+        left = len(task_names) * sum(counts.values()) - len(done)
         if left > 0:
-            build_s, episode_s = _episode_cost_s(suite, plan[0][0][0], ctx.seed)
-            total += left * episode_s + sum(len(t) for t, _, _ in plan) * build_s
+            build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed)
+            total += left * episode_s + len(task_names) * len(counts) * build_s
     return total
 
 
@@ -157,9 +157,9 @@ def _expert_run(ctx: Context) -> None:
 
     summary = None
     for suite in simpler_suites():
-        for task_names, variant, episodes in _plan(ctx.profile, suite):
-            summary = evaluate("expert", suite, tasks=task_names, variant=variant, episodes=episodes,
-                               seed=ctx.seed, out=_expert_dir(ctx), table=False)
+        task_names, counts = _plan(ctx.profile, suite)
+        summary = evaluate("expert", suite, tasks=task_names, episodes_by_variant=counts,
+                           seed=ctx.seed, out=_expert_dir(ctx), table=False)
     if summary is not None:
         ctx.summaries["scripted experts"] = summary
 
@@ -232,16 +232,23 @@ def _policy_estimate(ctx: Context) -> float:
     from harness.results import ResultsStore
 
     total = 0.0
+    workers = max(1, ctx.profile.workers)
     for suite in simpler_suites():
-        plan = _plan(ctx.profile, suite, policies=True)
-        episodes = sum(len(t) * n for t, _, n in plan)
-        left = 0
+        task_names, counts = _plan(ctx.profile, suite, policies=True)
+        episodes = len(task_names) * sum(counts.values())
+        left = builds = 0
         for name, _ in policy_specs(ctx.profile):
             stored = ResultsStore(ctx.root / name).frame()
-            left += max(0, episodes - int((stored["suite"] == suite).sum()) if len(stored) else episodes)
+            done = int((stored["suite"] == suite).sum()) if len(stored) else 0
+            if done < episodes:
+                left += episodes - done
+                # every (task, variant) still to run builds its environment once in some worker,
+                # and each evaluate call starts its workers (imports, policy load): ~10 s, measured
+                builds += min(episodes - done, len(task_names) * len(counts))
+                total += 10.0
         if left:
-            _, episode_s = _episode_cost_s(suite, plan[0][0][0], ctx.seed)
-            total += left * episode_s * 1.5 / max(1, ctx.profile.workers)  # + the policy's model calls
+            build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed)
+            total += (left * episode_s * 1.5 + builds * build_s) / workers  # 1.5: the policy's model calls
     return total
 
 
@@ -257,9 +264,9 @@ def _policy_run(ctx: Context) -> None:
         write_meta(ctx.root / name, {"policy": name})  # the short name the report shows
         summary = None
         for suite in simpler_suites():
-            for task_names, variant, episodes in _plan(ctx.profile, suite, policies=True):
-                summary = evaluate(spec, suite, tasks=task_names, variant=variant, episodes=episodes,
-                                   seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend)
+            task_names, counts = _plan(ctx.profile, suite, policies=True)
+            summary = evaluate(spec, suite, tasks=task_names, episodes_by_variant=counts,
+                               seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend)
         if summary is not None:
             ctx.summaries[name] = summary
 

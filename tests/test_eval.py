@@ -145,3 +145,23 @@ def test_evaluate_records_crashing_env_and_names_bad_values(tmp_path, monkeypatc
         evaluate("expert", suite, variant="night", out=tmp_path, quiet=True)
     with pytest.raises(FileNotFoundError, match="'no/such/ckpt'"):
         evaluate("no/such/ckpt", suite, out=tmp_path, quiet=True)
+
+
+def test_evaluate_runs_a_per_variant_plan_in_one_call(tmp_path, monkeypatch, capsys):
+    suite = register(monkeypatch)
+    out = tmp_path / "run"
+    summary = evaluate("expert", suite, tasks=["reach"], episodes_by_variant={"base": 3, "dark": 1}, out=out,
+                       progress=False, table=False)
+    assert "(base x 3 + dark x 1) episode(s); 0 already done, 4 to run" in capsys.readouterr().out
+    df = pd.read_parquet(out / "episodes.parquet")
+    assert sorted(zip(df["variant"], df["episode_index"])) == [("base", 0), ("base", 1), ("base", 2), ("dark", 0)]
+    assert summary["overall"]["n"] == 4
+    # the plain form over the same keys finds them done
+    evaluate("expert", suite, tasks=["reach"], variant="base", episodes=3, out=out, progress=False, table=False)
+    assert "3 already done, 0 to run" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="'night'.*valid variants: base, dark"):
+        evaluate("expert", suite, episodes_by_variant={"night": 1}, out=out, quiet=True)
+    with pytest.raises(ValueError, match="episodes must be >= 1, got 0 \\(variant 'dark'\\)"):
+        evaluate("expert", suite, episodes_by_variant={"base": 1, "dark": 0}, out=out, quiet=True)
+    with pytest.raises(ValueError, match="episodes_by_variant is empty"):
+        evaluate("expert", suite, episodes_by_variant={}, out=out, quiet=True)
