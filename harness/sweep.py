@@ -275,6 +275,19 @@ def _latency_estimate(ctx: Context) -> float:
     return 0.1 * ctx.profile.latency_iters * len(policy_specs(ctx.profile))
 
 
+def _latency_hash(spec: str) -> str:
+    """Hash of the files behind a policy spec and of the teacher it is timed against."""
+    import hashlib
+
+    folders = [teacher_dir()] + ([] if spec.startswith("baseline:") else [Path(spec)])
+    digest = hashlib.sha256(spec.encode())
+    for folder in folders:
+        for path in sorted(folder.glob("*")):
+            if path.name == "config.json" or path.suffix == ".safetensors":
+                digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _latency_run(ctx: Context) -> None:
     """Each policy's model call timed in its own pass (never from rollout time), against the teacher."""
     import json
@@ -289,15 +302,21 @@ def _latency_run(ctx: Context) -> None:
     teacher = load_policy(teacher_dir())
     for name, spec in policy_specs(ctx.profile):
         out = ctx.root / name / "latency.json"
+        # the stored figure counts only if it timed these weights (and this teacher, for the speedup)
+        digest = _latency_hash(spec)
         if out.exists():
-            print(f"[sweep] latency of {name}: stored in {out}, skipped")
-            continue
+            stored = json.loads(out.read_text())
+            if stored.get("policy_hash") == digest:
+                print(f"[sweep] latency of {name}: stored in {out}, skipped")
+                continue
+            print(f"[sweep] latency of {name}: {out} timed other weights; measuring again")
         if spec.startswith("baseline:"):
             policy = parse_policy_spec(spec).build()
         else:
             policy = load_policy(spec)
         vs = None if name == "teacher" else teacher
         result = measure_latency(policy, iters=ctx.profile.latency_iters, vs=vs)
+        result["policy_hash"] = digest
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         line = f"[sweep] latency of {name}: median {result['median_ms']:.2f} ms"

@@ -109,3 +109,22 @@ def test_eval_cli_with_a_checkpoint(suite, tmp_path, capsys):
     chunk_calls = info["executed_fraction"]["n"]
     assert 1 <= chunk_calls < df["steps"][0]  # the chunk runs open-loop: fewer model calls than steps
     assert info["executed_fraction"]["mean"] == 1.0  # a teacher runs every layer
+
+
+def test_sweep_latency_hash_follows_the_weights(tmp_path, monkeypatch):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    for folder in (teacher, student):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"weights")
+        (folder / "loss.png").write_bytes(b"plot")
+    monkeypatch.setattr(sweep, "teacher_dir", lambda: teacher)
+    first = sweep._latency_hash(str(student))
+    (student / "loss.png").write_bytes(b"another plot")  # not weights: the stored figure still counts
+    assert sweep._latency_hash(str(student)) == first
+    (student / "model.safetensors").write_bytes(b"retrained")
+    assert sweep._latency_hash(str(student)) != first
+    baseline = f"baseline:random@0.5:{teacher}"
+    before = sweep._latency_hash(baseline)
+    (teacher / "model.safetensors").write_bytes(b"new teacher")  # a new teacher changes every speedup
+    assert sweep._latency_hash(baseline) != before
