@@ -212,3 +212,22 @@ def test_expert_closes_a_container_after_filling_it():
     assert LiberoExpert._order(stub, [put, close]) == [put, close]
     other = ("close", "microwave_1")  # nothing goes into it: keeps its place
     assert LiberoExpert._order(stub, [other, put]) == [other, put]
+
+
+def test_demos_record_libero_in_the_common_dataset_format(env, tmp_path):
+    """``actdistill demos`` on a LIBERO suite: expert episodes stored like the SIMPLER-style ones."""
+    from harness.commands.demos import record_demos
+    from tasks.datasets import DemoDataset
+
+    meta = record_demos(SUITE, str(tmp_path / "demos"), tasks=[str(TASK)], episodes=1, progress=False)
+    assert meta["suite"] == SUITE and meta["episodes"] == 1
+    assert meta["image_shape"] == [128, 128, 3] and meta["image_codec"]["max_abs_error"] == 0
+    data = DemoDataset(tmp_path / "demos", chunk=8)
+    assert len(data) == meta["steps"] > 10
+    first, last = data[0], data[len(data) - 1]
+    assert first["agentview"].shape == first["wrist"].shape == (128, 128, 3)
+    assert first["proprio"].shape == (PROPRIO_DIM,) and first["actions"].shape == (8, ACTION_DIM)
+    assert first["suite"] == SUITE
+    assert first["instruction"] == env.reset(options={"episode_index": 0})[0]["instruction"]
+    assert first["action_mask"].all() and not last["action_mask"][1:].any()  # chunks stop at the episode end
+
