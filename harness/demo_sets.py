@@ -2,10 +2,14 @@
 
     actdistill demos --family simpler --out data/simpler        # all (suite, variant) folders
     actdistill demos --family simpler --out data/simpler --scale 0.2
+    actdistill demos --family libero --out data/libero --scale 0.5
 
 A family's recipe lists (suite, variant, episodes per task, seed) entries; each becomes the
-dataset folder ``OUT/<suite>/<variant>``. The default variant gets most episodes; every other
-variant a few, each with its own seed so the initial states differ too. Finished folders (with a
+dataset folder ``OUT/<suite>/<variant>``. SIMPLER-style suites: the default variant gets most
+episodes; every other variant a few, each with its own seed so the initial states differ too.
+LIBERO (spatial, object, goal, 10): 20 episodes per task on the ``sampled_init`` variant, whose
+placements come from LIBERO's own sampler, so no demonstration starts from one of the 50 official
+init states that evaluation uses. Finished folders (with a
 ``meta.json``) are skipped, an unfinished one is recorded again, so an interrupted run resumes.
 """
 
@@ -24,7 +28,8 @@ class DemoEntry:
     seed: int
 
 
-FAMILIES = ("simpler",)
+FAMILIES = ("simpler", "libero")
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 
 
 def recipe(family: str, scale: float = 1.0) -> list[DemoEntry]:
@@ -35,6 +40,8 @@ def recipe(family: str, scale: float = 1.0) -> list[DemoEntry]:
         raise ValueError(f"unknown demo family {family!r}; valid families: {', '.join(FAMILIES)}")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
+    if family == "libero":
+        return [DemoEntry(suite, "sampled_init", max(1, math.ceil(20 * scale)), seed=1) for suite in LIBERO_SUITES]
     entries = []
     for suite in [s for s in suites.suites() if s.startswith(family + "_")]:
         variants = suites.variants(suite)

@@ -51,7 +51,7 @@ def test_suites_and_tasks_listed():
         10
     ] * 4
     assert len(tasks.tasks("libero_90")) == 90
-    assert tasks.variants(SUITE) == ["default"]
+    assert tasks.variants(SUITE) == ["default", "sampled_init"]
 
 
 def test_libero_config_lives_in_the_cache_dir_and_points_at_bundled_files():
@@ -112,6 +112,39 @@ def test_reset_is_deterministic_per_episode_index(env):
     assert not np.array_equal(a["agentview"], c["agentview"])
     with pytest.raises(ValueError, match="episode_index 50"):
         env.reset(options={"episode_index": 50})
+
+
+def test_sampled_init_variant_draws_new_placements_reproducibly():
+    """``sampled_init`` (for demonstrations): seeded fresh placements, none of them an official init state."""
+    e = tasks.make(SUITE, TASK, variant="sampled_init", seed=0)
+    try:
+        nq = e.sim_env.sim.model.nq
+        objects = slice(9, nq)  # after the Panda's 7 arm and 2 finger joints
+
+        def placement(index: int) -> np.ndarray:
+            e.reset(options={"episode_index": index})
+            return e.sim_env.sim.data.qpos[objects].copy()
+
+        first, again, other, beyond = placement(0), placement(0), placement(1), placement(57)
+        np.testing.assert_array_equal(first, again)
+        assert not np.allclose(first, other) and not np.allclose(first, beyond)
+        official = np.asarray(e.init_states)[:, 1 : 1 + nq][:, objects]
+        for drawn in (first, other, beyond):  # > 1 cm from every official start somewhere in the scene
+            assert np.abs(official - drawn).max(axis=1).min() > 0.01
+        with pytest.raises(ValueError, match="episode_index -1 out of range"):
+            e.reset(options={"episode_index": -1})
+    finally:
+        e.close()
+
+
+def test_libero_demo_recipe_uses_only_sampled_placements():
+    from harness.demo_sets import recipe
+
+    entries = recipe("libero", scale=0.5)
+    assert [e.suite for e in entries] == ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
+    assert {e.variant for e in entries} == {"sampled_init"} and {e.episodes for e in entries} == {10}
+    with pytest.raises(ValueError, match="'bogus'; valid families: simpler, libero"):
+        recipe("bogus")
 
 
 def test_step_with_and_without_render(env):

@@ -11,6 +11,7 @@ Quick use::
     tasks.tasks("libero_spatial")                           # 10 task names
     env = tasks.make("libero_spatial", 0, render="fast")    # render="faithful" draws as LIBERO does
     obs, info = env.reset(options={"episode_index": 7})     # official init state 7, 10 wait steps done
+    tasks.make("libero_spatial", 0, variant="sampled_init")  # episode i: a fresh placement (training demos)
     expert = tasks.expert(env)
     obs, reward, terminated, truncated, info = env.step(expert.act(obs))
 
@@ -40,13 +41,18 @@ MAX_STEPS = {
 # Suites the package registers beyond the five (perturbed variants, study scenes) take the step
 # budget of the standard suite their name starts with; others take LIBERO-90's.
 DEFAULT_MAX_STEPS = MAX_STEPS["libero_90"]
-VARIANTS = ("default",)
+# "default": episode i starts from official init state i (the evaluation protocol).
+# "sampled_init": episode i starts from a fresh draw of LIBERO's own object-placement sampler
+# (seeded by the env seed and i), for training data that never sees the evaluation init states.
+VARIANTS = ("default", "sampled_init")
+SAMPLED_INIT = "sampled_init"
 
 __all__ = [
     "MAX_STEPS",
     "NUM_INIT_STATES",
     "NUM_WAIT_STEPS",
     "RENDER_MODES",
+    "SAMPLED_INIT",
     "VARIANTS",
     "WAIT_ACTION",
     "make_env",
@@ -117,7 +123,7 @@ def task_names(suite: str) -> list[str]:
 
 
 def variant_names(suite: str) -> list[str]:
-    """LIBERO has one look per task: ``["default"]``."""
+    """``["default", "sampled_init"]``: official init states, or freshly sampled placements (for demos)."""
     _records(suite)
     return list(VARIANTS)
 

