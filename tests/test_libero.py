@@ -247,6 +247,26 @@ def test_expert_closes_a_container_after_filling_it():
     assert LiberoExpert._order(stub, [other, put]) == [other, put]
 
 
+def test_expert_puts_a_mug_in_a_microwave_and_swings_its_door_shut():
+    """libero_10 task 9 from init state 0: the mug goes in through the side opening by its handle,
+    then the hinged door is pushed shut along its arc."""
+    env = tasks.make("libero_10", 9)
+    try:
+        obs, _ = env.reset(options={"episode_index": 0})
+        expert = tasks.expert(env)
+        region = "microwave_1_heating_region"
+        np.testing.assert_allclose(expert._entry(region), [0.0, 1.0, 0.0], atol=1e-6)  # the door faces -y
+        _, out, _ = expert._handle("white_yellow_mug_1")
+        assert out @ np.array([0.0, -1.0, 0.0]) > 0.99
+        for t in range(env.max_steps):
+            obs, _, terminated, truncated, info = env.step(expert.act(obs), render=False)
+            if terminated or truncated:
+                break
+        assert info["success"] is True and not expert.unsupported
+    finally:
+        env.close()
+
+
 def test_demos_record_libero_in_the_common_dataset_format(env, tmp_path):
     """``actdistill demos`` on a LIBERO suite: expert episodes stored like the SIMPLER-style ones."""
     from harness.commands.demos import record_demos

@@ -14,12 +14,17 @@ Predicates and primitives:
   the neighbours on the way and above the rim of the target's container (a basket, a caddy).
   ``A`` is turned to fit a narrow region (a caddy slot). A target region inside a closed drawer
   gets the drawer opened first; when the open drawer would leave the hand no room to take ``A``
-  from above, ``A`` is first set down nearby where it will.
+  from above, ``A`` is first set down nearby where it will. A region under its container's roof
+  (a microwave) is entered from the side: ``A`` is taken by its handle with the hand leaning out
+  from it, the handle turned towards the opening, and ``A`` carried in level just above the floor
+  while the hand stays clear of the roof's front edge.
 - ``Open(X)``, ``Close(X)`` on drawers (slide joints): open by approaching the handle (the drawer
   geom furthest along the opening direction) horizontally, closing the fingers vertically around
   it and pulling; close by pushing the handle home pointing down, fingers closing sideways and
-  leaning towards the cabinet. Closing a container waits for the goals that fill it. Hinged
-  doors are not handled (recorded in ``expert.unsupported``; the expert skips that goal).
+  leaning towards the cabinet. Closing a container waits for the goals that fill it. A door on a
+  vertical hinge is closed by pressing its outer face near the top with closed fingers and
+  sweeping along its arc past the closed angle; opening one is not handled (recorded in
+  ``expert.unsupported``; the expert skips that goal).
 - ``TurnOn(X)``, ``TurnOff(X)`` on knobs (hinge about z): push the lever end tangentially with
   closed fingers.
 
@@ -28,8 +33,10 @@ fingers closing radially: the rim nearest the robot unless the hand would crowd 
 fixture there. Solid objects too wide for the fingers (a moka pot) are taken by a thin part (the
 handle) the open fingers can straddle. Everything else is taken from the top, fingers closing
 across a horizontal extent that fits them, at its centre or shifted along its long side, scored
-by the room the hand's and fingers' footprint leaves to taller neighbours. Goals already
-satisfied are skipped. The plan is recomputed from the current state at every primitive
+by the room the hand's and fingers' footprint leaves to taller neighbours. Hollow objects going
+into a roofed region are taken by their handle (above). Of the two yaws that suit the symmetric
+gripper, the nearer one is used unless it would turn the wrist past its joint limit. Goals
+already satisfied are skipped. The plan is recomputed from the current state at every primitive
 boundary.
 """
 
@@ -49,6 +56,8 @@ FINGER_HALF = (0.069, 0.014)
 GRASP_CLEARANCE = 0.015  # footprint clearance beyond which neighbours no longer matter, m
 PUSH_TILT = 0.5  # fingertips lean this far (rad) towards a drawer being pushed shut
 RIM_ROOM = 0.005  # footprint clearance below which a rim grasp looks for another side, m
+HANDLE_LEAN = 0.75  # a handle is taken with the hand leaning this far (rad) out from the object
+HANDLE_REACH = 0.02  # a handle grasp: grip site below the handle's top, m
 GRASP_EDGE_MARGIN = 0.014  # finger pads stay this far inside the object's side when shifting, m
 
 
@@ -185,11 +194,16 @@ class _Scene:
         lo, hi = pts.min(axis=1), pts.max(axis=1)
         return (lo[:, :2] + hi[:, :2]) / 2.0, (hi[:, :2] - lo[:, :2]) / 2.0, hi[:, 2]
 
-    def _geom_boxes(self, body: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]]:
-        """Per collision geom under ``body``: horizontal centre (2,), the two horizontal unit axes of
-        its box (2, 2), their half sizes (2,), bottom and top heights."""
+    def _geom_boxes(
+        self, body: int, fixed: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]]:
+        """Per collision geom under ``body`` (only those on no jointed part, a door, when ``fixed``):
+        horizontal centre (2,), the two horizontal unit axes of its box (2, 2), their half sizes
+        (2,), bottom and top heights."""
         out = []
         for g in self._subtree_geoms(body):
+            if fixed and self._jointed(self.model.geom_bodyid[g], body):
+                continue
             mat = self.data.geom_xmat[g].reshape(3, 3)
             c, h = self.model.geom_aabb[g, :3], self.model.geom_aabb[g, 3:]
             centre = self.data.geom_xpos[g] + mat @ c
@@ -200,6 +214,14 @@ class _Scene:
             z_half = float(np.abs(mat[2]) @ h)
             out.append((centre[:2], dirs / np.maximum(norms, 1e-9), h[axes], centre[2] - z_half, centre[2] + z_half))
         return out
+
+    def _jointed(self, body: int, root: int) -> bool:
+        """Whether a joint moves ``body`` relative to its ancestor ``root``."""
+        while body not in (0, root):
+            if self.model.body_jntnum[body] > 0:
+                return True
+            body = self.model.body_parentid[body]
+        return False
 
     def hollow(self, body: int) -> bool:
         """Whether no collision geom of ``body`` fills the middle of its footprint in its upper half
@@ -309,7 +331,7 @@ class LiberoExpert:
     after every ``env.reset``.
     """
 
-    version = "libero-expert-4"
+    version = "libero-expert-5"
 
     def __init__(self, env) -> None:
         self.env = env
@@ -374,6 +396,8 @@ class LiberoExpert:
                     self.queue = self._pick_place(goal[1], spot, inside=False)
                 else:
                     self.queue = self._articulate(goal[2], open_=True)
+            elif kind == "in" and self._entry(goal[2]) is not None:
+                self.queue = self._insert(goal[1], goal[2])
             elif kind in ("on", "in"):
                 self.queue = self._pick_place(goal[1], goal[2], inside=kind == "in")
             elif kind in ("open", "close"):
@@ -612,6 +636,132 @@ class LiberoExpert:
             ("lift", obj, target, below, inside),
         ]
 
+    def _entry(self, target: str) -> np.ndarray | None:
+        """Horizontal unit direction (3,) in which an object is carried into region ``target``
+        through its container's side opening (a microwave), for a region roofed by its parent that
+        is no drawer; None otherwise. The opening is the side, of the region site's four horizontal
+        axes, on which no fixed wall of the parent stands (a door is left out)."""
+        se, sc = self.env.sim_env, self.scene
+        if target not in se.object_sites_dict or self._slide(target) is not None:
+            return None
+        parent = se.object_states_dict[target].parent_name
+        if parent not in se.obj_body_id:
+            return None
+        point = sc.site_pos(target)
+        if not self._roofed(parent, point):
+            return None
+        walls = [b for b in sc._geom_boxes(sc.body_id(parent), fixed=True) if b[3] < point[2] < b[4]]
+        sid = mujoco.mj_name2id(sc.model, mujoco.mjtObj.mjOBJ_SITE, target)
+        mat = sc.data.site_xmat[sid].reshape(3, 3)
+        steps = np.arange(0.01, 0.4, 0.01)
+        for v in (mat[:2, 0], -mat[:2, 0], mat[:2, 1], -mat[:2, 1]):
+            v = v / max(np.linalg.norm(v), 1e-9)
+            ray = point[:2] + steps[:, None] * v  # (S, 2)
+            inside = [np.all(np.abs((ray - c) @ axes.T) <= half, axis=1) for c, axes, half, _, _ in walls]
+            if not any(hit.any() for hit in inside):
+                return np.array([-v[0], -v[1], 0.0])
+        return None
+
+    def _handle(self, obj: str) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Handle of a hollow object (a mug): grasp point (3,) on its outermost part, the horizontal
+        unit direction (3,) from the object's axis out to it and its distance from the axis; None
+        when no part stands out of the object's wall."""
+        sc = self.scene
+        body = sc.body_id(obj)
+        if not sc.hollow(body):
+            return None
+        boxes = sc._geom_boxes(body)
+        centres = np.array([b[0] for b in boxes])  # (G, 2)
+        axis = centres.mean(axis=0)
+        dist = np.linalg.norm(centres - axis, axis=1)
+        k = int(np.argmax(dist))
+        if dist[k] < np.median(dist) + 0.02:
+            return None
+        c, top = boxes[k][0], boxes[k][4]
+        out = (c - axis) / dist[k]
+        return np.array([c[0], c[1], top - HANDLE_REACH]), np.array([out[0], out[1], 0.0]), float(dist[k])
+
+    def _lean(self, out: np.ndarray) -> np.ndarray:
+        """Gripper orientation (3, 3) for a handle pointing along horizontal ``out``: fingers closing
+        across it, the hand leaning HANDLE_LEAN out from the object (away from a roof over it); of
+        the two such poses, the one nearer the current orientation that the wrist can reach."""
+        approach = -np.sin(HANDLE_LEAN) * out - np.cos(HANDLE_LEAN) * np.array([0.0, 0.0, 1.0])
+        across = np.cross([0.0, 0.0, 1.0], out)
+        cur = self.scene.closing_dir()
+        best, best_score = None, np.inf
+        for sign in (1.0, -1.0):
+            mat = np.stack([sign * across, np.cross(approach, sign * across), approach], axis=1)
+            yaw = np.arctan2(cur[0] * mat[1, 0] - cur[1] * mat[0, 0], cur[:2] @ mat[:2, 0])
+            # the nearer pose, unless it turns the wrist past its limit
+            score = np.linalg.norm(_axis_angle_from_matrix(mat @ self.scene.eef_mat().T))
+            score += 0.0 if self._wrist_room(yaw) else 10.0
+            if score < best_score:
+                best, best_score = mat, score
+        return best
+
+    def _insert(self, obj: str, target: str) -> list:
+        """Put ``obj`` into a region entered from the side (a microwave): take it by its handle with
+        the hand leaning out, turn the handle towards the opening, carry the object in level just
+        above the floor, the hand stopping short of the roof's front edge, set it down and back
+        out. Objects without a handle fall back to :meth:`_pick_place`."""
+        handle = self._handle(obj)
+        if handle is None:
+            return self._pick_place(obj, target, inside=True)
+        se, sc = self.env.sim_env, self.scene
+        grip, out, _ = handle
+        entry = self._entry(target)
+        point = sc.site_pos(target)
+        parent = sc.body_id(se.object_states_dict[target].parent_name)
+        walls = sc._geom_boxes(parent, fixed=True)
+        covering = [b for b in walls if np.all(np.abs(b[1] @ (point[:2] - b[0])) <= b[2])]
+        floor = max(b[4] for b in covering if b[4] <= point[2])
+        roof = [b for b in covering if b[3] > point[2]]
+        front = min(float(c @ entry[:2] - np.abs(axes @ entry[:2]) @ half) for c, axes, half, _, _ in roof)
+        side = np.cross([0.0, 0.0, 1.0], entry)[:2]
+        # the free span across the opening just inside it, at the region's height
+        offsets = np.arange(-0.3, 0.3, 0.005)
+        probe = point[:2] + entry[:2] * (front - point[:2] @ entry[:2] + 0.03) + offsets[:, None] * side
+        free = np.ones(len(offsets), dtype=bool)
+        for c, axes, half, bottom, top in walls:
+            if bottom < point[2] < top:
+                free &= ~np.all(np.abs((probe - c) @ axes.T) <= half, axis=1)
+        here = int(np.argmin(np.abs(offsets)))
+        lo_i = hi_i = here
+        while lo_i > 0 and free[lo_i - 1]:
+            lo_i -= 1
+        while hi_i < len(offsets) - 1 and free[hi_i + 1]:
+            hi_i += 1
+        lateral = (offsets[lo_i] + offsets[hi_i]) / 2.0
+        below = grip[2] - sc.box(sc.body_id(obj))[0][2]  # grip site above the object's bottom
+        carry_z = floor + 0.02 + below
+        # the leaning hand's parts above the roof's underside stay 2 cm behind the grip site
+        put_xy = point[:2] + side * lateral + entry[:2] * (front - point[:2] @ entry[:2] - 0.03)
+        put = np.array([put_xy[0], put_xy[1], carry_z])
+        take = self._lean(out)
+        approach = take[:, 2]
+        pre = grip - approach * 0.08
+        # over to the handle pointing down, clear of what stands near the way, before leaning
+        eef = sc.eef_pos()
+        safe = self._path_top(eef[:2], pre[:2], {obj}, fixtures=True) + FINGERTIP_BELOW_SITE + 0.03
+        stages = [
+            ("move", np.array([pre[0], pre[1], max(safe, eef[2], pre[2] + 0.05)]), None, GRIPPER_OPEN, 0.02),
+            ("move", pre, take, GRIPPER_OPEN, 0.015),
+            ("move", grip + approach * 0.004, take, GRIPPER_OPEN, 0.008, 0.5),
+            ("grip", GRIPPER_CLOSE, 12),
+            ("move", np.array([grip[0], grip[1], max(carry_z, grip[2] + 0.04)]), take, GRIPPER_CLOSE, 0.02),
+        ]
+        place = self._lean(-entry)
+        back = place[:, 2] * -0.08
+        return stages + [
+            ("move", put - entry * 0.12, place, GRIPPER_CLOSE, 0.015),
+            ("move", put, place, GRIPPER_CLOSE, 0.01, 0.5),
+            ("move", put - [0, 0, 0.015], place, GRIPPER_CLOSE, 0.008, 0.5),
+            ("release", 10),
+            ("move", put + back, place, GRIPPER_OPEN, 0.02),
+            # point the hand down again before the next primitive
+            ("move", put + back + [0, 0, 0.06], None, GRIPPER_OPEN, 0.02),
+        ]
+
     def _path_top(
         self, a: np.ndarray, b: np.ndarray, exclude: set, margin: float = 0.07, fixtures: bool = False
     ) -> float:
@@ -666,12 +816,14 @@ class LiberoExpert:
         return ids[0], sign * sc.data.xaxis[ids[0]].copy()
 
     def _articulate(self, name: str, open_: bool) -> list:
-        """Pull a drawer open by its handle, or push it shut. Hinged doors are not handled."""
+        """Pull a drawer open by its handle, or push it shut; swing a hinged door shut."""
         sc = self.scene
         m, d = sc.model, sc.data
         ids, owner = self._joints(name)
+        if ids and m.jnt_type[ids[0]] == mujoco.mjtJoint.mjJNT_HINGE and not open_:
+            return self._swing_shut(ids[0], owner)
         if not ids or m.jnt_type[ids[0]] != mujoco.mjtJoint.mjJNT_SLIDE:
-            self.unsupported.add(("hinge door", name))
+            self.unsupported.add(("opening a hinge door", name))
             return []
         jid = ids[0]
         art = owner.object_properties["articulation"]
@@ -732,6 +884,56 @@ class LiberoExpert:
             ("move", home + open_dir * 0.06 + [0, 0, 0.1], None, GRIPPER_CLOSE, 0.02),
         ]
 
+    def _swing_shut(self, jid: int, owner) -> list:
+        """Push a door on a vertical hinge shut: closed fingers pointing down press its outer face
+        near the top at three quarters of its width from the hinge, then sweep along the arc a
+        little past the closed angle (the hinge's limit stops the door)."""
+        sc = self.scene
+        m, d = sc.model, sc.data
+        axis = d.xaxis[jid].copy()
+        if abs(axis[2]) < 0.9:
+            joint = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, jid)
+            self.unsupported.add(("door on a tilted hinge", joint))
+            return []
+        closed = float(np.mean(owner.object_properties["articulation"]["default_close_ranges"]))
+        q = float(d.qpos[m.jnt_qposadr[jid]])
+        turn = np.sign(closed - q) * np.sign(axis[2])  # world rotation sense about +z
+        hinge = d.xanchor[jid].copy()
+        boxes = sc._geom_boxes(m.jnt_bodyid[jid])
+        c, axes, half, _, top = max(boxes, key=lambda b: b[2].max())  # the door panel
+        k = int(np.argmax(half))
+        u = axes[k] if axes[k] @ (c - hinge[:2]) >= 0 else -axes[k]  # along the panel, away from the hinge
+        t = turn * np.array([-u[1], u[0]])  # the way the panel moves as it closes
+        width = float(u @ (c - hinge[:2])) + half[k]
+        face = float(t @ (c - hinge[:2])) - half[1 - k]  # the outer face, behind the panel along t
+        reach = 0.75 * width
+        z = top - 0.03 + FINGERTIP_BELOW_SITE
+        total = abs(closed - q) + 0.2
+        angles = np.linspace(0.0, total, int(np.ceil(total / 0.25)) + 1)
+
+        def pose(angle: float, off: float) -> tuple[np.ndarray, np.ndarray]:
+            r = _rot_z(turn * angle)[:2, :2]
+            xy = hinge[:2] + r @ u * reach + r @ t * (face - off)
+            return np.array([xy[0], xy[1], z]), np.array([*(r @ u), 0.0])
+
+        start, along = pose(0.0, 0.05)
+        eef = sc.eef_pos()
+        over = top + FINGERTIP_BELOW_SITE + 0.05  # fingertips clear the door's top edge on the way
+        stages = [
+            ("grip", GRIPPER_CLOSE, 6),
+            ("move", np.array([eef[0], eef[1], max(eef[2], over)]), None, GRIPPER_CLOSE, 0.02),
+            ("move", np.array([start[0], start[1], max(eef[2], over)]), along, GRIPPER_CLOSE, 0.02),
+            ("move", start, along, GRIPPER_CLOSE, 0.01),
+        ]
+        for angle in angles[1:]:
+            target, along = pose(angle, FINGER_HALF[1] + 0.002)
+            stages.append(("move", target, along, GRIPPER_CLOSE, 0.01, 0.6))
+        end, along = pose(total, 0.06)
+        return stages + [
+            ("move", end, along, GRIPPER_CLOSE, 0.02),
+            ("move", end + [0, 0, 0.1], None, GRIPPER_CLOSE, 0.02),
+        ]
+
     def _press(self, name: str, on: bool) -> list:
         """Turn a knob (hinge about z) by pushing its lever end tangentially with closed fingers."""
         sc = self.scene
@@ -783,7 +985,8 @@ class LiberoExpert:
 
     def _orientation(self, closing: np.ndarray | None) -> np.ndarray:
         """Target gripper orientation: pointing down, fingers closing along ``closing`` (or keeping
-        the current yaw when None)."""
+        the current yaw when None): of the two such yaws, the nearer one unless it would turn the
+        wrist past its limit."""
         sc = self.scene
         current = sc.eef_mat()
         if closing is None:
@@ -793,7 +996,18 @@ class LiberoExpert:
         cur = sc.closing_dir()
         yaw = np.arctan2(cur[0] * closing[1] - cur[1] * closing[0], cur @ closing)
         yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2  # the gripper is symmetric
+        if not self._wrist_room(yaw):
+            yaw -= np.copysign(np.pi, yaw)
         return self._level(_rot_z(yaw) @ current)
+
+    def _wrist_room(self, yaw: float) -> bool:
+        """Whether turning the hand by ``yaw`` (rad, about world z) keeps the last arm joint, which
+        turns the hand about its pointing axis (down: the opposite way), 0.2 rad inside its limits."""
+        m, d = self.scene.model, self.scene.data
+        robot = self.env.sim_env.robots[0]
+        jid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, robot.robot_joints[-1])
+        lo, hi = m.jnt_range[jid]
+        return bool(lo + 0.2 < d.qpos[m.jnt_qposadr[jid]] - yaw < hi - 0.2)
 
     def _servo(self, pos: np.ndarray, mat: np.ndarray, gripper: float) -> np.ndarray:
         """Proportional OSC_POSE delta action towards position ``pos`` (3,) and orientation ``mat`` (3, 3)."""
