@@ -65,7 +65,7 @@ def test_store_rejects_incomplete_rows_and_names_unreadable_file(tmp_path):
 
 
 def test_store_appends_parts_and_compacts_without_losing_or_doubling_rows(tmp_path, monkeypatch):
-    import harness.results as results
+    from harness import results
 
     monkeypatch.setattr(results, "COMPACT_EVERY", 8)
     store = ResultsStore(tmp_path)

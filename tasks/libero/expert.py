@@ -832,7 +832,6 @@ class LiberoExpert:
         body = m.jnt_bodyid[jid]
         geoms = sc._subtree_geoms(body)
         handle = d.geom_xpos[geoms[np.argmax(d.geom_xpos[geoms] @ open_dir)]].copy()
-        hi = sc.box(body)[1]
         if open_:  # approach horizontally, fingers closing vertically around the handle bar
             side = self._facing(-open_dir)
             art_open = max(abs(v) for v in art["default_open_ranges"])
