@@ -75,6 +75,12 @@ def _hash_files(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_hash(folder: Path) -> str:
+    """Hash of a checkpoint folder's ``config.json`` and ``*.safetensors`` (not its logs or plots)."""
+    files = [p for p in folder.glob("*") if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")]
+    return _hash_files(files, folder)
+
+
 def _expert_hash(env) -> str:
     """Hash of the Python sources in the expert's package folder (expert and env code)."""
     folder = Path(inspect.getsourcefile(type(suites.expert(env)))).parent
@@ -108,9 +114,8 @@ def policy_source(policy: str) -> PolicySource:
     loaded = load_policy(path)
     # Weights and config identify the policy; training state, logs and plots do not. A policy that
     # reads weights from elsewhere (e.g. a baseline over a teacher) names them in checkpoint_hash.
-    files = [p for p in path.glob("*") if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")]
     digest = "ckpt-" + hashlib.sha256(
-        (_hash_files(files, path) + str(getattr(loaded, "checkpoint_hash", ""))).encode()).hexdigest()[:16]
+        (weights_hash(path) + str(getattr(loaded, "checkpoint_hash", ""))).encode()).hexdigest()[:16]
     config = json.loads((path / "config.json").read_text())
     if config.get("kind") == "student":
         meta = {"policy": str(path), "kind": "student", "budget": config["student"]["budget"],

@@ -243,7 +243,8 @@ def _policy_estimate(ctx: Context) -> float:
             if done < episodes:
                 left += episodes - done
                 # every (task, variant) still to run builds its environment once in some worker,
-                # and each evaluate call starts its workers (imports, policy load): ~10 s, measured
+                # and each evaluate call starts its workers (imports, policy load): about 10 s, the
+                # default sweep's stage time less its episode time over its 220 calls (measured)
                 builds += min(episodes - done, len(task_names) * len(counts))
                 total += 10.0
         if left:
@@ -276,16 +277,13 @@ def _latency_estimate(ctx: Context) -> float:
 
 
 def _latency_hash(spec: str) -> str:
-    """Hash of the files behind a policy spec and of the teacher it is timed against."""
+    """Hash of the weights behind a policy spec and of the teacher it is timed against."""
     import hashlib
 
+    from harness.evaluate import weights_hash
+
     folders = [teacher_dir()] + ([] if spec.startswith("baseline:") else [Path(spec)])
-    digest = hashlib.sha256(spec.encode())
-    for folder in folders:
-        for path in sorted(folder.glob("*")):
-            if path.name == "config.json" or path.suffix == ".safetensors":
-                digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return hashlib.sha256("|".join([spec, *map(weights_hash, folders)]).encode()).hexdigest()[:16]
 
 
 def _latency_run(ctx: Context) -> None:
