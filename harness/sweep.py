@@ -141,10 +141,10 @@ def _expert_estimate(ctx: Context) -> float:
     from harness.results import ResultsStore
 
     total = 0.0
+    stored = ResultsStore(_expert_dir(ctx)).frame()  # read once, not per suite
     for suite in simpler_suites():
         task_names, counts = _plan(ctx.profile, suite)
-        stored = ResultsStore(_expert_dir(ctx)).frame()
-        done = stored[stored["suite"] == suite]
+        done = stored[stored["suite"] == suite] if len(stored) else stored
         left = len(task_names) * sum(counts.values()) - len(done)
         if left > 0:
             build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed)
