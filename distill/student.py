@@ -61,7 +61,7 @@ from distill.checkpoint import (
 from distill.graph import GraphEncapsulation
 from distill.losses import budget_loss, hierarchical_loss, layer_weights, masked_mse
 from distill.router import Router, layers_for_budget, topk_mask
-from distill.train import GROUP_EPISODES, EpisodeGroupedBatches, episode_ids, lr_factor
+from distill.train import GROUP_EPISODES, EpisodeGroupedBatches, TimeBudget, episode_ids, lr_factor
 from distill.vla import VLA, Embedded, VLAConfig
 
 STUDENT_KIND = "student"
@@ -106,6 +106,7 @@ class ActDistillConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     save_every: int = 250  # steps between periodic training states (resume points)
+    time_budget_s: float | None = None  # stage 2: fit each budget's step count to this many seconds (<= steps)
     num_workers: int = 0
     seed: int = 0
 
@@ -121,6 +122,8 @@ class ActDistillConfig:
                      "stage1_steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0 seconds, got {self.time_budget_s!r}")
         if self.warmup < 0 or self.num_workers < 0:
             raise ValueError(f"warmup and num_workers must be >= 0, got {self.warmup}, {self.num_workers}")
         if self.graph_dim is not None and self.graph_dim % self.gat_heads:
@@ -375,8 +378,9 @@ def build_teacher_cache(teacher: VLA, enc: GraphEncapsulation, dataset: Dataset,
 
 
 def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
-                step_fn: Callable[[list, int], dict[str, torch.Tensor]], dataset: Dataset, steps: int,
-                config: ActDistillConfig, workdir: Path, fingerprint: Mapping, progress: bool) -> dict:
+                step_fn: Callable[[list, int, int], dict[str, torch.Tensor]], dataset: Dataset, steps: int,
+                config: ActDistillConfig, workdir: Path, fingerprint: Mapping, progress: bool,
+                time_budget_s: float | None = None) -> dict:
     """Optimise ``step_fn``'s ``"loss"`` for ``steps`` steps, resuming from ``workdir/training_state.pt``.
 
     Batches come from :class:`distill.train.EpisodeGroupedBatches` (each sample once per epoch, episodes
@@ -414,11 +418,14 @@ def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_identity, num_workers=config.num_workers)
     bar = tqdm(total=steps, initial=step, desc=name, disable=not progress, dynamic_ncols=True)
     start_step, t0 = step, None
+    budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
     for items in loader:
+        if step >= steps:
+            break
         factor = lr_factor(step, config.warmup, steps)
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * factor
-        terms = step_fn(items, step)
+        terms = step_fn(items, step, steps)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -429,13 +436,16 @@ def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch
             t0 = time.perf_counter()
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+        if budget is not None and (total := budget.after_step(step, steps)) is not None:
+            steps = sampler.stop = bar.total = total
+            bar.refresh()
         if step % config.save_every == 0 and step < steps:
             save_state()
             save_loss_plot(history, workdir / "loss.png", name)
     bar.close()
     elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
     rate = (step - start_step - 1) / elapsed if step - start_step > 1 and elapsed > 0 else float("nan")
-    return {"history": history, "steps_per_s": rate}
+    return {"history": history, "steps_per_s": rate, "steps": steps}
 
 
 def save_loss_plot(history: Sequence[Mapping], file: Path, title: str) -> None:
@@ -487,7 +497,7 @@ def train_encapsulation(teacher: VLA, dataset: Dataset, workdir: str | Path, con
     enc = build_encapsulation(teacher, config).to(device).train()
     optimizer = torch.optim.AdamW(enc.parameters(), lr=config.stage1_lr, weight_decay=config.weight_decay)
 
-    def step_fn(items: list, step: int) -> dict[str, torch.Tensor]:
+    def step_fn(items: list, step: int, total: int) -> dict[str, torch.Tensor]:
         batch = collate(teacher, items)
         with torch.no_grad(), _autocast(device):
             emb, states, final = teacher_states(teacher, batch.inputs)
@@ -563,22 +573,22 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
         *([{"params": list(student_enc.parameters()), "lr": config.graph_lr}] if config.graph_supervision else []),
     ], weight_decay=config.weight_decay)
 
-    def step_fn(items: list, step: int) -> dict[str, torch.Tensor]:
+    def step_fn(items: list, step: int, total: int) -> dict[str, torch.Tensor]:
         batch = collate(student, items)
-        noise = config.gate_noise * max(0.0, 1.0 - step / max(1, config.steps - 1))
+        noise = config.gate_noise * max(0.0, 1.0 - step / max(1, total - 1))
         with _autocast(device):
             return student_losses(student, student_enc, batch, cache, config, weights, noise)
 
     result = _train_loop(name=f"student b={budget:g}", modules={"student": student, "enc": student_enc},
                          optimizer=optimizer, step_fn=step_fn, dataset=dataset, steps=config.steps, config=config,
                          workdir=Path(workdir), fingerprint=fingerprint or _student_fingerprint(budget, config),
-                         progress=progress)
+                         progress=progress, time_budget_s=config.time_budget_s)
     return student.eval(), result
 
 
 def _student_fingerprint(budget: float, config: ActDistillConfig) -> dict:
     """Settings a stage-2 resume must share with the interrupted run (steps and I/O knobs may change)."""
-    skip = {"steps", "save_every", "num_workers"}
+    skip = {"steps", "save_every", "num_workers", "time_budget_s"}
     return {"budget": budget, **{k: v for k, v in asdict(config).items() if k not in skip}}
 
 
@@ -662,7 +672,8 @@ def distill(teacher: str | Path, data: Sequence[str | os.PathLike] | Dataset, bu
         history = result["history"]
         recent = {k: float(np.mean([h[k] for h in history[-50:]])) for k in history[-1]} if history else {}
         meta = {"teacher": {"path": str(teacher), "hash": teacher_hash},
-                "training": {**asdict(config), "budget": b, "steps_done": len(history), "recent": recent,
+                "training": {**asdict(config), "budget": b, "steps_done": len(history), "steps_total": result["steps"],
+                             "recent": recent,
                              "num_samples": len(dataset)}}
         export_student(student, folder, meta)
         save_loss_plot(history, folder / "loss.png", f"stage 2: student at budget {b:g}")

@@ -73,6 +73,42 @@ def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class TimeBudget:
+    """Fits a run's step count to a wall-clock budget (for time-boxed runs on a lent GPU).
+
+    The run starts with ``steps`` as its total; after ``calibrate`` timed steps (the first step, which
+    includes start-up, is not timed) the total becomes the step count that ends at ``seconds`` after the
+    start, capped at ``steps``. The learning-rate schedule follows the new total, so the run still ends
+    on a full cosine decay; the total actually run is recorded with the checkpoint, and passing it as
+    ``steps`` on the same machine reproduces the schedule.
+    """
+
+    def __init__(self, seconds: float, calibrate: int = 20):
+        if not seconds > 0:
+            raise ValueError(f"time budget must be > 0 seconds, got {seconds}")
+        self.seconds, self.calibrate = float(seconds), max(1, int(calibrate))
+        self.t_start = time.perf_counter()
+        self.t_first: float | None = None
+        self.first_step = 0
+        self.done = False
+
+    def after_step(self, step: int, total: int) -> int | None:
+        """Call after each step with the number of steps done; returns the new total once, else None."""
+        if self.done:
+            return None
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first, self.first_step = now, step
+            return None
+        timed = step - self.first_step
+        if timed < self.calibrate:
+            return None
+        self.done = True
+        rate = timed / (now - self.t_first)
+        left = self.seconds - (now - self.t_start)
+        return int(min(total, max(step + 1, step + rate * left)))
+
+
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4 + stream)
 
@@ -114,7 +150,9 @@ class EpisodeGroupedBatches(torch.utils.data.Sampler):
         n = len(self.episode_ids)
         epoch, pos = divmod(self.start * self.batch_size, n)
         order = self.epoch_order(epoch)
-        for _ in range(self.start, self.stop):
+        i = self.start
+        while i < self.stop:  # stop may shrink during the run (TimeBudget)
+            i += 1
             batch = []
             while len(batch) < self.batch_size:
                 take = order[pos : pos + self.batch_size - len(batch)]
@@ -136,16 +174,21 @@ def episode_ids(dataset: Dataset) -> np.ndarray:
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image of (B, H, W, 3) uint8 by up to ``pad`` pixels (replicate padding, random crop)."""
+    """Shift each image of (B, H, W, 3) uint8 by up to ``pad`` pixels (replicate padding, random crop).
+
+    One gather for the whole batch (a per-image loop cost 512 small copies per batch of 256 on a GPU).
+    """
     if pad == 0:
         return images
     b, h, w, _ = images.shape
     padded = F.pad(
         images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate"
-    )  # (B,3,H+2p,W+2p)
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).tolist()
-    crops = [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)]  # B x (3, H, W)
-    return torch.stack(crops).permute(0, 2, 3, 1).to(torch.uint8)  # (B, H, W, 3)
+    ).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, 3)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(images.device)  # (B,) each
+    rows = dy[:, None] + torch.arange(h, device=images.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=images.device)  # (B, W)
+    index = torch.arange(b, device=images.device)[:, None, None]
+    return padded[index, rows[:, :, None], cols[:, None, :]].to(torch.uint8)  # (B, H, W, 3)
 
 
 def dataset_stats(dataset: Dataset, episodes: np.ndarray, seed: int = 0) -> dict:
@@ -277,12 +320,14 @@ def train_teacher(
     chunk: int = 8,
     model_overrides: Mapping | None = None,
     progress: bool = True,
+    time_budget_s: float | None = None,
 ) -> dict:
     """Train (or resume training) the reference teacher on ``data``; checkpoints go to the folder ``out``.
 
     ``data``: demonstration folders (read with ``tasks.datasets.DemoDataset``) or a dataset with the same
     item format. ``model_overrides`` change the profile's model sizes
-    (see :func:`distill.vla.teacher_config`).
+    (see :func:`distill.vla.teacher_config`). ``time_budget_s`` fits the step count to that many seconds
+    (:class:`TimeBudget`; the profile's or given ``steps`` is then the upper bound).
     Returns a summary dict: ``out``, ``step``, ``loss`` (mean of the last 50 steps), ``steps_per_s``
     (this run, excluding the first step), ``batch_size``, ``num_params``.
     """
@@ -357,7 +402,8 @@ def train_teacher(
 
     num_params = sum(p.numel() for p in model.parameters())
     meta = {
-        "training": {"profile": profile, "seed": seed, **asdict(settings), "num_params": num_params},
+        "training": {"profile": profile, "seed": seed, **asdict(settings), "num_params": num_params,
+                     **({"time_budget_s": time_budget_s} if time_budget_s is not None else {})},
         "data": {
             "dirs": dirs,
             "suites": info["suites"],
@@ -404,7 +450,10 @@ def train_teacher(
         dynamic_ncols=True,
     )
     first_done, start_step = None, step
+    budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
     for items in loader:
+        if step >= settings.steps:
+            break
         aug = _step_generator(seed, step, 1)
         batch = model.prepare(items)
         for cam in model.config.cameras:
@@ -428,6 +477,11 @@ def train_teacher(
             first_done = time.perf_counter()
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
+        if budget is not None and (total := budget.after_step(step, settings.steps)) is not None:
+            settings.steps = sampler.stop = total
+            meta["training"]["steps"] = total
+            bar.total = total
+            bar.refresh()
         if step % settings.ckpt_every == 0 or step == settings.steps:
             checkpoint()
     bar.close()

@@ -43,7 +43,7 @@ def recipe(family: str, scale: float = 1.0) -> list[DemoEntry]:
     if family == "libero":
         return [DemoEntry(suite, "sampled_init", max(1, math.ceil(20 * scale)), seed=1) for suite in LIBERO_SUITES]
     entries = []
-    for suite in [s for s in suites.suites() if s.startswith(family + "_")]:
+    for suite in suites.suites(family):
         variants = suites.variants(suite)
         entries.append(DemoEntry(suite, variants[0], max(1, math.ceil(40 * scale)), seed=1))
         for k, variant in enumerate(variants[1:], start=2):
@@ -51,17 +51,94 @@ def recipe(family: str, scale: float = 1.0) -> list[DemoEntry]:
     return entries
 
 
-def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress: bool = True) -> list[Path]:
-    """Record every missing folder of ``family``'s recipe under ``out``; return all its folders."""
+def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int, folder: str, codec: str) -> dict:
+    """One (suite, variant, task) folder, in a worker process."""
+    import torch
+
     from harness.commands.demos import record_demos
 
-    folders = []
+    torch.set_num_threads(1)
+    meta = record_demos(suite, folder, tasks=[task], variant=variant, episodes=episodes, seed=seed, codec=codec,
+                        overwrite=Path(folder).exists(), progress=False)
+    return {"folder": folder, "episodes": meta["episodes"], "expert_success": meta["expert_success"]}
+
+
+def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress: bool = True, jobs: int = 1,
+                  codec: str = "h264", deadline_s: float | None = None) -> list[Path]:
+    """Record every missing folder of ``family``'s recipe under ``out``; return the finished folders.
+
+    ``jobs == 1`` records one folder per recipe entry, ``out/<suite>/<variant>``. ``jobs > 1`` splits each
+    entry by task, ``out/<suite>/<variant>/<task>``, and records those in ``jobs`` processes, largest first
+    (the same episodes: a task's initial states depend on (seed, task, episode index) only). Training
+    commands take ``out`` itself (dataset folders are found below it). ``deadline_s``: start no new folder
+    after that many seconds (time-boxed runs on a lent machine); folders not started are reported.
+    """
+    import time
+
+    from tasks.datasets import CODECS
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if codec not in CODECS:
+        raise ValueError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
+    t0 = time.monotonic()
+    folders: list[Path] = []
+    if jobs == 1:
+        from harness.commands.demos import record_demos
+
+        for entry in recipe(family, scale):
+            folder = Path(out) / entry.suite / entry.variant
+            if (folder / "meta.json").exists():
+                print(f"[demos] {folder}: done already, skipped")
+                folders.append(folder)
+                continue
+            if deadline_s is not None and time.monotonic() - t0 > deadline_s:
+                print(f"[demos] {folder}: not started (deadline of {deadline_s:.0f} s passed)")
+                continue
+            record_demos(entry.suite, str(folder), variant=entry.variant, episodes=entry.episodes, seed=entry.seed,
+                         codec=codec, overwrite=folder.exists(), progress=progress)
+            folders.append(folder)
+        return folders
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import tasks as suites
+
+    shards = []
     for entry in recipe(family, scale):
-        folder = Path(out) / entry.suite / entry.variant
-        folders.append(folder)
-        if (folder / "meta.json").exists():
-            print(f"[demos] {folder}: done already, skipped")
+        if (Path(out) / entry.suite / entry.variant / "meta.json").exists():  # recorded with jobs=1 before
+            folders.append(Path(out) / entry.suite / entry.variant)
             continue
-        record_demos(entry.suite, str(folder), variant=entry.variant, episodes=entry.episodes, seed=entry.seed,
-                     overwrite=folder.exists(), progress=progress)
-    return folders
+        for task in suites.tasks(entry.suite):
+            folder = Path(out) / entry.suite / entry.variant / task
+            if (folder / "meta.json").exists():
+                folders.append(folder)
+            else:
+                shards.append((entry.suite, entry.variant, task, entry.episodes, entry.seed, str(folder), codec))
+    shards.sort(key=lambda s: -s[3])
+    total = sum(s[3] for s in shards)
+    print(f"[demos] {family}: {len(shards)} folders ({total} episodes) to record in {jobs} processes; "
+          f"{len(folders)} done already")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=f"demos {family}", unit="demo", disable=not progress, dynamic_ncols=True)
+    pending, queue, skipped = set(), list(shards), []
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while queue or pending:
+            while queue and len(pending) < jobs:
+                if deadline_s is not None and time.monotonic() - t0 > deadline_s:
+                    skipped, queue = queue, []
+                    break
+                pending.add(pool.submit(_record_shard, *queue.pop(0)))
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                folders.append(Path(result["folder"]))
+                bar.update(result["episodes"])
+    bar.close()
+    for shard in skipped:
+        print(f"[demos] {shard[5]}: not started (deadline of {deadline_s:.0f} s passed)")
+    return sorted(folders)

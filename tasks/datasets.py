@@ -22,7 +22,9 @@ Layout of a dataset folder:
 - ``steps.parquet``: one row per step: episode, t, proprio (8 float32), action (7 float32).
 - ``videos/epNNNNNN.mp4``: the episode's agentview and wrist frames side by side
   ((H, 2W, 3) per frame), H.264 in RGB (``libx264rgb``) at constant rate factor ``crf``
-  (0, the default, is lossless).
+  (0, the default, is lossless). With ``codec="npy"`` the file is ``videos/epNNNNNN.npy`` instead:
+  the same frames as a raw uint8 array, for machines without ffmpeg (the GPU machine) or where
+  decode time matters more than disk (10-30x larger, no decoding at all).
 
 Why lossless H.264 by default: on one expert episode per SIMPLER-style suite (agentview and
 wrist side by side, 128x256 per frame), measured with write_video/read_video and imageio:
@@ -63,6 +65,7 @@ from tasks.base import ACTION_DIM, PROPRIO_DIM
 
 FORMAT = "actdistill-demos/1"
 DATASET_FILES = ("meta.json", "episodes.parquet", "steps.parquet", "videos")
+CODECS = ("h264", "npy")
 # sample_id = dataset_id * 2**40 + episode * 2**20 + t: 22 + 20 + 20 bits fit an int64.
 _EP_SHIFT, _DS_SHIFT = 20, 40
 _MAX_DATASET_ID = 1 << 22
@@ -111,12 +114,28 @@ def read_video(path: Path) -> np.ndarray:
     return np.stack(frames)  # (T, H, W, 3)
 
 
+def read_frames(path: Path) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 of an episode file, ``.mp4`` (decoded) or ``.npy`` (raw)."""
+    if Path(path).suffix != ".npy":
+        return read_video(path)
+    try:
+        frames = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DatasetError(f"cannot read frames {path} ({type(exc).__name__}: {exc})") from exc
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise DatasetError(f"frames {path} hold {frames.dtype} {frames.shape}; expected (T, H, W, 3) uint8")
+    return frames
+
+
 class DemoWriter:
     """Writes a dataset folder (see the module docstring); refuses to touch an existing dataset
     unless ``overwrite`` (then only the dataset's own files are removed first)."""
 
     def __init__(self, out: str | os.PathLike, *, suite: str, variant: str, crf: int = 0,
-                 overwrite: bool = False, versions: dict[str, Any] | None = None):
+                 overwrite: bool = False, versions: dict[str, Any] | None = None, codec: str = "h264"):
+        if codec not in CODECS:
+            raise ValueError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
+        self.codec = codec
         self.dir = Path(out)
         present = [name for name in DATASET_FILES if (self.dir / name).exists()]
         if present and not overwrite:
@@ -151,10 +170,14 @@ class DemoWriter:
             raise ValueError(f"image shape {agent.shape[1:]} differs from the dataset's {self.image_shape}")
         episode = len(self.episodes)
         frames = np.concatenate([agent, wrist], axis=2)  # (T, H, 2W, 3)
-        rel = f"videos/ep{episode:06d}.mp4"
+        rel = f"videos/ep{episode:06d}.{'mp4' if self.codec == 'h264' else 'npy'}"
         path = self.dir / rel
-        write_video(path, frames, crf=self.crf)
-        decoded = read_video(path)
+        if self.codec == "h264":
+            write_video(path, frames, crf=self.crf)
+            decoded = read_video(path)
+        else:
+            np.save(path, np.ascontiguousarray(frames))
+            decoded = read_frames(path)
         if decoded.shape != frames.shape:
             raise DatasetError(f"video {path} decoded to {decoded.shape}, wrote {frames.shape}")
         max_err = int(np.abs(decoded.astype(np.int16) - frames.astype(np.int16)).max())
@@ -191,7 +214,8 @@ class DemoWriter:
             "episodes": len(self.episodes),
             "steps": int(sum(lengths)),
             "image_shape": list(self.image_shape),
-            "image_codec": {"container": "mp4", "codec": "libx264rgb", "pix_fmt": "rgb24", "crf": self.crf,
+            "image_codec": {**({"container": "mp4", "codec": "libx264rgb", "pix_fmt": "rgb24", "crf": self.crf}
+                               if self.codec == "h264" else {"container": "npy", "codec": "raw", "dtype": "uint8"}),
                             "layout": "agentview | wrist side by side along width",
                             "max_abs_error": max(e["image_max_abs_error"] for e in self.episodes)},
             "bytes": int(sum(e["video_bytes"] for e in self.episodes)),
@@ -249,11 +273,33 @@ class _Folder:
         if path.stat().st_size != row["video_bytes"] or _sha256(path) != row["video_sha256"]:
             raise DatasetError(f"video {path} is truncated or corrupted (size or sha256 differs from "
                                f"{self.path / 'episodes.parquet'})")
-        frames = read_video(path)
+        frames = read_frames(path)
         expected = (row["length"], *self.meta["image_shape"][:1], 2 * self.meta["image_shape"][1], 3)
         if frames.shape != expected:
             raise DatasetError(f"video {path} decoded to {frames.shape}; expected {expected}")
         return frames
+
+
+def expand_dataset_dirs(paths: list[Path]) -> list[Path]:
+    """Each of ``paths`` that is a dataset folder as is; any other folder becomes every dataset folder
+    below it (sorted), so ``data/simpler`` stands for ``data/simpler/<suite>/<variant>[/<task>]``.
+
+    A folder below that holds dataset files but no ``meta.json`` (an unfinished recording) raises
+    :class:`DatasetError` rather than being left out silently.
+    """
+    out: list[Path] = []
+    for path in paths:
+        if (path / "meta.json").exists() or not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(m.parent for m in path.rglob("meta.json"))
+        unfinished = sorted({p.parent for p in path.rglob("episodes.parquet")} - set(found)
+                            | {p.parent for p in path.rglob("videos") if p.is_dir()} - set(found))
+        if unfinished:
+            raise DatasetError(f"{unfinished[0]} holds an unfinished recording (no meta.json); record it again "
+                               f"or remove it")
+        out.extend(found or [path])
+    return out
 
 
 class DemoDataset(torch.utils.data.Dataset):
@@ -277,6 +323,8 @@ class DemoDataset(torch.utils.data.Dataset):
         paths = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
         if not paths:
             raise ValueError("DemoDataset needs at least one dataset folder")
+        paths = expand_dataset_dirs(paths)
+        self.dirs = [str(p) for p in paths]
         self.folders = [_Folder(p) for p in paths]
         ids: dict[int, Path] = {}
         for folder in self.folders:

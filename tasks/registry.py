@@ -28,22 +28,29 @@ def _module(family: str):
 
 
 @cache
+def _family_suites(family: str) -> tuple[str, ...]:
+    return tuple(sorted(_module(family).suite_names()))
+
+
 def _suite_list() -> tuple[str, ...]:
-    names: list[str] = []
-    for family in _FAMILIES:
-        names.extend(_module(family).suite_names())
-    return tuple(sorted(names))
+    return tuple(sorted(name for family in _FAMILIES for name in _family_suites(family)))
 
 
-def suites() -> list[str]:
-    """All registered suite names, sorted."""
-    return list(_suite_list())
+def suites(family: str | None = None) -> list[str]:
+    """All registered suite names, sorted; with ``family`` (``simpler`` or ``libero``) only that family's,
+    which imports only that family's simulator."""
+    if family is None:
+        return list(_suite_list())
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown suite family {family!r}; valid families: {', '.join(_FAMILIES)}")
+    return list(_family_suites(family))
 
 
 def _check_suite(suite: str) -> str:
-    if suite not in _suite_list():
+    family = _family_of(suite)
+    if suite not in _family_suites(family):
         raise ValueError(f"unknown suite {suite!r}; valid suites: {', '.join(suites())}")
-    return _family_of(suite)
+    return family
 
 
 def tasks(suite: str) -> list[str]:

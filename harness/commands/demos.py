@@ -27,13 +27,17 @@ def add_arguments(parser) -> None:
                         help="episodes tried per task before giving up (default 2 x episodes + 10)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the initial states (default 1)")
     parser.add_argument("--crf", type=int, default=0, help="H.264 constant rate factor; 0 = lossless (default)")
+    parser.add_argument("--codec", default="h264", choices=["h264", "npy"],
+                        help="image storage: h264 (lossless at --crf 0, needs ffmpeg) or npy (raw uint8; default h264)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --family: record that many folders at once, one per task (default 1)")
     parser.add_argument("--out", required=True, help="dataset folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
 
 
 def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, variant: str | None = None,
                  episodes: int = 50, max_attempts: int | None = None, seed: int = 1, crf: int = 0,
-                 overwrite: bool = False, progress: bool = True) -> dict:
+                 overwrite: bool = False, progress: bool = True, codec: str = "h264") -> dict:
     """Record ``episodes`` successful expert episodes per task into ``out``; return the dataset meta.
 
     ``meta["expert_success"][task]`` holds ``{"attempts", "successes", "rate"}``; a task where the
@@ -53,7 +57,8 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
         raise ValueError(f"--max-attempts {attempts_cap} is below --episodes {episodes}")
     task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
     variant = resolve_variant(suite, variant)
-    writer = DemoWriter(out, suite=suite, variant=variant, crf=crf, overwrite=overwrite, versions=versions())
+    writer = DemoWriter(out, suite=suite, variant=variant, crf=crf, overwrite=overwrite, versions=versions(),
+                        codec=codec)
     stats: dict[str, dict] = {}
     failures: dict[str, dict[str, int]] = {}
     bar = None
@@ -97,19 +102,19 @@ def run(args) -> int:
     if args.family is not None:
         from harness.demo_sets import record_family
 
-        folders = record_family(args.family, args.out, scale=args.scale)
+        folders = record_family(args.family, args.out, scale=args.scale, jobs=args.jobs, codec=args.codec)
         print(f"[demos] {args.family}: {len(folders)} dataset folders under {args.out}")
         return 0
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
         meta = record_demos(args.suite, args.out, tasks=task_list, variant=args.variant, episodes=args.episodes,
                             max_attempts=args.max_attempts, seed=args.seed, crf=args.crf,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, codec=args.codec)
     except FileExistsError as exc:
         print(f"actdistill demos: error: {exc}", file=sys.stderr)
         return 2
     short = [t for t, s in meta["expert_success"].items() if s["successes"] < args.episodes]
-    print(f"[demos] wrote {meta['episodes']} episodes ({meta['steps']} steps, {meta['bytes'] / 1e6:.1f} MB of video, "
+    print(f"[demos] wrote {meta['episodes']} episodes ({meta['steps']} steps, {meta['bytes'] / 1e6:.1f} MB of images, "
           f"max pixel error {meta['image_codec']['max_abs_error']}) to {args.out}")
     if short:
         print(f"[demos] warning: fewer than {args.episodes} demos for {', '.join(short)} (attempt cap reached)")

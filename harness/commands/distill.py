@@ -39,6 +39,8 @@ def add_arguments(parser) -> None:
                         help="comma-separated fractions of decoder layers run per input (default 0.25,0.5,0.75)")
     parser.add_argument("--out", required=True, help="output folder (created; resumed when it exists)")
     parser.add_argument("--steps", type=int, default=None, help="stage-2 steps per budget (default 3000)")
+    parser.add_argument("--minutes-per-budget", type=float, default=None,
+                        help="fit each budget's stage-2 step count to this many minutes (--steps is the upper bound)")
     parser.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps (default 1000)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of both stages (default 32)")
     parser.add_argument("--save-every", type=int, default=None, help="steps between training states (default 250)")
@@ -75,6 +77,8 @@ def run(args) -> int:
     overrides = {key: value for key, value in (("steps", args.steps), ("stage1_steps", args.stage1_steps),
                                                ("batch_size", args.batch_size), ("save_every", args.save_every))
                  if value is not None}
+    if args.minutes_per_budget is not None:
+        overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
     config = ActDistillConfig(seed=args.seed, num_workers=args.workers, graph_supervision=not args.no_graph,
                               **overrides)
     chunk = int(read_config(args.teacher).get("vla", {}).get("chunk", 8))

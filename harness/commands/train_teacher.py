@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="total optimisation steps (default: profile's)"
     )
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="fit the step count to this many minutes of training (a time-boxed GPU run; "
+                             "--steps or the profile's count is then the upper bound)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches, augmentation")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: profile's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: profile's)")
@@ -67,6 +70,7 @@ def run(args) -> int:
         loss=args.loss,
         num_workers=args.workers,
         progress=not args.no_progress,
+        time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
     )
     print(json.dumps(summary))
     return 0

@@ -1,0 +1,175 @@
+"""What a time-boxed run on a lent GPU machine needs: raw-frame datasets, nested dataset folders, per-task
+parallel recording plans, wall-clock step budgets, the vectorised augmentation, and the gpu_run pipeline."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_datasets import record, write
+from test_distill_cli import setup  # noqa: F401  (fixture)
+from test_teacher_train import FAST
+from test_vla import SyntheticDemos
+
+from distill import train as train_mod
+from distill.train import TimeBudget, random_shift, train_teacher
+from harness import cli
+from tasks.datasets import DatasetError, DemoDataset, DemoWriter, expand_dataset_dirs
+
+
+def test_npy_codec_round_trip_is_exact_and_corruption_is_named(tmp_path):
+    records = [record(0, steps=7), record(1, steps=4)]
+    meta = write(tmp_path / "d", records, codec="npy")
+    assert meta["image_codec"]["container"] == "npy" and meta["image_codec"]["max_abs_error"] == 0
+    ds = DemoDataset(tmp_path / "d", chunk=3)
+    assert len(ds) == 11
+    for i in range(len(ds)):
+        e, t = ds.index[i, 1], ds.index[i, 2]
+        assert torch.equal(ds[i]["agentview"], torch.from_numpy(records[e]["agentview"][t]))
+        assert torch.equal(ds[i]["wrist"], torch.from_numpy(records[e]["wrist"][t]))
+    path = tmp_path / "d" / "videos" / "ep000001.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match="ep000001.npy is truncated or corrupted"):
+        DemoDataset(tmp_path / "d")[10]
+    with pytest.raises(ValueError, match="unknown image codec 'png'; valid codecs: h264, npy"):
+        DemoWriter(tmp_path / "x", suite="fake_basic", variant="base", codec="png")
+
+
+def test_a_parent_folder_stands_for_the_datasets_below_it(tmp_path):
+    write(tmp_path / "root" / "suite" / "v1" / "task_a", [record(0, steps=5)], codec="npy")
+    write(tmp_path / "root" / "suite" / "v1" / "task_b", [record(1, steps=3)], codec="npy")
+    write(tmp_path / "flat", [record(2, steps=2)], codec="npy")
+    found = expand_dataset_dirs([tmp_path / "root", tmp_path / "flat"])
+    assert found == [tmp_path / "root/suite/v1/task_a", tmp_path / "root/suite/v1/task_b", tmp_path / "flat"]
+    ds = DemoDataset([tmp_path / "root", tmp_path / "flat"])
+    assert len(ds) == 10 and len(ds.folders) == 3 and ds.dirs[0].endswith("task_a")
+    # an unfinished recording below the parent is an error, not silently left out
+    (tmp_path / "root" / "suite" / "v2" / "task_c" / "videos").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="task_c holds an unfinished recording"):
+        DemoDataset(tmp_path / "root")
+    with pytest.raises(DatasetError, match="meta.json is missing"):
+        DemoDataset(tmp_path / "empty_parent_that_does_not_exist")
+
+
+def test_family_plan_splits_by_task_and_a_passed_deadline_starts_nothing(tmp_path, capsys):
+    import tasks as suites
+    from harness.demo_sets import recipe, record_family
+
+    # one google task already recorded: counted as done, not planned again
+    done = tmp_path / "simpler_google" / "visual_matching" / suites.tasks("simpler_google")[0]
+    write(done, [record(0, steps=2)], codec="npy")
+    folders = record_family("simpler", tmp_path, scale=0.02, jobs=2, codec="npy", deadline_s=0.0, progress=False)
+    assert folders == [done]
+    out = capsys.readouterr().out
+    shards = sum(len(suites.tasks(e.suite)) for e in recipe("simpler", 0.02))
+    assert f"{shards - 1} folders" in out and out.count("not started (deadline of 0 s passed)") == shards - 1
+    with pytest.raises(ValueError, match="unknown image codec 'gif'"):
+        record_family("simpler", tmp_path, jobs=2, codec="gif")
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        record_family("simpler", tmp_path, jobs=0)
+
+
+def test_registry_lists_one_family_without_importing_the_others():
+    import tasks as suites
+
+    google = suites.suites("simpler")
+    assert "simpler_google" in google and all(s.startswith("simpler_") for s in google)
+    with pytest.raises(ValueError, match="unknown suite family 'nope'; valid families: simpler, libero"):
+        suites.suites("nope")
+
+
+def test_time_budget_sets_the_total_from_the_measured_rate(monkeypatch):
+    clock = iter([0.0, 1.0] + [1.0 + 0.5 * k for k in range(1, 40)])  # start, first step, then 0.5 s/step
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: next(clock))
+    budget = TimeBudget(21.0, calibrate=4)
+    assert budget.after_step(1, 1000) is None  # first step: start-up, not timed
+    assert [budget.after_step(s, 1000) for s in (2, 3, 4)] == [None, None, None]
+    # at step 5: 4 timed steps in 2 s (2 steps/s), 21 - 3 = 18 s left -> 5 + 36 = 41
+    assert budget.after_step(5, 1000) == 41
+    assert budget.after_step(6, 1000) is None  # set once
+    capped = TimeBudget(1e6, calibrate=1)
+    capped.after_step(1, 50)
+    assert capped.after_step(2, 50) == 50  # never above the given maximum
+    with pytest.raises(ValueError, match="time budget must be > 0"):
+        TimeBudget(0)
+
+
+def test_time_boxed_teacher_ends_on_its_schedule_and_records_the_total(tmp_path):
+    data = SyntheticDemos(n=48)
+    summary = train_teacher(data, tmp_path / "t", steps=100_000, ckpt_every=10_000, time_budget_s=4.0, **FAST)
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert 20 < summary["step"] < 100_000
+    assert config["training"]["steps"] == summary["step"] == config["training"]["step"]
+    assert config["training"]["time_budget_s"] == 4.0
+    log = json.loads((tmp_path / "t" / "train_log.json").read_text())["history"]
+    assert log[-1]["lr"] == pytest.approx(FAST["lr"] * 0.1, rel=1e-3)  # the cosine reached its floor
+
+
+def test_time_boxed_distillation_records_steps(setup, capsys):  # noqa: F811
+    tmp_path, args, _ = setup
+    args = [a for a in args]
+    args[args.index("--steps") + 1] = "100000"
+    assert cli.main([*args, "--minutes-per-budget", "0.03"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["budgets"]) == {"0.25", "0.5"}
+    for b in ("0.25", "0.5"):
+        config = json.loads((tmp_path / "out" / f"student-b{b}" / "config.json").read_text())
+        steps = config["training"]["steps_total"]
+        assert 20 < steps < 100_000 and config["training"]["steps_done"] == steps
+        assert config["training"]["time_budget_s"] == pytest.approx(1.8)
+
+
+def test_vectorised_random_shift_equals_the_per_image_crop():
+    images = torch.randint(0, 256, (5, 16, 12, 3), dtype=torch.uint8)
+    shifted = random_shift(images, 3, torch.Generator().manual_seed(7))
+    dy, dx = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(7)).tolist()
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (3, 3, 3, 3), mode="replicate")
+    for i in range(5):
+        expect = padded[i, :, dy[i]:dy[i] + 16, dx[i]:dx[i] + 12].permute(1, 2, 0).to(torch.uint8)
+        assert torch.equal(shifted[i], expect)
+    assert random_shift(images, 0, torch.Generator()) is images
+
+
+def test_gpu_run_packs_each_stage_and_writes_the_manifest(tmp_path, monkeypatch):
+    from harness import demo_sets, gpu_run
+
+    data = tmp_path / "data"
+    write(data / "simpler_google" / "visual_matching" / "t", [record(0, steps=6), record(1, steps=5)], codec="npy")
+    monkeypatch.setattr(demo_sets, "record_family", lambda *a, **k: [data / "simpler_google/visual_matching/t"])
+
+    def fake_train(dataset, out, **kw):
+        from test_student import tiny_teacher
+
+        from distill.checkpoint import save_checkpoint
+
+        save_checkpoint(out, tiny_teacher())
+        return {"step": 3, "time_budget_s": kw["time_budget_s"]}
+
+    def fake_distill(teacher, dataset, budgets, out, **kw):
+        for b in budgets:
+            (out / f"student-b{b:g}").mkdir(parents=True)
+            (out / f"student-b{b:g}" / "config.json").write_text("{}")
+        return {"budgets": {f"{b:g}": {"status": "trained"} for b in budgets}}
+
+    class Proc:
+        stdout, stderr = '{"speedup": 1.5, "median_ms": 2.0}\n', ""
+
+    monkeypatch.setattr(train_mod, "train_teacher", fake_train)
+    monkeypatch.setattr("distill.student.distill", fake_distill)
+    monkeypatch.setattr(gpu_run.subprocess, "run", lambda *a, **k: Proc())
+    out = tmp_path / "out"
+    assert gpu_run.main(["--out", str(out), "--work", str(tmp_path / "w"), "--data", str(data), "--device", "cpu",
+                         "--budgets", "0.5,0.25"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]
+    assert manifest["demos"]["samples"] == 11 and manifest["demos"]["episodes"] == 2
+    assert manifest["teacher"]["time_budget_s"] == 140.0
+    assert manifest["latency_b0.5"]["result"]["speedup"] == 1.5 and "done" in manifest
+    with tarfile.open(out / "teacher-simpler.tar") as tar:
+        assert {"teacher-simpler/config.json", "teacher-simpler/model.safetensors"} <= set(tar.getnames())
+    with tarfile.open(out / "student-simpler-b0.25.tar") as tar:
+        assert tar.getnames() == ["student-b0.25/config.json"]
+    assert np.isfinite(manifest["render_check"]["mean_pixel"])
