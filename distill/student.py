@@ -651,7 +651,7 @@ def distill(teacher: str | Path, data: Sequence[str | os.PathLike] | Dataset, bu
     else:
         fingerprint = {k: v for k, v in stage1_meta.items() if k != "teacher"}
         enc, result = train_encapsulation(teacher_vla, dataset, stage1, config, fingerprint, progress)
-        cache = build_teacher_cache(teacher_vla, enc, dataset, batch_size=max(config.batch_size, 64),
+        cache = build_teacher_cache(teacher_vla, enc, dataset, batch_size=max(4 * config.batch_size, 64),
                                     num_workers=config.num_workers, progress=progress)
         cache.save(stage1 / CACHE_FILE)
         save_file({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}, str(stage1 / ENC_WEIGHTS))

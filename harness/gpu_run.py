@@ -60,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--scale", type=float, default=2.0, help="demo recipe scale (default 2.0)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="demo processes")
-    p.add_argument("--demo-s", type=float, default=120.0, help="start no demo folder after this (default 120 s)")
-    p.add_argument("--teacher-s", type=float, default=140.0, help="teacher training time (default 140 s)")
+    p.add_argument("--demo-s", type=float, default=90.0, help="start no demo folder after this (default 90 s)")
+    p.add_argument("--teacher-s", type=float, default=170.0, help="teacher training time (default 170 s)")
     p.add_argument("--teacher-batch", type=int, default=256)
     p.add_argument("--teacher-lr", type=float, default=8e-4)
-    p.add_argument("--stage1-steps", type=int, default=600)
-    p.add_argument("--student-s", type=float, default=40.0, help="stage-2 time per budget (default 40 s)")
+    p.add_argument("--stage1-steps", type=int, default=300)
+    p.add_argument("--student-s", type=float, default=30.0, help="stage-2 time per budget (default 30 s)")
     p.add_argument("--student-batch", type=int, default=64)
     p.add_argument("--budgets", default="0.25,0.5,0.75")
     p.add_argument("--workers", type=int, default=min(12, max(0, (os.cpu_count() or 2) - 2)),
                    help="data-loading worker processes")
-    p.add_argument("--latency-iters", type=int, default=200)
+    p.add_argument("--latency-iters", type=int, default=100)
     args = p.parse_args(argv)
 
     import torch
