@@ -7,8 +7,11 @@ Protocol: a synthetic observation batch of the checkpoint's shapes (random image
 longest training instruction) is prepared once; the policy's ``model_call`` (what ``act`` runs when it
 queries the model, without tokenisation and host-to-device copies) is called ``warmup`` times, then timed
 ``iters`` times. CPU: ``time.perf_counter``. CUDA: CUDA events around a CUDA-graph replay of the call
-(captured after warm-up on a side stream); if capture fails (e.g. routing that reads values back to the
-host), eager calls are timed with events and ``capture`` says ``eager``. With ``vs`` both policies are timed
+(captured after warm-up on a side stream). A routed student cannot be one graph (its route is read on the
+host), so it runs as deployed at batch 1 (:class:`RoutedGraphCall`): one graph for embedding and router,
+one host read of the route, then a graph of that route's layers and head, captured on the route's first
+use and cached (``capture`` says ``cuda_graph_per_route``). If any capture fails, every policy of the run
+is timed eagerly with events and ``capture`` says ``eager``. With ``vs`` both policies are timed
 in one run with alternating calls and ``speedup`` = vs median / policy median.
 
 The breakdown times ``embed`` and ``head`` alone with the same timer; ``layers_ms`` is the total median
@@ -90,6 +93,72 @@ def _cuda_graph(fn: Callable[[], object], warmup: int) -> Callable[[], object]:
     return graph.replay
 
 
+def _capture(fn: Callable[..., object], args: tuple, warmup: int) -> Callable[..., object]:
+    """CUDA graph of ``fn(*args)``; the returned replay ignores its arguments and returns the graph's static
+    outputs (the tensors of the captured call, overwritten by each replay)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(max(1, warmup)):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*args)
+
+    def replay(*_ignored):
+        graph.replay()
+        return out
+
+    replay.graph = graph  # keeps the graph (and its memory pool) alive with the replay
+    return replay
+
+
+class RoutedGraphCall:
+    """A routed student's model call in two parts, so that each can be a CUDA graph.
+
+    ``front``: embedding and router -> (Embedded, (B, L) route mask). The route is then read on the host
+    (one synchronisation), and ``back[route]`` runs exactly that route's layers and the head. Every row
+    of the batch must take the same route (always true at batch 1, the latency protocol's default).
+    With ``graphs=True`` (CUDA) each part is captured once, the back part per distinct route on its first
+    use; with ``graphs=False`` the same split runs eagerly (used by the tests to check it against
+    ``model_call``). Returns the normalised chunk (B, K, 7) and updates the policy's executed-layer counts.
+    """
+
+    def __init__(self, policy, batch: Mapping[str, torch.Tensor], warmup: int = 3, graphs: bool = True):
+        self.policy, self.model, self.batch = policy, policy.model, batch
+        self.warmup, self.graphs = warmup, graphs
+        self.front = self._make(self._front, (batch,))
+        self.back: dict[tuple[int, ...], Callable[..., torch.Tensor]] = {}
+
+    def _make(self, fn: Callable[..., object], args: tuple) -> Callable[..., object]:
+        return _capture(fn, args, self.warmup) if self.graphs else fn
+
+    def _front(self, batch: Mapping[str, torch.Tensor]):
+        emb = self.model.embed(batch)
+        return emb, self.model.route(emb)
+
+    def _back(self, route: tuple[int, ...], emb) -> torch.Tensor:
+        hidden = emb.hidden
+        for idx in route:
+            hidden = self.model.run_layer(idx, hidden, emb)
+        return self.model.head(hidden, emb)
+
+    def __call__(self) -> torch.Tensor:
+        emb, mask = self.front(self.batch)
+        rows = mask.cpu()  # the one host read of the route
+        if rows.shape[0] > 1 and not bool((rows == rows[0]).all()):
+            raise ValueError("RoutedGraphCall needs one route for every row of the batch (use batch 1)")
+        route = tuple(rows[0].nonzero().flatten().tolist())
+        back = self.back.get(route)
+        if back is None:
+            back = self.back[route] = self._make(lambda e, r=route: self._back(r, e), (emb,))
+        chunk = back(emb)
+        self.policy._rows += rows.shape[0]
+        self.policy._executed += len(route) * rows.shape[0]
+        return chunk
+
+
 class _Target:
     """One policy's callables (whole model call, embed, head) on a fixed synthetic batch."""
 
@@ -99,6 +168,7 @@ class _Target:
         with torch.inference_mode():
             emb = model.embed(batch)
         self.tokens = int(emb.hidden.shape[1])
+        self.batch = batch
         self.calls = {
             "total": lambda: policy.model_call(batch),
             "embed": lambda: model.embed(batch),
@@ -136,13 +206,19 @@ def measure_latency(
     with torch.inference_mode():
         if device.type == "cuda" and use_cuda_graph:
             try:
-                graphs = [{k: _cuda_graph(fn, warmup) for k, fn in t.calls.items()} for t in targets]
-            except RuntimeError:
+                graphs = []
+                for t in targets:
+                    routed = hasattr(t.policy.model, "route")
+                    calls = {k: RoutedGraphCall(t.policy, t.batch, warmup) if routed and k == "total"
+                             else _cuda_graph(fn, warmup) for k, fn in t.calls.items()}
+                    calls["total"]()  # a routed call captures its route's graph on first use
+                    graphs.append(calls)
+            except (RuntimeError, ValueError):  # not capturable, or rows that take different routes
                 torch.cuda.synchronize()
             else:
                 for target, graph in zip(targets, graphs):
                     target.calls = graph
-                capture = "cuda_graph"
+                    target.capture = "cuda_graph_per_route" if hasattr(target.policy.model, "route") else "cuda_graph"
         for target in targets:
             for _ in range(warmup):
                 for fn in target.calls.values():
@@ -191,7 +267,7 @@ def _summarise(
         "iters": iters,
         "warmup": warmup,
         "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
-        "capture": capture,
+        "capture": getattr(target, "capture", capture),
         "tokens": target.tokens,
         "num_layers": model.num_layers,
         "checkpoint_hash": getattr(policy, "checkpoint_hash", ""),

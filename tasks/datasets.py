@@ -24,7 +24,7 @@ Layout of a dataset folder:
   ((H, 2W, 3) per frame), H.264 in RGB (``libx264rgb``) at constant rate factor ``crf``
   (0, the default, is lossless). With ``codec="npy"`` the file is ``videos/epNNNNNN.npy`` instead:
   the same frames as a raw uint8 array, for machines without ffmpeg (the GPU machine) or where
-  decode time matters more than disk (10-30x larger, no decoding at all).
+  decode time matters more than disk (20-100x larger, no decoding at all).
 
 Why lossless H.264 by default: on one expert episode per SIMPLER-style suite (agentview and
 wrist side by side, 128x256 per frame), measured with write_video/read_video and imageio:

@@ -120,3 +120,35 @@ def test_mean_executed_fraction_is_reported():
     assert result["mean_executed_fraction"] == 0.5
     with pytest.raises(ValueError, match="need iters >= 1"):
         measure_latency(HalfDepthPolicy(tiny_vla()), iters=0)
+
+
+def test_routed_graph_call_splits_like_model_call_and_caches_routes():
+    """The per-route split the CUDA latency path captures, run eagerly: same chunk as ``model_call``."""
+    from test_student import tiny_teacher
+
+    from distill.latency import RoutedGraphCall
+    from distill.student import StudentPolicy, StudentVLA
+
+    torch.manual_seed(3)
+    student = StudentVLA.from_teacher(tiny_teacher(num_layers=6), 0.5).eval()
+    torch.nn.init.normal_(student.router.gate.weight, std=3.0)  # routes that depend on the input
+    policy = StudentPolicy(student)
+    obs = synthetic_observations(policy, 1, seed=0)
+    with torch.inference_mode():
+        first = policy.model_call(student.prepare(obs))[1][0]
+        other = next(o for o in (synthetic_observations(policy, 1, seed=k) for k in range(1, 30))
+                     if policy.model_call(student.prepare(o))[1][0] != first)
+    policy = StudentPolicy(student)  # fresh executed-layer counts
+    routes = set()
+    for o in (obs, other, obs):
+        batch = student.prepare(o)
+        call = RoutedGraphCall(policy, batch, graphs=False)
+        with torch.inference_mode():
+            chunk = call()
+            expect, executed = policy.model_call(batch)
+        assert torch.allclose(chunk, expect, atol=1e-6) and len(call.back) == 1
+        assert list(next(iter(call.back))) == executed[0] and len(executed[0]) == 3
+        routes.add(tuple(executed[0]))
+    assert policy.mean_executed_fraction == 0.5 and len(routes) == 2
+    with torch.inference_mode(), pytest.raises(ValueError, match="one route for every row"):
+        RoutedGraphCall(policy, student.prepare(obs + other), graphs=False)()
