@@ -51,6 +51,14 @@ def recipe(family: str, scale: float = 1.0) -> list[DemoEntry]:
     return entries
 
 
+def _executor(jobs: int):
+    """The worker pool of a parallel recording (spawned processes: each opens its own GL context)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
 def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int, folder: str, codec: str) -> dict:
     """One (suite, variant, task) folder, in a worker process."""
     import torch
@@ -64,14 +72,16 @@ def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int,
 
 
 def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress: bool = True, jobs: int = 1,
-                  codec: str = "h264", deadline_s: float | None = None) -> list[Path]:
+                  codec: str = "h264", deadline_s: float | None = None, strict: bool = True) -> list[Path]:
     """Record every missing folder of ``family``'s recipe under ``out``; return the finished folders.
 
     ``jobs == 1`` records one folder per recipe entry, ``out/<suite>/<variant>``. ``jobs > 1`` splits each
     entry by task, ``out/<suite>/<variant>/<task>``, and records those in ``jobs`` processes, largest first
     (the same episodes: a task's initial states depend on (seed, task, episode index) only). Training
     commands take ``out`` itself (dataset folders are found below it). ``deadline_s``: start no new folder
-    after that many seconds (time-boxed runs on a lent machine); folders not started are reported.
+    after that many seconds (time-boxed runs on a lent machine); folders not started are reported. With
+    ``jobs > 1`` a folder that fails does not stop the others: every failure is printed, and at the end
+    a ``RuntimeError`` names them all (``strict=False``: printed only, the finished folders returned).
     """
     import time
 
@@ -100,8 +110,7 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
             folders.append(folder)
         return folders
 
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     import tasks as suites
 
@@ -123,22 +132,31 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=f"demos {family}", unit="demo", disable=not progress, dynamic_ncols=True)
-    pending, queue, skipped = set(), list(shards), []
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pending, queue, skipped, failed = {}, list(shards), [], []
+    with _executor(jobs) as pool:
         while queue or pending:
             while queue and len(pending) < jobs:
                 if deadline_s is not None and time.monotonic() - t0 > deadline_s:
                     skipped, queue = queue, []
                     break
-                pending.add(pool.submit(_record_shard, *queue.pop(0)))
+                shard = queue.pop(0)
+                pending[pool.submit(_record_shard, *shard)] = shard
             if not pending:
                 break
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                result = future.result()
+                shard = pending.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001  (named below and raised at the end when strict)
+                    failed.append(f"{shard[5]}: {type(exc).__name__}: {exc}")
+                    print(f"[demos] {failed[-1]}")
+                    continue
                 folders.append(Path(result["folder"]))
                 bar.update(result["episodes"])
     bar.close()
     for shard in skipped:
         print(f"[demos] {shard[5]}: not started (deadline of {deadline_s:.0f} s passed)")
+    if failed and strict:
+        raise RuntimeError(f"{len(failed)} demo folder(s) failed:\n" + "\n".join(failed))
     return sorted(folders)

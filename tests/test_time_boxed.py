@@ -173,3 +173,25 @@ def test_gpu_run_packs_each_stage_and_writes_the_manifest(tmp_path, monkeypatch)
     with tarfile.open(out / "student-simpler-b0.25.tar") as tar:
         assert tar.getnames() == ["student-b0.25/config.json"]
     assert np.isfinite(manifest["render_check"]["mean_pixel"])
+
+
+def test_a_failing_folder_does_not_stop_the_others_and_is_named(tmp_path, monkeypatch, capsys):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness import demo_sets
+
+    def fake_shard(suite, variant, task, episodes, seed, folder, codec):
+        if task == "move_near" and variant == "visual_matching":
+            raise ValueError("the expert never succeeded")
+        return {"folder": folder, "episodes": episodes, "expert_success": {}}
+
+    monkeypatch.setattr(demo_sets, "_executor", lambda jobs: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(demo_sets, "_record_shard", fake_shard)
+    with pytest.raises(RuntimeError, match=r"1 demo folder\(s\) failed:\n.*move_near: ValueError: the expert never"):
+        demo_sets.record_family("simpler", tmp_path, scale=0.02, jobs=3, progress=False)
+    folders = demo_sets.record_family("simpler", tmp_path, scale=0.02, jobs=3, progress=False, strict=False)
+    import tasks as suites
+
+    total = sum(len(suites.tasks(e.suite)) for e in demo_sets.recipe("simpler", 0.02))
+    assert len(folders) == total - 1 and tmp_path / "simpler_google/visual_matching/move_near" not in folders
+    assert "move_near: ValueError: the expert never succeeded" in capsys.readouterr().out
