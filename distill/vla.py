@@ -347,33 +347,14 @@ class VLA(nn.Module):
             layer.self_attn.config._attn_implementation = name
         self.backbone_config._attn_implementation = name
 
-    def prepare(self, obs_list: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        """Batch a list of observations (numpy or torch values) on the model's device.
+    def prepare(self, obs_list: Sequence[Mapping], device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+        """Batch a list of observations (numpy or torch values) on the model's device (or ``device``).
 
         Returns ``{camera: (B,H,W,3) uint8, "proprio": (B,8) float32, "input_ids": (B,T) int64,
         "text_mask": (B,T) bool}``. Raises ``ValueError`` naming the key for a missing entry or wrong shape.
         """
-        if len(obs_list) == 0:
-            raise ValueError("prepare() needs at least one observation")
-        cfg = self.config
-        img_shape = (cfg.image_size, cfg.image_size, 3)
-        device = self.action_mean.device
-        batch: dict[str, torch.Tensor] = {}
-        for cam in cfg.cameras:
-            frames = [_as_tensor(obs, cam, img_shape) for obs in obs_list]
-            batch[cam] = torch.stack(frames).to(device=device, dtype=torch.uint8)  # (B, H, W, 3)
-        proprio = [_as_tensor(obs, "proprio", (cfg.proprio_dim,)) for obs in obs_list]
-        batch["proprio"] = torch.stack(proprio).to(device=device, dtype=torch.float32)  # (B, 8)
-        texts = []
-        for i, obs in enumerate(obs_list):
-            if "instruction" not in obs or not isinstance(obs["instruction"], str):
-                raise ValueError(
-                    f"observation {i} needs an 'instruction' string, got {obs.get('instruction')!r}"
-                )
-            texts.append(obs["instruction"])
-        ids, mask = self.tokenizer.batch_encode(texts, cfg.max_text_len)
-        batch["input_ids"], batch["text_mask"] = ids.to(device), mask.to(device)  # (B, T)
-        return batch
+        return prepare_observations(self.config, self.tokenizer, obs_list,
+                                    self.action_mean.device if device is None else device)
 
     def embed(self, batch: Mapping[str, torch.Tensor]) -> Embedded:
         """Tokens and per-layer inputs for ``batch`` (from :meth:`prepare`); see :class:`Embedded`."""
@@ -489,6 +470,30 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
+
+
+def prepare_observations(cfg: VLAConfig, tokenizer: WordTokenizer, obs_list: Sequence[Mapping],
+                         device: str | torch.device) -> dict[str, torch.Tensor]:
+    """:meth:`VLA.prepare` without the model (so DataLoader workers can batch on the CPU)."""
+    if len(obs_list) == 0:
+        raise ValueError("prepare() needs at least one observation")
+    img_shape = (cfg.image_size, cfg.image_size, 3)
+    batch: dict[str, torch.Tensor] = {}
+    for cam in cfg.cameras:
+        frames = [_as_tensor(obs, cam, img_shape) for obs in obs_list]
+        batch[cam] = torch.stack(frames).to(device=device, dtype=torch.uint8)  # (B, H, W, 3)
+    proprio = [_as_tensor(obs, "proprio", (cfg.proprio_dim,)) for obs in obs_list]
+    batch["proprio"] = torch.stack(proprio).to(device=device, dtype=torch.float32)  # (B, 8)
+    texts = []
+    for i, obs in enumerate(obs_list):
+        if "instruction" not in obs or not isinstance(obs["instruction"], str):
+            raise ValueError(
+                f"observation {i} needs an 'instruction' string, got {obs.get('instruction')!r}"
+            )
+        texts.append(obs["instruction"])
+    ids, mask = tokenizer.batch_encode(texts, cfg.max_text_len)
+    batch["input_ids"], batch["text_mask"] = ids.to(device), mask.to(device)  # (B, T)
+    return batch
 
 
 def _as_tensor(obs: Mapping, key: str, shape: tuple[int, ...]) -> torch.Tensor:

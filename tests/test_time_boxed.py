@@ -195,3 +195,12 @@ def test_a_failing_folder_does_not_stop_the_others_and_is_named(tmp_path, monkey
     total = sum(len(suites.tasks(e.suite)) for e in demo_sets.recipe("simpler", 0.02))
     assert len(folders) == total - 1 and tmp_path / "simpler_google/visual_matching/move_near" not in folders
     assert "move_near: ValueError: the expert never succeeded" in capsys.readouterr().out
+
+
+def test_batches_built_in_loader_workers_train_exactly_like_the_main_process(tmp_path):
+    data = SyntheticDemos(n=40)
+    train_teacher(data, tmp_path / "main", steps=4, ckpt_every=100, num_workers=0, **FAST)
+    train_teacher(data, tmp_path / "workers", steps=4, ckpt_every=100, num_workers=2, **FAST)
+    losses = [[h["loss"] for h in json.loads((tmp_path / name / "train_log.json").read_text())["history"]]
+              for name in ("main", "workers")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
