@@ -106,6 +106,7 @@ class LiberoEnv(gymnasium.Env):
         finally:
             np.random.set_state(state)
         self.sim_env = self._libero.env  # LIBERO's robosuite environment (privileged state for experts)
+        self._fixture_home = self._fixture_home_poses()
         self.instruction = str(self._libero.language_instruction)
         self._renderer = SceneRenderer(self.sim_env.sim.model._model, render, image_size, image_size)
         self._steps = 0
@@ -121,6 +122,33 @@ class LiberoEnv(gymnasium.Env):
             }
         )
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+    def _fixture_home_poses(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(body id, pos (3,), quat (4,) w-first) of every fixture's root body as the scene XML places it."""
+        from robosuite.utils.mjcf_utils import string_to_array
+
+        out = []
+        for name, fixture in self.sim_env.fixtures_dict.items():
+            element = self.sim_env.model.worldbody.find(f".//body[@name='{fixture.root_body}']")
+            pos = string_to_array(element.get("pos", "0 0 0"))
+            quat = string_to_array(element.get("quat", "1 0 0 0"))
+            out.append((self.sim_env.obj_body_id[name], pos, quat))
+        return out
+
+    def _reset_libero(self) -> dict:
+        """LIBERO's reset with the fixtures first put back where the scene XML has them.
+
+        LIBERO's sampler places an object on a fixture's region at ``fixture pose + R(fixture quat) @
+        site position``, reading the site position from the simulator: that is the site's offset from
+        the fixture only while the fixture stands at its XML pose, as it does after LIBERO's default
+        hard reset (model reloaded from XML). Without the hard reset the fixtures stay where the last
+        reset put them and the offset counts their pose twice: objects meant to stand on a stove, on a
+        cabinet or in its drawer land tens of centimetres away and fall. Returns the raw observation."""
+        model = self.sim_env.sim.model._model
+        for body, pos, quat in self._fixture_home:
+            model.body_pos[body] = pos
+            model.body_quat[body] = quat
+        return self._libero.reset()
 
     # ------------------------------------------------------------------ state and images
     @property
@@ -188,7 +216,7 @@ class LiberoEnv(gymnasium.Env):
         state = np.random.get_state()
         np.random.seed(sampled_init_seed(self.seed, index) if sampled else self.seed)
         try:
-            raw = self._libero.reset()
+            raw = self._reset_libero()
         finally:
             np.random.set_state(state)
         if not sampled:
