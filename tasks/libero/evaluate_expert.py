@@ -1,10 +1,14 @@
-"""Success of the scripted LIBERO expert over official init states; writes CSV + markdown tables.
+"""Success of the scripted LIBERO expert over official init states (or sampled placements); writes
+CSV + markdown tables.
 
     python -m tasks.libero.evaluate_expert --suites libero_spatial libero_object --episodes 10
     python -m tasks.libero.evaluate_expert --suites libero_goal --tasks 0 3 --episodes 50 --out results/libero_expert
+    python -m tasks.libero.evaluate_expert --suites libero_spatial --variant sampled_init --seed 1 \
+        --out results/libero_expert/sampled_init
 
 Episodes follow the env protocol (init state i, 10 wait steps, the suite's step budget, success
-from the BDDL goal). No frames are rendered: the expert reads the simulator. Rows are appended
+from the BDDL goal); with ``--variant sampled_init`` episode i starts from placement i drawn with
+``--seed`` (as demonstrations are recorded). No frames are rendered: the expert reads the simulator. Rows are appended
 per task to ``<out>/per_task.csv`` (one row per suite/task, replaced when re-run) and
 ``<out>/README.md`` is regenerated from the CSV with the command lines that produced it.
 """
@@ -31,6 +35,8 @@ FIELDS = [
     "expert",
     "code",
     "command",
+    "variant",
+    "seed",
 ]
 
 
@@ -53,11 +59,11 @@ def _code_version() -> str:
     return head.stdout.strip() + ("-dirty" if dirty.returncode != 0 else "")
 
 
-def run_task(suite: str, task: str, episodes: list[int]) -> dict:
-    """Roll out the expert on ``episodes`` (init-state indices) of one task; returns a table row."""
+def run_task(suite: str, task: str, episodes: list[int], variant: str = "default", seed: int = 0) -> dict:
+    """Roll out the expert on ``episodes`` (init-state or placement indices) of one task; returns a table row."""
     import tasks
 
-    env = tasks.make(suite, task)
+    env = tasks.make(suite, task, variant=variant, seed=seed)
     expert = tasks.expert(env)
     successes, steps = 0, []
     start = time.perf_counter()
@@ -82,6 +88,8 @@ def run_task(suite: str, task: str, episodes: list[int]) -> dict:
         "success_rate": round(successes / len(episodes), 4),
         "mean_steps": round(sum(steps) / len(steps), 1),
         "seconds": round(time.perf_counter() - start, 1),
+        "variant": variant,
+        "seed": seed,
     }
 
 
@@ -102,11 +110,24 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 def markdown(rows: list[dict]) -> str:
     """Markdown report: per-suite summary, then per-task table, then the commands used."""
-    lines = ["# Scripted LIBERO expert: success over official init states", ""]
+    variants = {r.get("variant") or "default" for r in rows}
+    if variants == {"default"}:
+        lines = ["# Scripted LIBERO expert: success over official init states", ""]
+        lines += [
+            "Episodes use the OpenVLA protocol (init state i = episode i, 10 wait steps, suite step budget,",
+            "BDDL goal check). `episodes` is how many of the 50 official init states were run (the first n).",
+            "",
+        ]
+    else:
+        seeds = ", ".join(sorted({str(r.get("seed") or 0) for r in rows}))
+        lines = [f"# Scripted LIBERO expert: success over variant(s) {', '.join(sorted(variants))}", ""]
+        lines += [
+            "Episodes use the OpenVLA protocol (10 wait steps, suite step budget, BDDL goal check);",
+            "`sampled_init` episode i starts from placement i of LIBERO's sampler (the first n),",
+            f"drawn with env seed {seeds}, as demonstrations are recorded.",
+            "",
+        ]
     lines += [
-        "Episodes use the OpenVLA protocol (init state i = episode i, 10 wait steps, suite step budget,",
-        "BDDL goal check). `episodes` is how many of the 50 official init states were run (the first n).",
-        "",
         "## Per suite",
         "",
         "| suite | tasks run | episodes | success rate |",
@@ -147,7 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--suites", nargs="+", required=True, help="LIBERO suite names")
     parser.add_argument("--tasks", nargs="*", type=int, default=None, help="task indices (default: all)")
-    parser.add_argument("--episodes", type=int, default=10, help="first n official init states (default 10)")
+    parser.add_argument(
+        "--episodes", type=int, default=10, help="first n init states / placements (default 10)"
+    )
+    parser.add_argument(
+        "--variant",
+        default="default",
+        help="default (official init states) or sampled_init (fresh placements)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="env seed (default 0; sampled_init draws from it)"
+    )
     parser.add_argument("--out", default="results/libero_expert", help="output folder")
     args = parser.parse_args(argv)
     command = "python -m tasks.libero.evaluate_expert " + " ".join(
@@ -158,12 +189,15 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     csv_path = out / "per_task.csv"
+    held = {r.get("variant") or "default" for r in _read(csv_path)} - {args.variant}
+    if held:
+        raise ValueError(f"{csv_path} holds variant {min(held)!r}, not {args.variant!r}; pass another --out")
     for suite in args.suites:
         names = tasks.tasks(suite)
         indices = args.tasks if args.tasks is not None else range(len(names))
         for i in indices:
             name = tasks.registry.resolve_task(suite, i)
-            row = run_task(suite, name, list(range(args.episodes)))
+            row = run_task(suite, name, list(range(args.episodes)), args.variant, args.seed)
             row.update(task_index=i, command=command, code=code, expert=LiberoExpert.version)
             print(
                 f"{suite} {i:2d} {row['success_rate']:.2f} ({row['successes']}/{row['episodes']}) {name}",
