@@ -62,7 +62,7 @@ from distill.graph import GraphEncapsulation
 from distill.losses import budget_loss, hierarchical_loss, layer_weights, masked_mse
 from distill.router import Router, layers_for_budget, topk_mask
 from distill.train import GROUP_EPISODES, EpisodeGroupedBatches, TimeBudget, episode_ids, lr_factor
-from distill.vla import VLA, Embedded, VLAConfig
+from distill.vla import VLA, Embedded, VLAConfig, prepare_observations
 
 STUDENT_KIND = "student"
 BUDGET_RULE = "topk"
@@ -298,13 +298,29 @@ def _identity(items: list) -> list:
     return items
 
 
-def collate(vla: VLA, items: Sequence[Mapping]) -> Batch:
-    """Batch dataset items (``DemoDataset`` format) for ``vla``."""
+class ItemCollate:
+    """DataLoader collate: dataset items -> CPU tensors (model inputs, raw action chunks, masks, sample ids),
+    built in the loader workers; :func:`collate` moves them to the model."""
+
+    def __init__(self, vla: VLA):
+        self.config, self.tokenizer = vla.config, vla.tokenizer
+
+    def __call__(self, items: Sequence[Mapping]) -> dict:
+        return {
+            "inputs": prepare_observations(self.config, self.tokenizer, items, "cpu"),
+            "actions": torch.stack([torch.as_tensor(it["actions"], dtype=torch.float32) for it in items]),
+            "mask": torch.stack([torch.as_tensor(it["action_mask"], dtype=torch.bool) for it in items]),
+            "sample_ids": torch.stack([torch.as_tensor(it["sample_id"], dtype=torch.int64) for it in items]),
+        }
+
+
+def collate(vla: VLA, items: Sequence[Mapping] | Mapping) -> Batch:
+    """Batch dataset items (``DemoDataset`` format), or the output of :class:`ItemCollate`, for ``vla``."""
     device = vla.action_mean.device
-    actions = torch.stack([torch.as_tensor(it["actions"], dtype=torch.float32) for it in items]).to(device)
-    return Batch(inputs=vla.prepare(items), actions=vla.normalize_actions(actions),
-                 mask=torch.stack([torch.as_tensor(it["action_mask"], dtype=torch.bool) for it in items]).to(device),
-                 sample_ids=torch.stack([torch.as_tensor(it["sample_id"], dtype=torch.int64) for it in items]))
+    cpu = items if isinstance(items, Mapping) else ItemCollate(vla)(items)
+    return Batch(inputs={k: v.to(device, non_blocking=True) for k, v in cpu["inputs"].items()},
+                 actions=vla.normalize_actions(cpu["actions"].to(device)), mask=cpu["mask"].to(device),
+                 sample_ids=cpu["sample_ids"])
 
 
 # -- teacher cache ----------------------------------------------------------------------------------------
@@ -361,8 +377,8 @@ def build_teacher_cache(teacher: VLA, enc: GraphEncapsulation, dataset: Dataset,
     teacher.eval()
     enc.eval()
     ids, sems, acts, finals = [], [], [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_identity,
-                        num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=ItemCollate(teacher),
+                        num_workers=num_workers, pin_memory=teacher.action_mean.device.type == "cuda")
     for items in tqdm(loader, desc="teacher cache", disable=not progress, dynamic_ncols=True):
         batch = collate(teacher, items)
         emb, states, final = teacher_states(teacher, batch.inputs)
@@ -380,7 +396,7 @@ def build_teacher_cache(teacher: VLA, enc: GraphEncapsulation, dataset: Dataset,
 def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
                 step_fn: Callable[[list, int, int], dict[str, torch.Tensor]], dataset: Dataset, steps: int,
                 config: ActDistillConfig, workdir: Path, fingerprint: Mapping, progress: bool,
-                time_budget_s: float | None = None) -> dict:
+                time_budget_s: float | None = None, collate_fn: Callable[[list], object] = _identity) -> dict:
     """Optimise ``step_fn``'s ``"loss"`` for ``steps`` steps, resuming from ``workdir/training_state.pt``.
 
     Batches come from :class:`distill.train.EpisodeGroupedBatches` (each sample once per epoch, episodes
@@ -415,7 +431,9 @@ def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch
     workdir.mkdir(parents=True, exist_ok=True)
     group = max(1, min(GROUP_EPISODES, getattr(dataset, "cache_episodes", 2 * GROUP_EPISODES) // 2))
     sampler = EpisodeGroupedBatches(episode_ids(dataset), config.batch_size, config.seed, step, steps, group)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_identity, num_workers=config.num_workers)
+    device_type = next(next(iter(modules.values())).parameters()).device.type
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=config.num_workers,
+                        pin_memory=device_type == "cuda")
     bar = tqdm(total=steps, initial=step, desc=name, disable=not progress, dynamic_ncols=True)
     start_step, t0 = step, None
     budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
@@ -510,7 +528,8 @@ def train_encapsulation(teacher: VLA, dataset: Dataset, workdir: str | Path, con
 
     result = _train_loop(name="stage1", modules={"enc": enc}, optimizer=optimizer, step_fn=step_fn,
                          dataset=dataset, steps=config.stage1_steps, config=config, workdir=Path(workdir),
-                         fingerprint=fingerprint or config.graph_settings(), progress=progress)
+                         fingerprint=fingerprint or config.graph_settings(), progress=progress,
+                         collate_fn=ItemCollate(teacher))
     return enc.eval(), result
 
 
@@ -582,7 +601,7 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
     result = _train_loop(name=f"student b={budget:g}", modules={"student": student, "enc": student_enc},
                          optimizer=optimizer, step_fn=step_fn, dataset=dataset, steps=config.steps, config=config,
                          workdir=Path(workdir), fingerprint=fingerprint or _student_fingerprint(budget, config),
-                         progress=progress, time_budget_s=config.time_budget_s)
+                         progress=progress, time_budget_s=config.time_budget_s, collate_fn=ItemCollate(student))
     return student.eval(), result
 
 
