@@ -137,6 +137,43 @@ def test_sampled_init_variant_draws_new_placements_reproducibly():
         e.close()
 
 
+@pytest.mark.parametrize("task", [4, 7])  # bowl in the cabinet's top drawer; bowl on the stove
+def test_sampled_init_puts_objects_on_their_fixtures_and_the_expert_solves_it(task):
+    """LIBERO places an object on a fixture's region (stove, cabinet top, drawer) relative to where the
+    fixture stands in the scene XML, as after its hard reset; the env resets softly, so it must put the
+    fixtures back first, or the objects land tens of cm away and fall (the expert then fails)."""
+    e = tasks.make(SUITE, task, variant="sampled_init", seed=1, image_size=32)
+    try:
+        se = e.sim_env
+        # BDDL init predicates on fixture regions; those on table regions are left out: LIBERO's own
+        # official states miss those 2 cm boxes too
+        on_fixture = [
+            s
+            for s in se.parsed_problem["initial_state"]
+            if s[0] in ("on", "in")
+            and s[2] in se.object_states_dict
+            and se.object_states_dict[s[2]].parent_name in set(se.fixtures_dict) - {"main_table"}
+        ]
+        assert {s[1] for s in on_fixture} >= {"akita_black_bowl_1", "akita_black_bowl_2"}
+        for index in (0, 1, 2):
+            obs, _ = e.reset(options={"episode_index": index})
+            assert all(se._eval_predicate(s) for s in on_fixture), (index, on_fixture)
+            before = {s[1]: e.sim_env.sim.data.xpos[se.obj_body_id[s[1]]].copy() for s in on_fixture}
+            for _ in range(10):
+                e.step(np.asarray(libero.WAIT_ACTION), render=False)
+            for name, pos in before.items():  # at rest, not falling
+                assert np.linalg.norm(se.sim.data.xpos[se.obj_body_id[name]] - pos) < 0.005, (index, name)
+        obs, _ = e.reset(options={"episode_index": 0})
+        expert = tasks.expert(e)
+        for _ in range(e.max_steps):
+            obs, _, terminated, truncated, info = e.step(expert.act(obs), render=False)
+            if terminated or truncated:
+                break
+        assert info["success"] is True
+    finally:
+        e.close()
+
+
 def test_libero_demo_recipe_uses_only_sampled_placements():
     from harness.demo_sets import recipe
 
