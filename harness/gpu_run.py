@@ -41,6 +41,23 @@ def _pack(folder: Path, file: Path) -> None:
                 tar.add(folder / name, arcname=f"{folder.name}/{name}")
 
 
+FRAME_BYTES_PER_EPISODE = 12e6  # raw frames of one episode: up to ~110 steps of 128x256x3 uint8
+
+
+def pick_data_dir(preferred: Path, fallback: Path, need_bytes: float) -> tuple[Path, str]:
+    """``preferred`` when its file system has ``need_bytes`` free, else ``fallback``; and why."""
+    import shutil
+
+    probe = preferred
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free >= need_bytes:
+        return preferred, f"{preferred}: {free / 1e9:.1f} GB free, {need_bytes / 1e9:.1f} GB needed"
+    return fallback, (f"{preferred} has {free / 1e9:.1f} GB free but {need_bytes / 1e9:.1f} GB are needed; "
+                      f"using {fallback}")
+
+
 class Manifest:
     def __init__(self, file: Path):
         self.file, self.data, self.t0 = file, {"stages": {}}, time.monotonic()
@@ -100,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     from harness.demo_sets import recipe, record_family
     from tasks.datasets import DemoDataset
 
+    need = FRAME_BYTES_PER_EPISODE * sum(e.episodes * len(suites.tasks(e.suite)) for e in recipe("simpler", args.scale))
+    data, why = pick_data_dir(data, Path("data/simpler-gpu"), need)
+    print(f"[gpu_run] demonstrations go to {why}", flush=True)
     t = time.monotonic()
     folders = record_family("simpler", data, scale=args.scale, jobs=args.jobs, codec="npy",
                             deadline_s=args.demo_s, progress=False, strict=False)
@@ -108,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataset.folders:
         key = f"{f.meta['suite']}/{f.meta['variant']}"
         per_variant[key] = per_variant.get(key, 0) + int(f.meta["episodes"])
-    man.stage("demos", seconds=round(time.monotonic() - t, 1), folders=len(folders), samples=len(dataset),
+    man.stage("demos", data_dir=why, seconds=round(time.monotonic() - t, 1), folders=len(folders), samples=len(dataset),
               episodes=sum(per_variant.values()), per_variant=per_variant,
               recipe_episodes=sum(e.episodes * len(suites.tasks(e.suite)) for e in recipe("simpler", args.scale)))
 

@@ -161,6 +161,7 @@ def test_gpu_run_packs_each_stage_and_writes_the_manifest(tmp_path, monkeypatch)
     monkeypatch.setattr(train_mod, "train_teacher", fake_train)
     monkeypatch.setattr("distill.student.distill", fake_distill)
     monkeypatch.setattr(gpu_run.subprocess, "run", lambda *a, **k: Proc())
+    monkeypatch.setattr(gpu_run, "pick_data_dir", lambda preferred, fallback, need: (preferred, "test"))
     out = tmp_path / "out"
     assert gpu_run.main(["--out", str(out), "--work", str(tmp_path / "w"), "--data", str(data), "--device", "cpu",
                          "--budgets", "0.5,0.25"]) == 0
@@ -204,3 +205,17 @@ def test_batches_built_in_loader_workers_train_exactly_like_the_main_process(tmp
     losses = [[h["loss"] for h in json.loads((tmp_path / name / "train_log.json").read_text())["history"]]
               for name in ("main", "workers")]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_pick_data_dir_falls_back_when_the_preferred_file_system_is_too_small(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from harness.gpu_run import pick_data_dir
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100e9, 90e9, 10e9))
+    chosen, why = pick_data_dir(tmp_path / "shm" / "data", tmp_path / "disk", need_bytes=5e9)
+    assert chosen == tmp_path / "shm" / "data" and "10.0 GB free" in why
+    chosen, why = pick_data_dir(tmp_path / "shm" / "data", tmp_path / "disk", need_bytes=30e9)
+    assert chosen == tmp_path / "disk" and "30.0 GB are needed" in why
