@@ -81,16 +81,7 @@ class _Timer:
 
 def _cuda_graph(fn: Callable[[], object], warmup: int) -> Callable[[], object]:
     """Warm ``fn`` up on a side stream, capture it in a CUDA graph, return the replay function."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(max(1, warmup)):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    return _capture(fn, (), warmup)
 
 
 def _capture(fn: Callable[..., object], args: tuple, warmup: int) -> Callable[..., object]:

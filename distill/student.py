@@ -61,8 +61,15 @@ from distill.checkpoint import (
 from distill.graph import GraphEncapsulation
 from distill.losses import budget_loss, hierarchical_loss, layer_weights, masked_mse
 from distill.router import Router, layers_for_budget, topk_mask
-from distill.train import GROUP_EPISODES, EpisodeGroupedBatches, TimeBudget, episode_ids, lr_factor
-from distill.vla import VLA, Embedded, VLAConfig, prepare_observations
+from distill.train import (
+    GROUP_EPISODES,
+    EpisodeGroupedBatches,
+    ItemCollate,
+    TimeBudget,
+    episode_ids,
+    lr_factor,
+)
+from distill.vla import VLA, Embedded, VLAConfig
 
 STUDENT_KIND = "student"
 BUDGET_RULE = "topk"
@@ -296,22 +303,6 @@ class Batch:
 
 def _identity(items: list) -> list:
     return items
-
-
-class ItemCollate:
-    """DataLoader collate: dataset items -> CPU tensors (model inputs, raw action chunks, masks, sample ids),
-    built in the loader workers; :func:`collate` moves them to the model."""
-
-    def __init__(self, vla: VLA):
-        self.config, self.tokenizer = vla.config, vla.tokenizer
-
-    def __call__(self, items: Sequence[Mapping]) -> dict:
-        return {
-            "inputs": prepare_observations(self.config, self.tokenizer, items, "cpu"),
-            "actions": torch.stack([torch.as_tensor(it["actions"], dtype=torch.float32) for it in items]),
-            "mask": torch.stack([torch.as_tensor(it["action_mask"], dtype=torch.bool) for it in items]),
-            "sample_ids": torch.stack([torch.as_tensor(it["sample_id"], dtype=torch.int64) for it in items]),
-        }
 
 
 def collate(vla: VLA, items: Sequence[Mapping] | Mapping) -> Batch:

@@ -255,20 +255,22 @@ def chunk_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kin
     return err.sum() / (mask.sum() * pred.shape[-1]).clamp_min(1)
 
 
-class TrainCollate:
-    """DataLoader collate of the teacher's training: the model batch, target chunks (B, K, 7) and masks
-    (B, K), all CPU tensors, built in the loader workers (the GPU run was bound by this in the main process)."""
+class ItemCollate:
+    """DataLoader collate: dataset items -> CPU tensors (model inputs, raw action chunks (B, K, 7), masks
+    (B, K), sample ids), built in the loader workers (a GPU run was bound by this in the main process)."""
 
-    def __init__(self, config, tokenizer):
-        self.config, self.tokenizer = config, tokenizer
+    def __init__(self, vla):
+        self.config, self.tokenizer = vla.config, vla.tokenizer
 
-    def __call__(self, items: list) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def __call__(self, items: list) -> dict:
         from distill.vla import prepare_observations
 
-        batch = prepare_observations(self.config, self.tokenizer, items, "cpu")
-        actions = torch.stack([torch.as_tensor(it["actions"]) for it in items])
-        mask = torch.stack([torch.as_tensor(it["action_mask"]) for it in items])
-        return batch, actions, mask
+        return {
+            "inputs": prepare_observations(self.config, self.tokenizer, items, "cpu"),
+            "actions": torch.stack([torch.as_tensor(it["actions"], dtype=torch.float32) for it in items]),
+            "mask": torch.stack([torch.as_tensor(it["action_mask"], dtype=torch.bool) for it in items]),
+            "sample_ids": torch.stack([torch.as_tensor(it["sample_id"], dtype=torch.int64) for it in items]),
+        }
 
 
 def _open_dataset(data: Sequence[str | os.PathLike] | Dataset, chunk: int) -> tuple[Dataset, list[str]]:
@@ -450,7 +452,7 @@ def train_teacher(
     out.mkdir(parents=True, exist_ok=True)
     group = max(1, min(GROUP_EPISODES, getattr(dataset, "cache_episodes", 2 * GROUP_EPISODES) // 2))
     sampler = EpisodeGroupedBatches(episodes, settings.batch_size, seed, step, settings.steps, group)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=TrainCollate(model.config, model.tokenizer),
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=ItemCollate(model),
                         num_workers=num_workers, pin_memory=device.startswith("cuda"))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     from tqdm.auto import tqdm
@@ -464,11 +466,12 @@ def train_teacher(
     )
     first_done, start_step = None, step
     budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
-    for batch, actions, mask in loader:
+    for cpu in loader:
         if step >= settings.steps:
             break
         aug = _step_generator(seed, step, 1)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in cpu["inputs"].items()}
+        actions, mask = cpu["actions"], cpu["mask"]
         for cam in model.config.cameras:
             batch[cam] = random_shift(batch[cam], settings.shift_pad, aug)
         target = model.normalize_actions(actions.to(device))

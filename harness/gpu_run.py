@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     from harness.demo_sets import recipe, record_family
     from tasks.datasets import DemoDataset
 
-    need = FRAME_BYTES_PER_EPISODE * sum(e.episodes * len(suites.tasks(e.suite)) for e in recipe("simpler", args.scale))
-    data, why = pick_data_dir(data, Path("data/simpler-gpu"), need)
+    recipe_episodes = sum(e.episodes * len(suites.tasks(e.suite)) for e in recipe("simpler", args.scale))
+    data, why = pick_data_dir(data, Path("data/simpler-gpu"), FRAME_BYTES_PER_EPISODE * recipe_episodes)
     print(f"[gpu_run] demonstrations go to {why}", flush=True)
     t = time.monotonic()
     folders = record_family("simpler", data, scale=args.scale, jobs=args.jobs, codec="npy",
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         per_variant[key] = per_variant.get(key, 0) + int(f.meta["episodes"])
     man.stage("demos", data_dir=why, seconds=round(time.monotonic() - t, 1), folders=len(folders), samples=len(dataset),
               episodes=sum(per_variant.values()), per_variant=per_variant,
-              recipe_episodes=sum(e.episodes * len(suites.tasks(e.suite)) for e in recipe("simpler", args.scale)))
+              recipe_episodes=recipe_episodes)
 
     # 2. teacher
     from distill.train import train_teacher
