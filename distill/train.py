@@ -498,6 +498,11 @@ def train_teacher(
             bar.refresh()
         if step % settings.ckpt_every == 0 or step == settings.steps:
             checkpoint()
+            if not progress:  # a log line instead of the bar
+                rate = (step - start_step - 1) / (time.perf_counter() - first_done) if step - start_step > 1 \
+                    else float("nan")
+                print(f"[teacher] step {step}/{settings.steps}, loss {loss_value:.4f}, {rate:.2f} steps/s",
+                      flush=True)
     bar.close()
     if step == start_step:
         checkpoint()

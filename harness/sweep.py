@@ -10,7 +10,8 @@ of every table), ``models`` (the reference teacher and the students at each budg
 ``results/checkpoints/``: used as committed, or recorded, trained and distilled when missing),
 ``policy_eval`` (teacher, students and the profile's baselines on the SIMPLER-style suites),
 ``latency`` (each policy's model call in its own pass, students and baselines timed against
-the teacher), ``libero_expert`` (the LIBERO expert on a subset) and ``report`` (figures and
+the teacher), ``libero_expert`` (the LIBERO expert on a subset), ``libero_policies`` (the LIBERO
+teacher and students where committed, on the four LIBERO suites) and ``report`` (figures and
 tables from the stored results). Each stage writes under ``runs/<profile>/``; episodes and
 models already there are skipped, so rerunning after an interruption continues where it stopped. The upfront time
 estimate builds one environment per suite, times its reset and a few expert steps, and assumes
@@ -44,6 +45,7 @@ class Profile:
     budgets: tuple[float, ...] = (0.25, 0.5, 0.75)
     baselines: tuple[str, ...] = ()  # baseline names evaluated at every budget
     libero: tuple[str, int, int] | None = None  # (suite, tasks, episodes) for the LIBERO expert
+    libero_policy_episodes: int = 0  # LIBERO teacher/students: per task of every LIBERO suite; 0 = none
     latency_iters: int = 50
     workers: int = 0  # Ray workers for policy evaluation (0 = sequential)
     demo_scale: float = 1.0  # of harness.demo_sets' recipe, when models must be rebuilt
@@ -57,11 +59,11 @@ PROFILES = {
                      teacher_steps=50, distill_steps=20),
     "default": Profile("default", episodes=10, tasks_per_suite=None, variant_episodes=2, policy_episodes=5,
                        policy_variant_episodes=1, baselines=("random", "first_k"),
-                       libero=("libero_spatial", 2, 2), workers=2, demo_scale=0.5),
+                       libero=("libero_spatial", 2, 2), libero_policy_episodes=1, workers=2, demo_scale=0.5),
     "full": Profile("full", episodes=50, tasks_per_suite=None, variant_episodes=50, policy_episodes=50,
                     policy_variant_episodes=50,
                     baselines=("first_k", "uniform", "redundancy", "early_exit", "random"),
-                    libero=("libero_spatial", 10, 50), latency_iters=200, workers=2),
+                    libero=("libero_spatial", 10, 50), libero_policy_episodes=50, latency_iters=200, workers=2),
 }
 
 CHECKPOINTS = Path("results/checkpoints")  # reference models, relative to the project root
@@ -342,10 +344,64 @@ def _libero_run(ctx: Context) -> None:
         out=ctx.root / "libero-expert", table=False, videos=0)
 
 
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+
+
+def libero_policy_specs(profile: Profile) -> list[tuple[str, Path]]:
+    """(run name, checkpoint) of the LIBERO teacher and of its students at the profile's budgets that are
+    committed under ``results/checkpoints`` (``teacher-libero``, ``student-libero-b0.50``, ...)."""
+    wanted = [("libero-teacher", CHECKPOINTS / "teacher-libero")]
+    wanted += [(f"libero-student-b{b:.2f}", CHECKPOINTS / f"student-libero-b{b:.2f}") for b in profile.budgets]
+    return [(name, folder) for name, folder in wanted if (folder / "model.safetensors").exists()]
+
+
+def _libero_policy_estimate(ctx: Context) -> float:
+    if not ctx.profile.libero_policy_episodes:
+        return 0.0
+    import tasks as suites
+    from harness.results import ResultsStore
+
+    # Measured on the 2-core CPU: about 20 s per LIBERO episode with the teacher (rendering, physics and
+    # model calls; long-horizon libero_10 episodes take longer), split over the workers.
+    per_policy = sum(len(suites.tasks(s)) for s in LIBERO_SUITES) * ctx.profile.libero_policy_episodes
+    left = sum(max(0, per_policy - len(ResultsStore(ctx.root / name).frame()))
+               for name, _ in libero_policy_specs(ctx.profile))
+    return left * 20.0 / max(1, ctx.profile.workers)
+
+
+def _libero_policy_run(ctx: Context) -> None:
+    episodes = ctx.profile.libero_policy_episodes
+    if not episodes:
+        print(f"[sweep] profile {ctx.profile.name} evaluates no LIBERO policies")
+        return
+    specs = libero_policy_specs(ctx.profile)
+    if not specs:
+        print(f"[sweep] no LIBERO teacher under {CHECKPOINTS / 'teacher-libero'}: nothing to evaluate. Build it "
+              "with: actdistill demos --family libero --out data/libero; actdistill train-teacher --data "
+              f"data/libero --out {CHECKPOINTS / 'teacher-libero'}")
+        return
+    from harness.evaluate import evaluate, write_meta
+
+    backend = "sequential"
+    if ctx.profile.workers:
+        from harness.ray_backend import register
+
+        backend = register(ctx.profile.workers)
+    for name, folder in specs:
+        write_meta(ctx.root / name, {"policy": name})
+        summary = None
+        for suite in LIBERO_SUITES:
+            summary = evaluate(str(folder), suite, episodes=episodes, seed=ctx.seed, out=ctx.root / name,
+                               table=False, videos=0, backend=backend)
+        if summary is not None:
+            ctx.summaries[name] = summary
+
+
 def _report_run(ctx: Context) -> None:
     from harness.report import build_report
 
     runs = [ctx.root / "expert"] + [ctx.root / name for name, _ in policy_specs(ctx.profile)]
+    runs += [ctx.root / "libero-expert"] + [ctx.root / name for name, _ in libero_policy_specs(ctx.profile)]
     from harness.results import has_results
 
     written = build_report([r for r in runs if has_results(r)], ctx.root / "figures")
@@ -363,6 +419,8 @@ def stages() -> list[Stage]:
         Stage("latency", "model-call latency of every policy, against the teacher", _latency_estimate,
               _latency_run),
         Stage("libero_expert", "scripted expert on a LIBERO subset", _libero_estimate, _libero_run),
+        Stage("libero_policies", "LIBERO teacher and students, where committed, on the four LIBERO suites",
+              _libero_policy_estimate, _libero_policy_run),
         Stage("report", "figures and tables from the stored results", lambda ctx: 5.0, _report_run),
     ]
 

@@ -128,3 +128,32 @@ def test_sweep_latency_hash_follows_the_weights(tmp_path, monkeypatch):
     before = sweep._latency_hash(baseline)
     (teacher / "model.safetensors").write_bytes(b"new teacher")  # a new teacher changes every speedup
     assert sweep._latency_hash(baseline) != before
+
+
+def test_sweep_libero_policies_stage(suite, tmp_path, monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    from test_vla import tiny_vla
+
+    from distill.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(sweep, "CHECKPOINTS", tmp_path / "ckpts")
+    monkeypatch.setattr(sweep, "LIBERO_SUITES", (suite,))
+    profile = dataclasses.replace(sweep.PROFILES["smoke"], libero_policy_episodes=1, workers=0)
+    ctx = sweep.Context(profile, tmp_path / "runs")
+    sweep._libero_policy_run(ctx)  # no LIBERO teacher committed: says so and how to build one
+    assert "no LIBERO teacher under" in capsys.readouterr().out and not (tmp_path / "runs").exists()
+    save_checkpoint(tmp_path / "ckpts" / "teacher-libero", tiny_vla(seed=1))
+    assert [name for name, _ in sweep.libero_policy_specs(profile)] == ["libero-teacher"]
+    assert sweep._libero_policy_estimate(ctx) > 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sweep._libero_policy_run(ctx)
+    finally:
+        torch.set_num_threads(threads)
+    df = pd.read_parquet(tmp_path / "runs" / "libero-teacher" / "episodes.parquet")
+    assert len(df) == 4 and set(df["suite"]) == {suite}  # one episode per task of the (fake) suite
+    assert sweep._libero_policy_estimate(ctx) == 0.0  # all done: resumes to nothing
+    assert "libero-teacher" in ctx.summaries
