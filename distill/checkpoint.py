@@ -131,6 +131,47 @@ def save_checkpoint(
     return path
 
 
+SIDE_FILES = ("loss.png", "train_log.json", "history.json", "README.md")  # copied along by convert_checkpoint
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | torch.dtype = "float16",
+                       overwrite: bool = False) -> dict:
+    """Copy the checkpoint folder ``src`` (teacher or student) to ``dst`` with its floating tensors stored as
+    ``dtype`` (float16 halves the file; loading is always float32). config.json is kept, with ``storage`` saying
+    what was done; the loss plot and training logs come along. Returns ``{"src_bytes", "dst_bytes", "dtype"}``.
+    Refuses to replace a checkpoint in ``dst`` unless ``overwrite``, and to write onto ``src`` itself."""
+    target = parse_dtype(dtype)
+    name = next(k for k, v in _DTYPES.items() if v == target)
+    src, dst = Path(src), Path(dst)
+    config = read_config(src)
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{src / CONFIG} is not an {FORMAT} checkpoint config (format={config.get('format')!r})")
+    file = src / WEIGHTS
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {str(src)!r} has no {WEIGHTS} (expected {file})")
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"--out {str(dst)!r} is the source checkpoint itself; give another folder")
+    if (dst / WEIGHTS).exists() and not overwrite:
+        raise ValueError(f"{str(dst)!r} already holds a checkpoint; pass overwrite (--overwrite) to replace it")
+    try:
+        tensors = load_file(str(file))
+    except SafetensorError as exc:
+        raise ValueError(f"{file} is corrupt or truncated ({exc})") from exc
+    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = dst / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, dst / WEIGHTS)
+    config["storage"] = f"{name} copy of {src}'s weights (loads as float32)"
+    tmp = dst / (CONFIG + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, dst / CONFIG)
+    for side in SIDE_FILES:
+        if (src / side).is_file():
+            (dst / side).write_bytes((src / side).read_bytes())
+    return {"src_bytes": file.stat().st_size, "dst_bytes": (dst / WEIGHTS).stat().st_size, "dtype": name}
+
+
 def read_config(path: str | Path) -> dict:
     """The parsed ``config.json`` of the checkpoint folder ``path``; clear errors when it is missing."""
     path = Path(path)

@@ -22,6 +22,7 @@ VERBS = {
     "distill": "harness.commands.distill",
     "regress": "harness.commands.regress",
     "report": "harness.commands.report",
+    "convert": "harness.commands.convert",
 }
 
 

@@ -136,3 +136,29 @@ def test_policy_loader_hook(ckpt, monkeypatch):
 def test_reserved_meta_keys(tmp_path):
     with pytest.raises(ValueError, match=r"meta keys \['vla'\] are reserved"):
         save_checkpoint(tmp_path / "x", tiny_vla(), meta={"vla": {}})
+
+
+def test_convert_checkpoint_to_float16(ckpt, tmp_path, capsys):
+    from harness.cli import main
+
+    path, model = ckpt
+    (path / "loss.png").write_bytes(b"plot")
+    out = tmp_path / "half"
+    assert main(["convert", "--policy", str(path), "--out", str(out)]) == 0
+    assert "float16" in capsys.readouterr().out
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (path / "model.safetensors").stat().st_size
+    assert (out / "loss.png").read_bytes() == b"plot"
+    config = json.loads((out / "config.json").read_text())
+    assert config["storage"].startswith("float16 copy") and config["data"]["instructions"] == ["pick up the coke can"]
+    loaded, _ = load_vla(out)
+    obs = make_obs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(loaded.prepare(obs)), model(model.prepare(obs)), atol=5e-3, rtol=5e-3)
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["convert", "--policy", str(path), "--out", str(out)]) == 2  # never replaced silently
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main(["convert", "--policy", str(path), "--out", str(path)]) == 2
+    assert "is the source checkpoint itself" in capsys.readouterr().err
+    assert main(["convert", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
