@@ -368,6 +368,25 @@ def _heatmap(run: Run, tasks: list[str], matrix: np.ndarray, out: Path) -> list[
     return paths
 
 
+def merge_runs(runs: list[Run]) -> list[Run]:
+    """One run per name: folders of the same policy (same name and kind) on disjoint suites, e.g. the scripted
+    expert on the SIMPLER-style suites in one folder and on LIBERO in another, are pooled into the first one's
+    run. Raises ``ValueError`` when same-named folders share a suite or differ in kind."""
+    merged: dict[str, Run] = {}
+    for run in runs:
+        first = merged.get(run.name)
+        if first is None:
+            merged[run.name] = run
+            continue
+        shared = sorted(set(first.episodes["suite"]) & set(run.episodes["suite"]))
+        if shared or first.kind != run.kind:
+            why = f"both hold suite(s) {shared}" if shared else f"kinds {first.kind!r} and {run.kind!r}"
+            raise ValueError(f"run folders {str(first.dir)!r} and {str(run.dir)!r} are both named {run.name!r} "
+                             f"and {why}; set distinct 'policy' names in their meta.json")
+        first.episodes = pd.concat([first.episodes, run.episodes], ignore_index=True)
+    return list(merged.values())
+
+
 def build_report(
     run_dirs: list[str | os.PathLike], out: str | os.PathLike, base_variant: str = BASE_VARIANT
 ) -> list[Path]:
@@ -377,13 +396,8 @@ def build_report(
     matplotlib.use("Agg")
     if not run_dirs:
         raise ValueError("no run folders given")
-    runs = [load_run(d) for d in run_dirs]
+    runs = merge_runs([load_run(d) for d in run_dirs])
     names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(
-            f"several run folders are named {dup}; set distinct 'policy' names in their meta.json"
-        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

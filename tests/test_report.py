@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from fake_env import FakeEnv, FakeExpert
 
-from harness.report import build_report, load_run, pareto_front, routing_matrix, variant_table
+from harness.report import build_report, load_run, merge_runs, pareto_front, routing_matrix, suite_table, variant_table
 from harness.results import ResultsStore, make_row
 from harness.rollout import EpisodeResult, rollout
 from harness.videos import BAND, annotate_frames, write_episode_video
@@ -32,6 +32,7 @@ def write_run(
     layers: list[float] | None = None,
     flops: float | None = None,
     n: int = 4,
+    suite: str = "simpler_google",
 ) -> None:
     """A run on simpler_google: per task, ``n`` episodes per variant, success rate ``rates[task]`` on
     visual_matching and half of it on the other variants; info as a routed policy's rollout stores it."""
@@ -54,7 +55,7 @@ def write_run(
                         result,
                         policy=policy,
                         policy_hash="h-" + policy,
-                        suite="simpler_google",
+                        suite=suite,
                         task=task,
                         variant=variant,
                         episode_index=i,
@@ -159,8 +160,20 @@ def test_report_errors_name_the_problem(runs, tmp_path):
     with pytest.raises(ValueError, match="'oracle'; valid kinds: teacher, student"):
         load_run(runs[1])
     (runs[1] / "meta.json").write_text(json.dumps({"policy": "student_50"}))
-    with pytest.raises(ValueError, match="several run folders are named"):
+    with pytest.raises(ValueError, match="are both named 'student_50' and both hold suite"):
         build_report(runs, tmp_path / "o")
+
+
+def test_same_policy_on_other_suites_is_pooled(runs, tmp_path):
+    libero = tmp_path / "libero-expert"
+    write_run(libero, "expert", {"put_bowl": 1.0}, suite="libero_spatial")
+    suites = suite_table(merge_runs([load_run(r) for r in [*runs, libero]]))
+    expert = suites[suites["run"] == "expert"]
+    assert sorted(expert["suite"]) == ["libero_spatial", "simpler_google"]
+    assert build_report([*runs, libero], tmp_path / "o")  # one "expert" over both suites
+    write_run(tmp_path / "other", "expert", {"pick_can": 0.0}, suite="simpler_google")
+    with pytest.raises(ValueError, match="both hold suite"):
+        build_report([*runs, tmp_path / "other"], tmp_path / "o2")
 
 
 def test_report_verb_imports_no_ray_simulator_or_torch(runs, tmp_path):
