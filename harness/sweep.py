@@ -255,14 +255,19 @@ def _policy_estimate(ctx: Context) -> float:
     return total
 
 
+def _backend(ctx: Context) -> str:
+    """The evaluation backend of the profile: Ray with ``workers`` workers, or sequential."""
+    if not ctx.profile.workers:
+        return "sequential"
+    from harness.ray_backend import register
+
+    return register(ctx.profile.workers)
+
+
 def _policy_run(ctx: Context) -> None:
     from harness.evaluate import evaluate, write_meta
 
-    backend = "sequential"
-    if ctx.profile.workers:
-        from harness.ray_backend import register
-
-        backend = register(ctx.profile.workers)
+    backend = _backend(ctx)
     for name, spec in policy_specs(ctx.profile):
         write_meta(ctx.root / name, {"policy": name})  # the short name the report shows
         summary = None
@@ -361,12 +366,12 @@ def _libero_policy_estimate(ctx: Context) -> float:
     import tasks as suites
     from harness.results import ResultsStore
 
-    # Measured on the 2-core CPU: about 20 s per LIBERO episode with the teacher (rendering, physics and
-    # model calls; long-horizon libero_10 episodes take longer), split over the workers.
+    # Measured on the 2-core CPU: the default profile's 40 teacher episodes took 4.1 min on 2 workers beside
+    # other jobs, about 12 s of a worker per episode (failed libero_10 episodes run all 520 steps).
     per_policy = sum(len(suites.tasks(s)) for s in LIBERO_SUITES) * ctx.profile.libero_policy_episodes
     left = sum(max(0, per_policy - len(ResultsStore(ctx.root / name).frame()))
                for name, _ in libero_policy_specs(ctx.profile))
-    return left * 20.0 / max(1, ctx.profile.workers)
+    return left * 12.0 / max(1, ctx.profile.workers)
 
 
 def _libero_policy_run(ctx: Context) -> None:
@@ -378,15 +383,12 @@ def _libero_policy_run(ctx: Context) -> None:
     if not specs:
         print(f"[sweep] no LIBERO teacher under {CHECKPOINTS / 'teacher-libero'}: nothing to evaluate. Build it "
               "with: actdistill demos --family libero --out data/libero; actdistill train-teacher --data "
-              f"data/libero --out {CHECKPOINTS / 'teacher-libero'}")
+              "data/libero --out runs/train/teacher-libero; actdistill convert --policy runs/train/teacher-libero "
+              f"--out {CHECKPOINTS / 'teacher-libero'}")
         return
     from harness.evaluate import evaluate, write_meta
 
-    backend = "sequential"
-    if ctx.profile.workers:
-        from harness.ray_backend import register
-
-        backend = register(ctx.profile.workers)
+    backend = _backend(ctx)
     for name, folder in specs:
         write_meta(ctx.root / name, {"policy": name})
         summary = None
