@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from collections import deque
@@ -108,15 +109,6 @@ def save_checkpoint(
     clash = sorted(reserved & set(meta or {}))
     if clash:
         raise ValueError(f"meta keys {clash} are reserved; reserved keys: {sorted(reserved)}")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-    }
-    tmp = path / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, path / WEIGHTS)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -125,6 +117,19 @@ def save_checkpoint(
         "versions": package_versions(),
         "code": code_version(),
     }
+    return _write_checkpoint(path, model.state_dict(), config, dtype)
+
+
+def _write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], config: Mapping,
+                      dtype: torch.dtype) -> Path:
+    """Write ``tensors`` (floating ones cast to ``dtype``) and ``config`` into the folder ``path``, each file
+    through a temporary and a rename."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    stored = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in tensors.items()}
+    tmp = path / (WEIGHTS + ".tmp")
+    save_file(stored, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, path / WEIGHTS)
     tmp = path / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, path / CONFIG)
@@ -146,30 +151,17 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | torch.dtyp
     config = read_config(src)
     if config.get("format") != FORMAT:
         raise ValueError(f"{src / CONFIG} is not an {FORMAT} checkpoint config (format={config.get('format')!r})")
-    file = src / WEIGHTS
-    if not file.is_file():
-        raise FileNotFoundError(f"checkpoint {str(src)!r} has no {WEIGHTS} (expected {file})")
     if dst.resolve() == src.resolve():
         raise ValueError(f"--out {str(dst)!r} is the source checkpoint itself; give another folder")
     if (dst / WEIGHTS).exists() and not overwrite:
         raise ValueError(f"{str(dst)!r} already holds a checkpoint; pass overwrite (--overwrite) to replace it")
-    try:
-        tensors = load_file(str(file))
-    except SafetensorError as exc:
-        raise ValueError(f"{file} is corrupt or truncated ({exc})") from exc
-    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, dst / WEIGHTS)
-    config["storage"] = f"{name} copy of {src}'s weights (loads as float32)"
-    tmp = dst / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, dst / CONFIG)
+    tensors = load_weights(src)  # float32: exact for any stored float16/bfloat16, so converting back loses nothing
+    _write_checkpoint(dst, tensors, {**config, "storage": f"{name} copy of {src}'s weights (loads as float32)"},
+                      target)
     for side in SIDE_FILES:
         if (src / side).is_file():
-            (dst / side).write_bytes((src / side).read_bytes())
-    return {"src_bytes": file.stat().st_size, "dst_bytes": (dst / WEIGHTS).stat().st_size, "dtype": name}
+            shutil.copyfile(src / side, dst / side)
+    return {"src_bytes": (src / WEIGHTS).stat().st_size, "dst_bytes": (dst / WEIGHTS).stat().st_size, "dtype": name}
 
 
 def read_config(path: str | Path) -> dict:

@@ -68,6 +68,7 @@ from distill.train import (
     TimeBudget,
     episode_ids,
     lr_factor,
+    steps_per_s,
 )
 from distill.vla import VLA, Embedded, VLAConfig
 
@@ -452,12 +453,10 @@ def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch
             save_state()
             save_loss_plot(history, workdir / "loss.png", name)
         if not progress and (step % config.save_every == 0 or step == steps):  # a log line instead of the bar
-            rate = (step - start_step - 1) / (time.perf_counter() - t0) if step - start_step > 1 else float("nan")
-            print(f"[distill] {name}: step {step}/{steps}, loss {history[-1]['loss']:.4f}, {rate:.2f} steps/s",
-                  flush=True)
+            print(f"[distill] {name}: step {step}/{steps}, loss {history[-1]['loss']:.4f}, "
+                  f"{steps_per_s(step - start_step - 1, t0):.2f} steps/s", flush=True)
     bar.close()
-    elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
-    rate = (step - start_step - 1) / elapsed if step - start_step > 1 and elapsed > 0 else float("nan")
+    rate = steps_per_s(step - start_step - 1, t0)
     return {"history": history, "steps_per_s": rate, "steps": steps}
 
 

@@ -73,6 +73,13 @@ def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def steps_per_s(steps_after_first: int, first_done: float | None) -> float:
+    """Training rate: the steps after the first one (which carries start-up costs) over the time since it
+    finished (``time.perf_counter()`` at ``first_done``); NaN until there is something to time."""
+    elapsed = time.perf_counter() - first_done if first_done is not None else 0.0
+    return steps_after_first / elapsed if steps_after_first > 0 and elapsed > 0 else float("nan")
+
+
 class TimeBudget:
     """Fits a run's step count to a wall-clock budget (for time-boxed runs on a lent GPU).
 
@@ -499,15 +506,12 @@ def train_teacher(
         if step % settings.ckpt_every == 0 or step == settings.steps:
             checkpoint()
             if not progress:  # a log line instead of the bar
-                rate = (step - start_step - 1) / (time.perf_counter() - first_done) if step - start_step > 1 \
-                    else float("nan")
-                print(f"[teacher] step {step}/{settings.steps}, loss {loss_value:.4f}, {rate:.2f} steps/s",
-                      flush=True)
+                print(f"[teacher] step {step}/{settings.steps}, loss {loss_value:.4f}, "
+                      f"{steps_per_s(step - start_step - 1, first_done):.2f} steps/s", flush=True)
     bar.close()
     if step == start_step:
         checkpoint()
-    elapsed = time.perf_counter() - first_done if first_done is not None else 0.0
-    rate = (step - start_step - 1) / elapsed if step - start_step > 1 and elapsed > 0 else float("nan")
+    rate = steps_per_s(step - start_step - 1, first_done)
     recent = [h["loss"] for h in history[-50:]]
     return {
         "out": str(out),

@@ -14,7 +14,15 @@ import pandas as pd
 import pytest
 from fake_env import FakeEnv, FakeExpert
 
-from harness.report import build_report, load_run, merge_runs, pareto_front, routing_matrix, suite_table, variant_table
+from harness.report import (
+    build_report,
+    load_run,
+    merge_runs,
+    pareto_front,
+    routing_matrix,
+    suite_table,
+    variant_table,
+)
 from harness.results import ResultsStore, make_row
 from harness.rollout import EpisodeResult, rollout
 from harness.videos import BAND, annotate_frames, write_episode_video
