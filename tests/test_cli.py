@@ -157,3 +157,17 @@ def test_sweep_libero_policies_stage(suite, tmp_path, monkeypatch, capsys):
     assert len(df) == 4 and set(df["suite"]) == {suite}  # one episode per task of the (fake) suite
     assert sweep._libero_policy_estimate(ctx) == 0.0  # all done: resumes to nothing
     assert "libero-teacher" in ctx.summaries
+
+
+def test_eval_plan_runs_the_sweeps_policy_episodes(suite, tmp_path, capsys):
+    smoke = sweep.PROFILES["smoke"]
+    out = tmp_path / "run"
+    assert main(["eval", "--policy", "expert", "--suite", suite, "--plan", "smoke", "--out", str(out),
+                 "--no-progress", "--videos", "0"]) == 0
+    df = pd.read_parquet(out / "episodes.parquet")
+    assert len(df) == smoke.tasks_per_suite * smoke.policy_episodes and set(df["task"]) == {"reach", "reach_early"}
+    assert main(["eval", "--policy", "expert", "--suite", suite, "--plan", "huge", "--out", str(out)]) == 2
+    assert "unknown plan 'huge'; valid plans: default, full, smoke" in capsys.readouterr().err
+    assert main(["eval", "--policy", "expert", "--suite", suite, "--plan", "smoke", "--tasks", "reach",
+                 "--out", str(out)]) == 2
+    assert "drop --tasks and --variant" in capsys.readouterr().err

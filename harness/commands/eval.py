@@ -5,6 +5,8 @@
     actdistill eval --policy expert --suite libero_spatial --episodes 50 --videos 2 --out runs/libero
     actdistill eval --policy ckpt/teacher --suite simpler_google --workers 2      # Ray, 2 workers
     actdistill eval --policy baseline:first_k@0.5:ckpt/teacher --suite simpler_widowx
+    actdistill eval --policy ckpt/student --suite simpler_google --plan default --workers 2 --videos 0
+                                     # the episodes the sweep's default profile gives a policy
 
 Writes OUT/episodes.parquet (one row per episode) and OUT/summary.json (per task, per suite and
 variant, overall; 95% Wilson intervals), then prints the table.
@@ -22,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tasks", default=None, help="comma-separated task names or indices (default: all)")
     parser.add_argument("--variant", default=None, help="variant name or 'all' (default: the suite's first)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task and variant (default 10)")
+    parser.add_argument("--plan", default=None,
+                        help="run the episodes a sweep profile (smoke, default, full) gives every policy on this "
+                             "suite, as in the sweep's policy_eval stage; replaces --tasks, --variant, --episodes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial states (default 0)")
     parser.add_argument("--out", default=None, help="run folder (default runs/eval/<policy>)")
     parser.add_argument("--videos", type=int, default=2,
@@ -40,6 +45,15 @@ def run(args) -> int:
 
     out = args.out or str(Path("runs") / "eval" / Path(args.policy.replace(":", "_").replace("@", "_")).name)
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    counts = None
+    if args.plan is not None:
+        from harness.sweep import PROFILES, _plan
+
+        if args.plan not in PROFILES:
+            raise ValueError(f"unknown plan {args.plan!r}; valid plans: {', '.join(sorted(PROFILES))}")
+        if task_list or args.variant:
+            raise ValueError("--plan chooses the tasks and variants; drop --tasks and --variant")
+        task_list, counts = _plan(PROFILES[args.plan], args.suite, policies=True)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     backend = "sequential"
@@ -49,5 +63,5 @@ def run(args) -> int:
         backend = register(args.workers or None, address=args.address)
     evaluate(args.policy, args.suite, tasks=task_list, variant=args.variant, episodes=args.episodes,
              seed=args.seed, out=out, videos=args.videos, max_steps=args.max_steps,
-             progress=not args.no_progress, backend=backend)
+             progress=not args.no_progress, backend=backend, episodes_by_variant=counts)
     return 0
