@@ -68,6 +68,8 @@ from distill.train import (
     TimeBudget,
     episode_ids,
     lr_factor,
+    random_shift,
+    step_generator,
     steps_per_s,
 )
 from distill.vla import VLA, Embedded, VLAConfig
@@ -113,6 +115,7 @@ class ActDistillConfig:
     warmup: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    shift_pad: int = 0  # stage 2: random-shift image augmentation (pixels), as the teacher's training uses
     save_every: int = 250  # steps between periodic training states (resume points)
     time_budget_s: float | None = None  # stage 2: fit each budget's step count to this many seconds (<= steps)
     num_workers: int = 0
@@ -132,8 +135,9 @@ class ActDistillConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be > 0 seconds, got {self.time_budget_s!r}")
-        if self.warmup < 0 or self.num_workers < 0:
-            raise ValueError(f"warmup and num_workers must be >= 0, got {self.warmup}, {self.num_workers}")
+        if self.warmup < 0 or self.num_workers < 0 or self.shift_pad < 0:
+            raise ValueError(f"warmup, num_workers and shift_pad must be >= 0, got {self.warmup}, "
+                             f"{self.num_workers}, {self.shift_pad}")
         if self.graph_dim is not None and self.graph_dim % self.gat_heads:
             raise ValueError(f"graph_dim {self.graph_dim} must be divisible by gat_heads {self.gat_heads}; "
                              f"e.g. {self.gat_heads * max(1, self.graph_dim // self.gat_heads)}")
@@ -588,6 +592,10 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
 
     def step_fn(items: list, step: int, total: int) -> dict[str, torch.Tensor]:
         batch = collate(student, items)
+        if config.shift_pad:
+            aug = step_generator(config.seed, step, 2)
+            for cam in student.config.cameras:
+                batch.inputs[cam] = random_shift(batch.inputs[cam], config.shift_pad, aug)
         noise = config.gate_noise * max(0.0, 1.0 - step / max(1, total - 1))
         with _autocast(device):
             return student_losses(student, student_enc, batch, cache, config, weights, noise)

@@ -116,7 +116,7 @@ class TimeBudget:
         return int(min(total, max(step + 1, step + rate * left)))
 
 
-def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4 + stream)
 
 
@@ -476,7 +476,7 @@ def train_teacher(
     for cpu in loader:
         if step >= settings.steps:
             break
-        aug = _step_generator(seed, step, 1)
+        aug = step_generator(seed, step, 1)
         batch = {k: v.to(device, non_blocking=True) for k, v in cpu["inputs"].items()}
         actions, mask = cpu["actions"], cpu["mask"]
         for cam in model.config.cameras:

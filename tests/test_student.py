@@ -327,3 +327,17 @@ def test_export_has_no_graph_parameters_and_loads(tmp_path, teacher, data):
 def test_teacher_checkpoint_still_loads_as_plain_policy(tmp_path, teacher):
     save_checkpoint(tmp_path / "t", teacher)
     assert not isinstance(load_policy(tmp_path / "t"), StudentPolicy)
+
+
+def test_stage2_shift_augmentation_changes_the_inputs_not_the_targets(tmp_path, teacher, data):
+    config = tiny_config()
+    enc = build_encapsulation(teacher, config).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    plain = train_student(teacher, enc, cache, data, 0.5, tmp_path / "plain", config, progress=False)[1]
+    shifted = train_student(teacher, enc, cache, data, 0.5, tmp_path / "shift",
+                            tiny_config(shift_pad=3), progress=False)[1]
+    again = train_student(teacher, enc, cache, data, 0.5, tmp_path / "again",
+                          tiny_config(shift_pad=3), progress=False)[1]
+    losses = [[h["loss"] for h in r["history"]] for r in (plain, shifted, again)]
+    assert losses[0] != losses[1]  # the student saw shifted images
+    assert losses[1] == pytest.approx(losses[2])  # and the shifts are seeded

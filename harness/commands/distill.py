@@ -48,6 +48,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and gate noise")
     parser.add_argument("--no-graph", action="store_true",
                         help="ablation: train the router without the graph-informed per-layer supervision")
+    method = parser.add_argument_group("method weights and rates (defaults: the reference code's)")
+    method.add_argument("--alpha", type=float, default=None, help="weight of the per-layer semantic term (default 1.0)")
+    method.add_argument("--beta", type=float, default=None, help="weight of the per-layer action term (default 1.0)")
+    method.add_argument("--eta", type=float, default=None,
+                        help="weight of the relational-structure term inside the semantic term (default 0.5)")
+    method.add_argument("--gamma", type=float, default=None, help="depth-weight exponent (default 2.0)")
+    method.add_argument("--lr", type=float, default=None, help="student backbone learning rate (default 1e-4)")
+    method.add_argument("--router-lr", type=float, default=None, help="router learning rate (default 1e-3)")
+    method.add_argument("--shift-pad", type=int, default=None,
+                        help="stage-2 random-shift image augmentation in pixels, 0 = off (default 0)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is much faster on a shared machine)")
@@ -75,7 +85,10 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     overrides = {key: value for key, value in (("steps", args.steps), ("stage1_steps", args.stage1_steps),
-                                               ("batch_size", args.batch_size), ("save_every", args.save_every))
+                                               ("batch_size", args.batch_size), ("save_every", args.save_every),
+                                               ("alpha", args.alpha), ("beta", args.beta), ("eta", args.eta),
+                                               ("gamma", args.gamma), ("lr", args.lr), ("router_lr", args.router_lr),
+                                               ("shift_pad", args.shift_pad))
                  if value is not None}
     if args.minutes_per_budget is not None:
         overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
