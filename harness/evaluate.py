@@ -208,10 +208,11 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
 
     store = ResultsStore(out)
     write_meta(Path(out), source.meta)
-    done = store.done_keys()
-    jobs = [Job(suite, t, v, i, seed, video=i < videos)
-            for t in task_names for v in variant_names for i in range(counts[v])
-            if episode_key(policy_hash, suite, t, v, i, render_mode) not in done]
+    done, lost = store.done_keys(), store.retry_keys()
+    keyed = [(Job(suite, t, v, i, seed, video=i < videos), episode_key(policy_hash, suite, t, v, i, render_mode))
+             for t in task_names for v in variant_names for i in range(counts[v])]
+    jobs = [job for job, key in keyed if key not in done]
+    again = sum(key in lost for _, key in keyed)
     total = len(task_names) * sum(counts.values())
     if not quiet:
         if len(set(counts.values())) == 1:
@@ -223,7 +224,8 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
             shape = "(" + " + ".join(f"{names[0] if len(names) == 1 else f'{len(names)} variants'} x {n}"
                                      for n, names in groups.items()) + ") episode(s)"
         print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {shape}; "
-              f"{total - len(jobs)} already done, {len(jobs)} to run -> {out}")
+              f"{total - len(jobs)} already done, {len(jobs)} to run"
+              + (f" ({again} of them again: their worker died)" if again else "") + f" -> {out}")
     run_versions = versions()
     bar = None
     if progress and jobs:

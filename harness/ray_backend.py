@@ -46,6 +46,7 @@ import ray
 import tasks as suites
 from harness import evaluate as _evaluate
 from harness.evaluate import Job, PolicySource, RunOptions
+from harness.results import RETRY_PREFIX
 from harness.rollout import EpisodeResult, rollout
 
 THREAD_ENV = {
@@ -229,7 +230,7 @@ EpisodeWorker = ray.remote(num_cpus=1)(_EpisodeWorkerImpl)
 
 def _died(job: Job, attempts: int, exc: Exception) -> EpisodeResult:
     reason = (
-        f"worker died {attempts} time(s) running this episode "
+        f"{RETRY_PREFIX} {attempts} time(s) running this episode "
         f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     )
     return EpisodeResult(success=False, steps=0, wall_s=0.0, policy_calls=0, failure_reason=reason)

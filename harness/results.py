@@ -94,8 +94,22 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: ``failure_reason`` prefix of an episode lost to the infrastructure (its worker process died every
+#: attempt), not to the policy: a rerun runs it again, and the new row replaces the stored one.
+RETRY_PREFIX = "worker died"
+
+
+def _retryable(df: pd.DataFrame) -> pd.Series:
+    """Bool per row: the episode was lost to a worker death (see :data:`RETRY_PREFIX`)."""
+    return df["failure_reason"].fillna("").astype(str).str.startswith(RETRY_PREFIX)
+
+
 class ResultsStore:
-    """Episode rows of one run folder (``episodes.parquet``) and its ``summary.json``."""
+    """Episode rows of one run folder (``episodes.parquet``) and its ``summary.json``.
+
+    One row per episode key: the first stored row wins, except that a row lost to a worker death
+    (:data:`RETRY_PREFIX`) is not "done" and gives way to a later row of the same key.
+    """
 
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
@@ -125,16 +139,25 @@ class ResultsStore:
         if not tables:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
         table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
-        return table.drop_duplicates("key", keep="first").reset_index(drop=True)
+        lost = _retryable(table)
+        if lost.any():  # a finished row of a key outranks its worker-death rows; order kept otherwise
+            table = table.assign(_lost=lost).sort_values("_lost", kind="stable").drop(columns="_lost")
+        return table.drop_duplicates("key", keep="first").sort_index().reset_index(drop=True)
 
     def done_keys(self) -> set[str]:
-        """Keys of the episodes already stored."""
+        """Keys of the episodes already stored (not those lost to a worker death: they run again)."""
         if self._keys is None:
-            self._keys = set(self.frame()["key"])
+            df = self.frame()
+            self._keys = set(df.loc[~_retryable(df), "key"])
         return set(self._keys)
 
+    def retry_keys(self) -> set[str]:
+        """Keys whose stored row was lost to a worker death (a rerun runs them again)."""
+        df = self.frame()
+        return set(df.loc[_retryable(df), "key"])
+
     def add(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Store ``rows`` whose key is not stored yet (first one wins); return how many were added."""
+        """Store ``rows`` whose key is not done yet (first one wins); return how many were added."""
         seen = self.done_keys()
         fresh = []
         for row in rows:
@@ -142,7 +165,8 @@ class ResultsStore:
             if missing:
                 raise ValueError(f"result row lacks columns {sorted(missing)}; expected {list(COLUMNS)}")
             if row["key"] not in seen:
-                seen.add(row["key"])
+                if not str(row["failure_reason"] or "").startswith(RETRY_PREFIX):
+                    seen.add(row["key"])
                 fresh.append({c: row[c] for c in COLUMNS})
         if not fresh:
             return 0

@@ -32,6 +32,21 @@ def test_wilson_matches_hand_computation():
         wilson(3, 2)
 
 
+def test_store_retries_episodes_lost_to_a_worker_death(tmp_path):
+    store = ResultsStore(tmp_path)
+    lost = {**row(0, False), "failure_reason": "worker died 3 time(s) running this episode (last: X)"}
+    assert store.add([lost, row(1, False)]) == 2
+    assert store.done_keys() == {row(1, False)["key"]} and store.retry_keys() == {lost["key"]}
+    assert store.add([row(0, True), row(1, True)]) == 1  # the lost episode's retry is stored, 1 stays
+    for fresh in (store, ResultsStore(tmp_path)):
+        df = fresh.frame()
+        assert len(df) == 2 and df["key"].is_unique and df["failure_reason"].isna().all()
+        assert df.set_index("episode_index")["success"].to_dict() == {0: True, 1: False}
+        assert fresh.retry_keys() == set()
+    store.compact()
+    assert len(ResultsStore(tmp_path).frame()) == 2
+
+
 def test_store_skips_done_keys_and_never_duplicates(tmp_path):
     store = ResultsStore(tmp_path)
     assert store.add([row(0, True), row(1, False)]) == 2

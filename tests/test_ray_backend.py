@@ -172,6 +172,14 @@ def test_episode_that_always_kills_its_worker_becomes_a_failure(fake, tmp_path, 
     assert (~dead["success"]).all() and dead["failure_reason"].str.contains("worker died 2 time").all()
     assert par.loc[par["task"] == "reach", "success"].all()
 
+    # a rerun runs the lost episodes again (same policy name and hash, now healthy) and replaces their rows
+    again = run(fake, tmp_path, source("killer", FakeExpert), ray_backend=backend(), monkeypatch=monkeypatch,
+                tasks=["reach", "unreachable"], episodes=2)
+    assert len(again) == 4 and again.index.is_unique
+    assert again["failure_reason"].isna().all()
+    assert again.loc[par.index[par["task"] == "reach"], "finished_at"].equals(
+        par.loc[par["task"] == "reach", "finished_at"])  # finished episodes were not run again
+
 
 DRIVER = textwrap.dedent("""
     import sys
