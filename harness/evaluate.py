@@ -209,7 +209,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     store = ResultsStore(out)
     write_meta(Path(out), source.meta)
     done, lost = store.done_keys(), store.retry_keys()
-    keyed = [(Job(suite, t, v, i, seed, video=i < videos), episode_key(policy_hash, suite, t, v, i, render_mode))
+    keyed = [(Job(suite, t, v, i, seed, video=i < videos), episode_key(policy_hash, suite, t, v, i, render_mode, seed))
              for t in task_names for v in variant_names for i in range(counts[v])]
     jobs = [job for job, key in keyed if key not in done]
     again = sum(key in lost for _, key in keyed)

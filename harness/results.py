@@ -47,16 +47,21 @@ COLUMNS = ("key", "policy", "policy_hash", "suite", "task", "variant", "episode_
 
 
 def episode_key(policy_hash: str, suite: str, task: str, variant: str, episode_index: int,
-                render_mode: str) -> str:
-    """The identity of one episode: equal keys are the same episode and are stored once."""
-    return f"{policy_hash}|{suite}|{task}|{variant}|{int(episode_index)}|{render_mode}"
+                render_mode: str, seed: int = 0) -> str:
+    """The identity of one episode: equal keys are the same episode and are stored once.
+
+    The initial state is a function of (seed, episode index), so the seed is part of the key; seed 0 adds
+    nothing, which keeps the keys stored before seeds were part of them.
+    """
+    return f"{policy_hash}|{suite}|{task}|{variant}|{int(episode_index)}|{render_mode}" + \
+        (f"|seed={int(seed)}" if int(seed) else "")
 
 
 def make_row(result, *, policy: str, policy_hash: str, suite: str, task: str, variant: str,
              episode_index: int, seed: int, render_mode: str, versions: dict) -> dict[str, Any]:
     """One ``episodes.parquet`` row from a :class:`harness.rollout.EpisodeResult`."""
     return {
-        "key": episode_key(policy_hash, suite, task, variant, episode_index, render_mode),
+        "key": episode_key(policy_hash, suite, task, variant, episode_index, render_mode, seed),
         "policy": policy, "policy_hash": policy_hash, "suite": suite, "task": task, "variant": variant,
         "episode_index": int(episode_index), "seed": int(seed), "render_mode": render_mode,
         "success": bool(result.success), "steps": int(result.steps), "wall_s": float(result.wall_s),

@@ -149,6 +149,13 @@ def test_evaluate_expert_end_to_end_and_resume(tmp_path, monkeypatch):
     assert len(df2) == 12 + 2 and df2.index.is_unique
     assert (df2.loc[before.index, "finished_at"] == before).all()
 
+    # another seed gives other initial states: new episodes, pooled with the first seed's in the summary
+    again = evaluate("expert", suite, tasks=["reach"], variant="base", episodes=2, seed=5, out=out,
+                     progress=False, quiet=True)
+    df3 = pd.read_parquet(out / "episodes.parquet")
+    assert len(df3) == 14 + 2 and df3["key"].is_unique and sorted(set(df3["seed"])) == [0, 5]
+    assert again["per_task"]["fake_basic/reach"]["n"] == 5 + 3 + 2  # base 5, dark 3, then 2 at seed 5
+
 
 def test_evaluate_records_crashing_env_and_names_bad_values(tmp_path, monkeypatch):
     suite = register(monkeypatch)
