@@ -104,9 +104,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
 RETRY_PREFIX = "worker died"
 
 
+def _is_lost(reason: Any) -> bool:
+    """True for the ``failure_reason`` of an episode lost to a worker death (see :data:`RETRY_PREFIX`)."""
+    return isinstance(reason, str) and reason.startswith(RETRY_PREFIX)
+
+
 def _retryable(df: pd.DataFrame) -> pd.Series:
-    """Bool per row: the episode was lost to a worker death (see :data:`RETRY_PREFIX`)."""
-    return df["failure_reason"].fillna("").astype(str).str.startswith(RETRY_PREFIX)
+    """Bool per row: the episode was lost to a worker death."""
+    return df["failure_reason"].map(_is_lost).astype(bool)
 
 
 class ResultsStore:
@@ -122,6 +127,7 @@ class ResultsStore:
         self.parts_dir = self.dir / PARTS
         self.summary_path = self.dir / "summary.json"
         self._keys: set[str] | None = None  # cache of stored keys (one process writes a store)
+        self._lost: set[str] = set()  # keys whose only stored rows were lost to a worker death
 
     def _part_files(self) -> list[Path]:
         if not self.parts_dir.is_dir():
@@ -153,13 +159,14 @@ class ResultsStore:
         """Keys of the episodes already stored (not those lost to a worker death: they run again)."""
         if self._keys is None:
             df = self.frame()
-            self._keys = set(df.loc[~_retryable(df), "key"])
+            lost = _retryable(df)
+            self._keys, self._lost = set(df.loc[~lost, "key"]), set(df.loc[lost, "key"])
         return set(self._keys)
 
     def retry_keys(self) -> set[str]:
         """Keys whose stored row was lost to a worker death (a rerun runs them again)."""
-        df = self.frame()
-        return set(df.loc[_retryable(df), "key"])
+        done = self.done_keys()  # reads the store once and caches both sets
+        return self._lost - done
 
     def add(self, rows: Iterable[dict[str, Any]]) -> int:
         """Store ``rows`` whose key is not done yet (first one wins); return how many were added."""
@@ -170,7 +177,9 @@ class ResultsStore:
             if missing:
                 raise ValueError(f"result row lacks columns {sorted(missing)}; expected {list(COLUMNS)}")
             if row["key"] not in seen:
-                if not str(row["failure_reason"] or "").startswith(RETRY_PREFIX):
+                if _is_lost(row["failure_reason"]):
+                    self._lost.add(row["key"])
+                else:
                     seen.add(row["key"])
                 fresh.append({c: row[c] for c in COLUMNS})
         if not fresh:

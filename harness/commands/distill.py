@@ -84,12 +84,10 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    overrides = {key: value for key, value in (("steps", args.steps), ("stage1_steps", args.stage1_steps),
-                                               ("batch_size", args.batch_size), ("save_every", args.save_every),
-                                               ("alpha", args.alpha), ("beta", args.beta), ("eta", args.eta),
-                                               ("gamma", args.gamma), ("lr", args.lr), ("router_lr", args.router_lr),
-                                               ("shift_pad", args.shift_pad))
-                 if value is not None}
+    # flags named like ActDistillConfig fields; unset ones keep the config's defaults
+    overrides = {key: getattr(args, key) for key in ("steps", "stage1_steps", "batch_size", "save_every", "alpha",
+                                                      "beta", "eta", "gamma", "lr", "router_lr", "shift_pad")
+                 if getattr(args, key) is not None}
     if args.minutes_per_budget is not None:
         overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
     config = ActDistillConfig(seed=args.seed, num_workers=args.workers, graph_supervision=not args.no_graph,
