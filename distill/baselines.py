@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.checkpoint import VLAPolicy, load_policy, read_config
+from distill.router import layers_for_budget
 from distill.vla import VLA
 
 BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "early_exit_adaptive", "random")
@@ -62,17 +63,6 @@ CALIB_SAMPLES = 64  # calibration observations drawn (evenly spaced) from a demo
 _CALIB_BATCH = 16
 
 Calib = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]]
-
-
-def layers_for_budget(budget: float, num_layers: int) -> int:
-    """Layers executed per call at ``budget``: ``floor(budget * num_layers)`` (up to float rounding).
-
-    Raises ``ValueError`` naming the valid range when ``budget`` is outside [1/L, 1].
-    """
-    if not (isinstance(budget, (int, float)) and 1.0 / num_layers - 1e-9 <= budget <= 1.0):
-        raise ValueError(f"budget {budget!r} out of range for {num_layers} layers; valid: "
-                         f"{1.0 / num_layers:.4g} (one layer) to 1.0 (all layers)")
-    return math.floor(budget * num_layers + 1e-9)
 
 
 def first_k_layers(num_layers: int, k: int) -> list[int]:

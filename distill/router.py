@@ -32,7 +32,8 @@ def layers_for_budget(budget: float, num_layers: int) -> int:
     Raises ``ValueError`` naming the valid range when ``budget`` is outside [1/L, 1] (below 1/L no layer
     would run, and running one would exceed the budget).
     """
-    if not 1.0 / num_layers - 1e-9 <= budget <= 1.0:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
+            or not 1.0 / num_layers - 1e-9 <= budget <= 1.0:
         raise ValueError(f"budget {budget!r} out of range for {num_layers} layers; valid: "
                          f"{1.0 / num_layers:.4g} (one layer) to 1.0 (all layers), e.g. 0.25, 0.5 or 0.75")
     return math.floor(budget * num_layers + 1e-9)

@@ -104,6 +104,7 @@ class ActDistillConfig:
     budget_weight: float = 1.0  # lambda_b of the budget term
     teacher_weight: float = 1.0  # final head vs the teacher's final chunk (and stage-1 heads vs it)
     gate_noise: float = 1.0  # Gumbel scale of the training-time top-k, annealed linearly to 0
+    gate_center: bool = False  # soft gates relative to each row's top-k threshold (see centered_gates)
     graph_supervision: bool = True  # False: the "router without graph supervision" ablation (final + budget)
     steps: int = 3000  # stage-2 steps per budget
     stage1_steps: int = 1000
@@ -534,6 +535,24 @@ def train_encapsulation(teacher: VLA, dataset: Dataset, workdir: str | Path, con
 # -- stage 2 ---------------------------------------------------------------------------------------------------
 
 
+def centered_gates(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Soft gates (B, L) ``sigmoid(logit - t)`` with ``t`` each row's (detached) top-k threshold.
+
+    ``t`` is midway between the k-th and (k+1)-th largest logits (the k-th itself when k = L), so the k
+    layers the top-k rule picks have gates above 0.5 and the others below. Shifting every logit of a row
+    leaves both the selection and these gates unchanged, so the gates cannot all saturate at 1 (or 0) and
+    the straight-through gradient keeps reaching the router. Plain ``sigmoid(logit)`` gates do saturate at
+    low budgets: the task loss prefers every layer's full update, the budget term ``(mean g - b)^2`` at
+    weight 1 does not hold them down, and a saturated sigmoid passes no gradient.
+    """
+    num_layers = logits.shape[-1]
+    if not 1 <= k <= num_layers:
+        raise ValueError(f"k={k} layers must be between 1 and the number of layers {num_layers}")
+    top = logits.detach().topk(min(k + 1, num_layers), dim=-1).values  # (B, k+1), descending
+    threshold = top[:, k - 1] if k == num_layers else 0.5 * (top[:, k - 1] + top[:, k])  # (B,)
+    return torch.sigmoid(logits - threshold[:, None])
+
+
 def student_losses(student: StudentVLA, enc: GraphEncapsulation | None, batch: Batch, cache: TeacherCache,
                    config: ActDistillConfig, weights: torch.Tensor, noise: float) -> dict[str, torch.Tensor]:
     """One stage-2 forward (Sec. 3.3-3.4): routed student, per-layer graph supervision, final and budget terms.
@@ -547,7 +566,7 @@ def student_losses(student: StudentVLA, enc: GraphEncapsulation | None, batch: B
     s_t, a_t, final_t = (t.to(device) for t in cache.lookup(batch.sample_ids))
     emb = student.embed(batch.inputs)
     logits = student.router(emb).float()  # (B, L)
-    gates = torch.sigmoid(logits)  # (B, L)
+    gates = centered_gates(logits, student.layers_per_input) if config.gate_center else torch.sigmoid(logits)
     scores = logits.detach()
     if noise > 0:
         u = torch.rand_like(scores).clamp(1e-9, 1 - 1e-9)
@@ -610,6 +629,8 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
 def _student_fingerprint(budget: float, config: ActDistillConfig) -> dict:
     """Settings a stage-2 resume must share with the interrupted run (steps and I/O knobs may change)."""
     skip = {"steps", "save_every", "num_workers", "time_budget_s"}
+    if not config.gate_center:
+        skip.add("gate_center")  # added later: runs from before it (and without it) resume as they were
     return {"budget": budget, **{k: v for k, v in asdict(config).items() if k not in skip}}
 
 

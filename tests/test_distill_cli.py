@@ -106,11 +106,13 @@ def test_method_flags_reach_the_student_config(setup, capsys):
     tmp_path, args, _ = setup
     one = [a if a != "0.5,0.25" else "0.5" for a in args]
     flags = ["--alpha", "0.1", "--beta", "0.2", "--eta", "0.3", "--gamma", "1.0", "--lr", "5e-5",
-             "--router-lr", "2e-3", "--shift-pad", "2"]
+             "--router-lr", "2e-3", "--shift-pad", "2", "--budget-weight", "4", "--gate-center"]
     assert cli.main(one + flags) == 0
     training = json.loads((tmp_path / "out" / "student-b0.5" / "config.json").read_text())["training"]
-    assert {k: training[k] for k in ("alpha", "beta", "eta", "gamma", "lr", "router_lr", "shift_pad")} == \
-        {"alpha": 0.1, "beta": 0.2, "eta": 0.3, "gamma": 1.0, "lr": 5e-5, "router_lr": 2e-3, "shift_pad": 2}
+    names = ("alpha", "beta", "eta", "gamma", "lr", "router_lr", "shift_pad", "budget_weight", "gate_center")
+    assert {k: training[k] for k in names} == {"alpha": 0.1, "beta": 0.2, "eta": 0.3, "gamma": 1.0, "lr": 5e-5,
+                                             "router_lr": 2e-3, "shift_pad": 2, "budget_weight": 4.0,
+                                             "gate_center": True}
     capsys.readouterr()
     assert cli.main(one[:one.index("--out") + 1] + [str(tmp_path / "bad")] + one[one.index("--out") + 2:]
                     + ["--shift-pad", "-1"]) == 2

@@ -33,6 +33,7 @@ from distill.student import (
     TeacherCache,
     build_encapsulation,
     build_teacher_cache,
+    centered_gates,
     collate,
     export_student,
     routed_states,
@@ -165,6 +166,39 @@ def test_budget_rule():
             layers_for_budget(bad, 12)
     mask = topk_mask(torch.tensor([[0.1, 0.9, 0.5, -1.0], [3.0, 2.0, 1.0, 0.0]]), 2)
     assert mask.tolist() == [[False, True, True, False], [True, True, False, False]]
+
+
+def test_centered_gates_follow_the_topk_threshold_and_do_not_saturate():
+    logits = torch.tensor([[0.1, 0.9, 0.5, -1.0], [30.0, 20.0, 10.0, 0.0]], requires_grad=True)
+    gates = centered_gates(logits, 2)
+    # threshold midway between the 2nd and 3rd largest logits: 0.3 and 15.0
+    torch.testing.assert_close(gates.detach(), torch.sigmoid(logits.detach() - torch.tensor([[0.3], [15.0]])))
+    assert ((gates > 0.5) == topk_mask(logits.detach(), 2)).all()
+    # a row shifted far up (plain sigmoid would give gates of 1 and no gradient) keeps its gates and gradient
+    shifted = centered_gates(logits.detach() + 100.0, 2)
+    torch.testing.assert_close(shifted, gates.detach())
+    gates[:, 1].sum().backward()
+    assert logits.grad[0, 1] > 0.2 and torch.isfinite(logits.grad).all()
+    torch.testing.assert_close(centered_gates(torch.tensor([[1.0, 2.0]]), 2), torch.sigmoid(torch.tensor([[0.0, 1.0]])))
+    with pytest.raises(ValueError, match="k=5 layers"):
+        centered_gates(logits, 5)
+
+
+def test_gate_center_option_trains_and_is_in_the_fingerprint(tmp_path, teacher, data):
+    config = tiny_config(gate_center=True)
+    enc = build_encapsulation(teacher, config).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    student = StudentVLA.from_teacher(teacher, budget=0.25, router_dim=8)
+    with torch.no_grad():
+        student.router.gate.bias.fill_(50.0)  # saturated: sigmoid gates would all be 1
+    batch = collate(student, [data[i] for i in range(4)])
+    terms = student_losses(student, enc, batch, cache, config, layer_weights(4, 2.0), noise=0.0)
+    assert terms["gate_mean"].item() < 0.75  # 1 of 4 layers above the threshold, 3 below
+    terms["loss"].backward()
+    assert student.router.gate.bias.grad.abs().sum() > 0
+    from distill.student import _student_fingerprint
+    assert _student_fingerprint(0.25, config)["gate_center"] is True
+    assert "gate_center" not in _student_fingerprint(0.25, tiny_config())  # old runs resume unchanged
 
 
 def test_inference_budget_holds_on_held_out_inputs(teacher):
