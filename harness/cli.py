@@ -23,6 +23,7 @@ VERBS = {
     "regress": "harness.commands.regress",
     "report": "harness.commands.report",
     "convert": "harness.commands.convert",
+    "fit": "harness.commands.fit",
 }
 
 

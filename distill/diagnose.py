@@ -1,0 +1,129 @@
+"""Offline fit of a policy's action chunks on demonstrations, per suite or task, under several layer masks.
+
+    rows = offline_fit(["results/checkpoints/student-libero-b0.50"], ["data/libero"], samples=256)
+    print(format_fit(rows))
+
+For each checkpoint and each group of samples (``by="suite"`` or ``"task"``), the error is the mean squared
+error of the predicted normalised action chunk against the demonstration's (padding excluded), the loss
+the models are trained on. Masks say which decoder layers run:
+
+- ``routed``: the student's own router (a teacher runs every layer);
+- ``all``: every layer (the student's weights without routing);
+- ``first`` / ``last``: the first / last ``k`` layers, ``k`` the student's layers per input (or ``layers``).
+
+A router that picks worse layers than a static choice shows up as ``routed`` above ``first`` for a group.
+For students the rows also carry how often each layer ran under the router (``layer_freq``). This reads
+training demonstrations, so it measures fit, not generalisation; closed-loop success comes from
+``actdistill eval``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+MASKS = ("routed", "all", "first", "last")
+GROUPS = ("suite", "task")
+
+
+def _mask(model, emb, mode: str, k: int | None) -> torch.Tensor:
+    batch, num_layers = emb.hidden.shape[0], model.num_layers
+    if mode == "routed":
+        if hasattr(model, "route"):
+            return model.route(emb)
+        mode = "all"
+    if mode == "all":
+        return torch.ones(batch, num_layers, dtype=torch.bool, device=emb.hidden.device)
+    mask = torch.zeros(batch, num_layers, dtype=torch.bool, device=emb.hidden.device)
+    if mode == "first":
+        mask[:, :k] = True
+    else:
+        mask[:, num_layers - k:] = True
+    return mask
+
+
+def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.PathLike] | Dataset, *,
+                samples: int = 256,
+                by: str = "suite", masks: Sequence[str] = MASKS, layers: int | None = None,
+                batch_size: int = 32) -> list[dict]:
+    """Rows ``{policy, group, mask, n, mse, layer_freq}`` (see the module docstring).
+
+    ``samples`` evenly spaced samples of the demonstrations in ``data`` are read once and shared by every
+    policy. ``first``/``last`` are skipped for a teacher unless ``layers`` is given. Raises ``ValueError``
+    naming a bad ``by``, mask, ``samples`` or ``layers``.
+    """
+    from distill import load_policy
+    from distill.student import collate, open_dataset
+
+    if by not in GROUPS:
+        raise ValueError(f"by={by!r} is not a grouping; valid: {', '.join(GROUPS)}")
+    bad = [m for m in masks if m not in MASKS]
+    if bad or not masks:
+        raise ValueError(f"mask(s) {bad or list(masks)!r} not valid; valid: {', '.join(MASKS)}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    loaded = [(str(p), load_policy(p)) for p in policies]
+    chunks = {int(pol.model.config.chunk) for _, pol in loaded}
+    if len(chunks) != 1:
+        raise ValueError(f"policies predict different chunk lengths {sorted(chunks)}; compare them separately")
+    dataset = open_dataset(data, chunks.pop())  # demo folders, or a dataset of their items
+    index = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
+    items = [dataset[int(i)] for i in index]
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        groups.setdefault(str(item[by]), []).append(item)
+    rows = []
+    for path, policy in loaded:
+        model = policy.model.float().eval()
+        num_layers = model.num_layers
+        k = layers if layers is not None else getattr(model, "layers_per_input", None)
+        if k is not None and not 1 <= k <= num_layers:
+            raise ValueError(f"layers={k} must be between 1 and {num_layers} (the decoder layers of {path})")
+        for group in sorted(groups):
+            for mode in masks:
+                if mode in ("first", "last") and k is None:
+                    continue  # a teacher has no layer count of its own
+                if mode == "routed" and not hasattr(model, "route") and "all" in masks:
+                    continue  # a teacher's routed run is its full run
+                err_sum, count, used = 0.0, 0.0, torch.zeros(num_layers)
+                with torch.inference_mode():
+                    for start in range(0, len(groups[group]), batch_size):
+                        batch = collate(model, groups[group][start:start + batch_size])
+                        emb = model.embed(batch.inputs)
+                        mask = _mask(model, emb, mode, k)
+                        chunk = model.head(model.run_layers(emb.hidden, emb, mask), emb)
+                        err = ((chunk - batch.actions) ** 2).mean(-1) * batch.mask  # (B, K)
+                        err_sum += float(err.sum())
+                        count += float(batch.mask.sum())
+                        used += mask.float().sum(0).cpu()
+                n = len(groups[group])
+                rows.append({"policy": path, "group": group, "mask": mode, "n": n,
+                             "mse": err_sum / max(count, 1.0),
+                             "layer_freq": [round(float(u) / n, 3) for u in used]})
+    return rows
+
+
+def _freq_string(freq: Sequence[float]) -> str:
+    """Per layer: ``#`` always runs, ``.`` never, a digit d runs in about d/10 of the inputs."""
+    return "".join("#" if f >= 0.995 else "." if f <= 0.005 else str(min(9, int(f * 10))) for f in freq)
+
+
+def format_fit(rows: Sequence[dict]) -> str:
+    """A markdown table: one row per (policy, group), one MSE column per mask, and the routed layer usage."""
+    masks = [m for m in MASKS if any(r["mask"] == m for r in rows)]
+    keyed: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        keyed.setdefault((r["policy"], r["group"]), {"n": r["n"]})[r["mask"]] = r
+    head = ["policy", "group", "n"] + [f"mse {m}" for m in masks] + ["routed layers (# always, . never)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (policy, group), by_mask in keyed.items():
+        cells = [policy, group, str(by_mask["n"])]
+        cells += [f"{by_mask[m]['mse']:.3f}" if m in by_mask else "" for m in masks]
+        routed = by_mask.get("routed") or by_mask.get("all")
+        cells.append(f"`{_freq_string(routed['layer_freq'])}`" if routed else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

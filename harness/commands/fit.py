@@ -1,0 +1,53 @@
+"""Offline fit of checkpoints on demonstrations, per suite or task, with the router and with static layers.
+
+    actdistill fit --policy results/checkpoints/student-libero-b0.50 --data data/libero
+    actdistill fit --policy results/checkpoints/teacher-simpler results/checkpoints/student-simpler-b0.50 \\
+        --data data/simpler-s1 --by task --samples 512 --json runs/fit.json
+
+Prints a markdown table: per checkpoint and group, the mean squared error of the normalised action chunk
+against the demonstrations under each layer mask (routed: the student's router; all: every layer;
+first/last: the first/last k layers, k the student's layers per input), and which layers the router ran.
+A group where "routed" is worse than "first" has a router that picks worse layers than a static choice.
+This reads training data: it measures fit, not success (use actdistill eval for that).
+"""
+
+from __future__ import annotations
+
+HELP = "offline action error per suite/task under the router and static layer masks (router check)"
+
+
+def add_arguments(parser) -> None:
+    from distill.diagnose import GROUPS, MASKS
+
+    parser.add_argument("--policy", nargs="+", required=True, help="checkpoint folder(s), teacher or student")
+    parser.add_argument("--data", nargs="+", required=True, help="demonstration folder(s) (from actdistill demos)")
+    parser.add_argument("--samples", type=int, default=256,
+                        help="evenly spaced samples read from the data (default 256)")
+    parser.add_argument("--by", default="suite", choices=list(GROUPS), help="grouping (default suite)")
+    parser.add_argument("--masks", default=",".join(MASKS),
+                        help=f"comma-separated layer masks (default {','.join(MASKS)})")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="k of the first/last masks (default: the student's layers per input)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from distill.diagnose import format_fit, offline_fit
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    masks = [m.strip() for m in args.masks.split(",") if m.strip()]
+    rows = offline_fit(args.policy, args.data, samples=args.samples, by=args.by, masks=masks, layers=args.layers)
+    print(format_fit(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0

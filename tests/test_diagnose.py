@@ -1,0 +1,75 @@
+"""``actdistill fit``: offline action error per group under routed and static layer masks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_student import SyntheticDemos, tiny_teacher
+
+from distill.checkpoint import save_checkpoint
+from distill.diagnose import format_fit, offline_fit
+from distill.student import StudentVLA, export_student
+from harness import cli
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    teacher = tiny_teacher()
+    save_checkpoint(root / "teacher", teacher)
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8).eval()
+    export_student(student, root / "student")
+    return root, teacher, student
+
+
+def test_offline_fit_matches_a_hand_computed_error_and_masks(checkpoints):
+    root, teacher, student = checkpoints
+    data = SyntheticDemos(n=12)
+    rows = offline_fit([root / "teacher", root / "student"], data, samples=12, by="task")
+    by = {(r["policy"].split("/")[-1], r["group"], r["mask"]): r for r in rows}
+    # teacher: only "all" (no layer count of its own); student: all four masks, 3 tasks each
+    assert {m for (p, _, m) in by if p == "teacher"} == {"all"}
+    assert {m for (p, _, m) in by if p == "student"} == {"routed", "all", "first", "last"}
+    assert {g for (_, g, _) in by} == {"task0", "task1", "task2"}
+    # hand computation for the teacher on task0 (items 0, 3, 6, 9)
+    from distill.student import collate
+    items = [data[i] for i in range(12) if i % 3 == 0]
+    with torch.no_grad():
+        batch = collate(teacher, items)
+        err = ((teacher(batch.inputs) - batch.actions) ** 2).mean(-1) * batch.mask
+    assert by[("teacher", "task0", "all")]["mse"] == pytest.approx(float(err.sum() / batch.mask.sum()), rel=1e-5)
+    assert by[("teacher", "task0", "all")]["n"] == 4
+    # a fresh student is the teacher with all layers on; static masks run exactly k = 2 of 4 layers
+    assert by[("student", "task0", "all")]["mse"] == pytest.approx(by[("teacher", "task0", "all")]["mse"], rel=1e-5)
+    assert by[("student", "task1", "first")]["layer_freq"] == [1.0, 1.0, 0.0, 0.0]
+    assert by[("student", "task1", "last")]["layer_freq"] == [0.0, 0.0, 1.0, 1.0]
+    assert sum(by[("student", "task2", "routed")]["layer_freq"]) == pytest.approx(2.0)
+    table = format_fit(rows)
+    assert table.count("\n") == 2 + 6 - 1 and "mse first" in table and "`####`" in table  # the teacher runs every layer
+
+
+def test_offline_fit_bad_input_names_the_choices(checkpoints):
+    root, _, _ = checkpoints
+    data = SyntheticDemos(n=6)
+    with pytest.raises(ValueError, match="valid: suite, task"):
+        offline_fit([root / "student"], data, by="episode")
+    with pytest.raises(ValueError, match="valid: routed, all, first, last"):
+        offline_fit([root / "student"], data, masks=["routed", "middle"])
+    with pytest.raises(ValueError, match="layers=9"):
+        offline_fit([root / "student"], data, layers=9)
+
+
+def test_fit_command_prints_table_and_writes_json(checkpoints, tmp_path, monkeypatch, capsys):
+    root, _, _ = checkpoints
+    import distill.student
+    monkeypatch.setattr(distill.student, "open_dataset", lambda data, chunk: SyntheticDemos(n=9))
+    out = tmp_path / "fit.json"
+    assert cli.main(["fit", "--policy", str(root / "student"), "--data", str(tmp_path), "--masks", "routed,first",
+                     "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| mse routed | mse first |" in printed and "synthetic" in printed
+    assert [r["mask"] for r in json.loads(out.read_text())] == ["routed", "first"]
+    assert cli.main(["fit", "--policy", str(root / "student"), "--data", str(tmp_path), "--masks", "bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
