@@ -30,6 +30,10 @@ Each baseline runs the teacher's own weights with a ``layer_mask`` (skipped laye
 :meth:`distill.vla.VLA.run_layers`) through the teacher policy's chunking and post-processing
 (:class:`distill.checkpoint.VLAPolicy`, whose ``model_call`` it overrides).
 
+``first_k``, ``uniform`` and ``random`` also accept a distilled student's checkpoint in place of the
+teacher: its weights then run on the baseline's route and its router is ignored. That separates what the
+router adds from what stage 2 did to the weights (``baseline:first_k@0.5:results/checkpoints/student-simpler-b0.50``).
+
 Policy spec (the ``--policy`` form the harness accepts for baselines)::
 
     baseline:<name>@<budget>[,seed=<int>][,calib=<demo folder>][,calib_samples=<int>]:<teacher checkpoint>
@@ -59,6 +63,9 @@ from distill.vla import VLA
 
 BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "early_exit_adaptive", "random")
 SPEC_PREFIX = "baseline:"
+# Baselines that only pick a fixed (or random) layer set, so they may also run over a distilled student's
+# weights, its router ignored: "is the router better than a static route over the same weights?"
+STATIC_OVER_STUDENT = ("first_k", "uniform", "random")
 CALIB_SAMPLES = 64  # calibration observations drawn (evenly spaced) from a demo dataset
 _CALIB_BATCH = 16
 
@@ -333,9 +340,12 @@ def make_baseline(name: str, teacher_path: str | os.PathLike, budget: float, cal
     """
     _check_name(name)
     teacher = load_policy(teacher_path, device=device)
-    if type(teacher) is not VLAPolicy:
-        raise ValueError(f"baselines wrap a plain VLA teacher checkpoint, but {str(teacher_path)!r} loads as "
-                         f"{type(teacher).__name__}")
+    from distill.student import StudentPolicy
+
+    if type(teacher) is not VLAPolicy and not (type(teacher) is StudentPolicy and name in STATIC_OVER_STUDENT):
+        raise ValueError(f"baselines wrap a plain VLA teacher checkpoint (or, for {', '.join(STATIC_OVER_STUDENT)}, "
+                         f"a student's weights), but {str(teacher_path)!r} loads as {type(teacher).__name__} "
+                         f"and {name!r} was asked for")
     num_layers = teacher.model.num_layers
     k = layers_for_budget(budget, num_layers)
     extra = ""

@@ -250,3 +250,30 @@ def test_calibration_observations_subsample_evenly_and_reject_junk(teacher_path,
         calibration_observations([], teacher_path)
     with pytest.raises(ValueError, match="observation dicts"):
         calibration_observations([1, 2], teacher_path)
+
+
+def test_static_baselines_run_over_a_students_weights_and_others_refuse(tmp_path, teacher_path):
+    """first_k over a student: the student's own weights on a fixed route, its router ignored."""
+    from distill.checkpoint import load_policy
+    from distill.student import StudentVLA, export_student
+
+    teacher = load_policy(teacher_path).model
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8).eval()
+    with torch.no_grad():  # make the student's weights differ from the teacher's
+        student.layers[0].mlp.down_proj.weight.mul_(2.0)
+    export_student(student, tmp_path / "student")
+    obs = observations(2)
+    static = make_baseline("first_k", tmp_path / "student", 0.5)
+    assert static.layers == [0, 1, 2]
+    batch = static.model.prepare(obs)
+    chunk, executed = static.model_call(batch)
+    assert executed == [[0, 1, 2], [0, 1, 2]]
+    mask = torch.zeros(2, LAYERS, dtype=torch.bool)
+    mask[:, :3] = True
+    with torch.no_grad():
+        expected = student(batch, mask)  # the student's weights, first three layers
+        over_teacher, _ = make_baseline("first_k", teacher_path, 0.5).model_call(batch)
+    torch.testing.assert_close(chunk, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(chunk, over_teacher, atol=1e-4)
+    with pytest.raises(ValueError, match="redundancy"):
+        make_baseline("redundancy", tmp_path / "student", 0.5, calib=observations(2))
