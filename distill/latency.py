@@ -167,6 +167,43 @@ class _Target:
         }
 
 
+BUSY_CORES = 0.25  # other_cpu_load above this: the machine was busy while timing, and the figure is noisy
+
+
+class OtherCpuLoad:
+    """Cores that *other* processes kept busy while timing: the machine's busy CPU time over the window
+    (``/proc/stat``) minus this process's own (``getrusage``), per second of wall time.
+
+    ``stop()`` returns it rounded to 0.01, or ``None`` where ``/proc/stat`` is unreadable (not Linux). On a
+    quiet machine it is near 0; two rollout workers beside the timing make it about 2.
+    """
+
+    def __init__(self):
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        import os
+        import resource
+
+        try:
+            with open("/proc/stat") as f:
+                fields = [float(x) for x in f.readline().split()[1:]]
+            tick = float(os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return (sum(fields) - idle) / tick, usage.ru_utime + usage.ru_stime, time.perf_counter()
+
+    def stop(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[2] <= self._start[2]:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self._start, end))
+        return round(max(0.0, (busy - own) / wall), 2)
+
+
 def measure_latency(
     policy,
     *,
@@ -181,8 +218,8 @@ def measure_latency(
 
     Returns a JSON-able dict: median_ms, p90_ms, mean_ms, breakdown {embed_ms, layers_ms, head_ms},
     device, dtype, attention, torch_threads, batch, iters, warmup, timer, capture, tokens, num_layers,
-    checkpoint_hash, mean_executed_fraction (when the policy has it) and, with ``vs``, ``vs`` (the same
-    fields for it) and ``speedup``.
+    checkpoint_hash, mean_executed_fraction (when the policy has it), ``other_cpu_load`` (see
+    :class:`OtherCpuLoad`) and, with ``vs``, ``vs`` (the same fields for it) and ``speedup``.
     """
     if iters < 1 or warmup < 0 or batch < 1:
         raise ValueError(
@@ -215,12 +252,15 @@ def measure_latency(
                 for fn in target.calls.values():
                     fn()
         times = [{k: [] for k in t.calls} for t in targets]
+        probe = OtherCpuLoad()
         for part in ("total", "embed", "head"):
             for _ in range(iters):
                 for target, record in zip(targets, times):  # alternate the policies call by call
                     record[part].append(timer(target.calls[part]))
+    other_load = probe.stop()
     results = [_summarise(t, rec, device, batch, iters, warmup, capture) for t, rec in zip(targets, times)]
     out = results[0]
+    out["other_cpu_load"] = other_load
     if vs is not None:
         out["vs"] = results[1]
         out["speedup"] = results[1]["median_ms"] / out["median_ms"]

@@ -152,3 +152,22 @@ def test_routed_graph_call_splits_like_model_call_and_caches_routes():
     assert policy.mean_executed_fraction == 0.5 and len(routes) == 2
     with torch.inference_mode(), pytest.raises(ValueError, match="one route for every row"):
         RoutedGraphCall(policy, student.prepare(obs + other), graphs=False)()
+
+
+def test_other_cpu_load_subtracts_this_process(monkeypatch):
+    """(machine busy seconds - own CPU seconds) / wall seconds, from two readings; None when unreadable."""
+    from distill.latency import OtherCpuLoad
+
+    readings = iter([(100.0, 5.0, 10.0), (103.5, 6.0, 11.0)])  # (busy s, own s, wall s)
+    monkeypatch.setattr(OtherCpuLoad, "_read", staticmethod(lambda: next(readings)))
+    assert OtherCpuLoad().stop() == 2.5  # 3.5 busy core-seconds, 1.0 of them ours, over 1 s
+    readings = iter([(100.0, 5.0, 10.0), (100.2, 5.9, 11.0)])  # own time above the machine's: clamp at 0
+    assert OtherCpuLoad().stop() == 0.0
+    readings = iter([None, (1.0, 1.0, 1.0)])
+    assert OtherCpuLoad().stop() is None
+
+
+def test_latency_json_reports_the_other_cpu_load():
+    result = measure_latency(VLAPolicy(tiny_vla(seed=0, num_layers=1)), iters=2, warmup=0)
+    assert "other_cpu_load" in result
+    assert result["other_cpu_load"] is None or result["other_cpu_load"] >= 0.0
