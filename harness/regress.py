@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.results import read_episodes
+from harness.results import current_rows, read_episodes
 from harness.stats import wilson
 
 TESTS = ("fisher", "binomial")
@@ -41,7 +41,7 @@ BASELINE_FORMAT = 1
 
 def _episodes(run_dir: str | os.PathLike) -> pd.DataFrame:
     try:
-        return read_episodes(run_dir)
+        return current_rows(read_episodes(run_dir))  # only the latest weights' rows
     except FileNotFoundError:
         raise FileNotFoundError(
             f"no results in run folder {run_dir!r} (expected {Path(run_dir) / 'episodes.parquet'})"

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.results import read_episodes
+from harness.results import current_rows, read_episodes
 from harness.stats import wilson
 
 KINDS = ("teacher", "student", "baseline", "expert", "policy")
@@ -129,7 +129,7 @@ def _pooled_mean(infos: list[dict[str, Any]], key: str) -> np.ndarray | None:
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read one run folder; raise ``FileNotFoundError`` naming it when it has no episodes."""
     path = Path(run_dir)
-    df = read_episodes(path)
+    df = current_rows(read_episodes(path))  # a policy re-run with new weights counts only its new rows
     meta = _read_json(path / "meta.json")
     latency = _read_json(path / "latency.json")
     policies = sorted(set(df["policy"])) if len(df) else []

@@ -41,6 +41,7 @@ def write_run(
     flops: float | None = None,
     n: int = 4,
     suite: str = "simpler_google",
+    policy_hash: str | None = None,
 ) -> None:
     """A run on simpler_google: per task, ``n`` episodes per variant, success rate ``rates[task]`` on
     visual_matching and half of it on the other variants; info as a routed policy's rollout stores it."""
@@ -62,7 +63,7 @@ def write_run(
                     make_row(
                         result,
                         policy=policy,
-                        policy_hash="h-" + policy,
+                        policy_hash=policy_hash or "h-" + policy,
                         suite=suite,
                         task=task,
                         variant=variant,
@@ -182,6 +183,19 @@ def test_same_policy_on_other_suites_is_pooled(runs, tmp_path):
     write_run(tmp_path / "other", "expert", {"pick_can": 0.0}, suite="simpler_google")
     with pytest.raises(ValueError, match="both hold suite"):
         build_report([*runs, tmp_path / "other"], tmp_path / "o2")
+
+
+def test_a_rerun_with_new_weights_replaces_the_old_rows_in_report_and_regress(tmp_path):
+    from harness.regress import _episodes
+
+    run = tmp_path / "student"
+    write_run(run, "ckpt/s50", {"pick_can": 0.0, "move_near": 0.0}, policy_hash="old")
+    write_run(run, "ckpt/s50", {"pick_can": 1.0, "move_near": 1.0}, policy_hash="new", n=2)
+    loaded = load_run(run)
+    assert set(loaded.episodes["policy_hash"]) == {"new"} and len(loaded.episodes) == 2 * 2 * len(VARIANTS)
+    suites = suite_table([loaded])
+    assert int(suites["n"].iloc[0]) == 12
+    assert set(_episodes(run)["policy_hash"]) == {"new"}
 
 
 def test_report_verb_imports_no_ray_simulator_or_torch(runs, tmp_path):
