@@ -25,7 +25,7 @@ def checkpoints(tmp_path_factory):
 
 
 def test_offline_fit_matches_a_hand_computed_error_and_masks(checkpoints):
-    root, teacher, student = checkpoints
+    root, teacher, _ = checkpoints
     data = SyntheticDemos(n=12)
     rows = offline_fit([root / "teacher", root / "student"], data, samples=12, by="task")
     by = {(r["policy"].split("/")[-1], r["group"], r["mask"]): r for r in rows}

@@ -54,7 +54,8 @@ def add_arguments(parser) -> None:
     method.add_argument("--eta", type=float, default=None,
                         help="weight of the relational-structure term inside the semantic term (default 0.5)")
     method.add_argument("--gamma", type=float, default=None, help="depth-weight exponent (default 2.0)")
-    method.add_argument("--lr", type=float, default=None, help="student backbone learning rate (default 3e-4; 1e-3 was better still at b0.50)")
+    method.add_argument("--lr", type=float, default=None,
+                        help="student backbone learning rate (default 3e-4; 1e-3 was better still at b0.50)")
     method.add_argument("--router-lr", type=float, default=None, help="router learning rate (default 1e-3)")
     method.add_argument("--shift-pad", type=int, default=None,
                         help="stage-2 random-shift image augmentation in pixels, 0 = off (default 0)")
@@ -90,9 +91,9 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     # flags named like ActDistillConfig fields; unset ones keep the config's defaults
-    overrides = {key: getattr(args, key) for key in ("steps", "stage1_steps", "batch_size", "save_every", "alpha",
-                                                      "beta", "eta", "gamma", "lr", "router_lr", "shift_pad", "budget_weight")
-                 if getattr(args, key) is not None}
+    names = ("steps", "stage1_steps", "batch_size", "save_every", "alpha", "beta", "eta", "gamma", "lr",
+             "router_lr", "shift_pad", "budget_weight")
+    overrides = {key: getattr(args, key) for key in names if getattr(args, key) is not None}
     if args.minutes_per_budget is not None:
         overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
     if args.gate_center:

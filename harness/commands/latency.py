@@ -36,12 +36,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
+    import sys
 
     import torch
 
     from distill.checkpoint import check_device, load_policy
-    import sys
-
     from distill.latency import BUSY_CORES, measure_latency
 
     check_device(args.device)
