@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 from distill.checkpoint import VLAPolicy, load_policy, read_config
 from distill.router import layers_for_budget
+from distill.student import StudentPolicy
 from distill.vla import VLA
 
 BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "early_exit_adaptive", "random")
@@ -340,8 +341,6 @@ def make_baseline(name: str, teacher_path: str | os.PathLike, budget: float, cal
     """
     _check_name(name)
     teacher = load_policy(teacher_path, device=device)
-    from distill.student import StudentPolicy
-
     if type(teacher) is not VLAPolicy and not (type(teacher) is StudentPolicy and name in STATIC_OVER_STUDENT):
         raise ValueError(f"baselines wrap a plain VLA teacher checkpoint (or, for {', '.join(STATIC_OVER_STUDENT)}, "
                          f"a student's weights), but {str(teacher_path)!r} loads as {type(teacher).__name__} "

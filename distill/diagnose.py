@@ -78,32 +78,33 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
         groups.setdefault(str(item[by]), []).append(item)
     rows = []
     for path, policy in loaded:
-        model = policy.model.float().eval()
+        model = policy.model.eval()
         num_layers = model.num_layers
         k = layers if layers is not None else getattr(model, "layers_per_input", None)
         if k is not None and not 1 <= k <= num_layers:
             raise ValueError(f"layers={k} must be between 1 and {num_layers} (the decoder layers of {path})")
+        modes = [m for m in masks
+                 if not (m in ("first", "last") and k is None)  # a teacher has no layer count of its own
+                 and not (m == "routed" and not hasattr(model, "route") and "all" in masks)]  # = its full run
         for group in sorted(groups):
-            for mode in masks:
-                if mode in ("first", "last") and k is None:
-                    continue  # a teacher has no layer count of its own
-                if mode == "routed" and not hasattr(model, "route") and "all" in masks:
-                    continue  # a teacher's routed run is its full run
-                err_sum, count, used = 0.0, 0.0, torch.zeros(num_layers)
-                with torch.inference_mode():
-                    for start in range(0, len(groups[group]), batch_size):
-                        batch = collate(model, groups[group][start:start + batch_size])
-                        emb = model.embed(batch.inputs)
+            err_sum = dict.fromkeys(modes, 0.0)
+            used = {m: torch.zeros(num_layers) for m in modes}
+            count = 0.0
+            with torch.inference_mode():
+                for start in range(0, len(groups[group]), batch_size):
+                    batch = collate(model, groups[group][start:start + batch_size])
+                    emb = model.embed(batch.inputs)  # once per batch, shared by every mask
+                    count += float(batch.mask.sum())
+                    for mode in modes:
                         mask = _mask(model, emb, mode, k)
                         chunk = model.head(model.run_layers(emb.hidden, emb, mask), emb)
                         err = ((chunk - batch.actions) ** 2).mean(-1) * batch.mask  # (B, K)
-                        err_sum += float(err.sum())
-                        count += float(batch.mask.sum())
-                        used += mask.float().sum(0).cpu()
-                n = len(groups[group])
-                rows.append({"policy": path, "group": group, "mask": mode, "n": n,
-                             "mse": err_sum / max(count, 1.0),
-                             "layer_freq": [round(float(u) / n, 3) for u in used]})
+                        err_sum[mode] += float(err.sum())
+                        used[mode] += mask.float().sum(0).cpu()
+            n = len(groups[group])
+            rows += [{"policy": path, "group": group, "mask": mode, "n": n,
+                      "mse": err_sum[mode] / max(count, 1.0),
+                      "layer_freq": [round(float(u) / n, 3) for u in used[mode]]} for mode in modes]
     return rows
 
 

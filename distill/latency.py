@@ -204,6 +204,14 @@ class OtherCpuLoad:
         return round(max(0.0, (busy - own) / wall), 2)
 
 
+def busy_warning(result: Mapping) -> str | None:
+    """A sentence saying the figure is noisy when ``result["other_cpu_load"]`` exceeds :data:`BUSY_CORES`."""
+    load = result.get("other_cpu_load")
+    if load is None or load <= BUSY_CORES:
+        return None
+    return f"other processes kept {load:.2f} cores busy while timing, so the figure is noisy"
+
+
 def measure_latency(
     policy,
     *,

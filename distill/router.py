@@ -39,12 +39,33 @@ def layers_for_budget(budget: float, num_layers: int) -> int:
     return math.floor(budget * num_layers + 1e-9)
 
 
+def _check_k(k: int, num_layers: int) -> None:
+    if not 1 <= k <= num_layers:
+        raise ValueError(f"k={k} layers must be between 1 and the number of layers {num_layers}")
+
+
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask (B, L) that is True at the ``k`` largest ``scores`` (B, L) of each row (ties: lowest index)."""
-    if not 1 <= k <= scores.shape[-1]:
-        raise ValueError(f"k={k} layers must be between 1 and the number of layers {scores.shape[-1]}")
+    _check_k(k, scores.shape[-1])
     index = scores.topk(k, dim=-1, sorted=False).indices  # (B, k)
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
+
+
+def centered_gates(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Soft gates (B, L) ``sigmoid(logit - t)`` with ``t`` each row's (detached) top-k threshold.
+
+    ``t`` is midway between the k-th and (k+1)-th largest logits (the k-th itself when k = L), so the k
+    layers the top-k rule picks have gates above 0.5 and the others below. Shifting every logit of a row
+    leaves both the selection and these gates unchanged, so the gates cannot all saturate at 1 (or 0) and
+    the straight-through gradient keeps reaching the router. Plain ``sigmoid(logit)`` gates do saturate at
+    low budgets: the task loss prefers every layer's full update, the budget term ``(mean g - b)^2`` at
+    weight 1 does not hold them down, and a saturated sigmoid passes no gradient.
+    """
+    num_layers = logits.shape[-1]
+    _check_k(k, num_layers)
+    top = logits.detach().topk(min(k + 1, num_layers), dim=-1).values  # (B, k+1), descending
+    threshold = top[:, k - 1] if k == num_layers else 0.5 * (top[:, k - 1] + top[:, k])  # (B,)
+    return torch.sigmoid(logits - threshold[:, None])
 
 
 def masked_mean_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

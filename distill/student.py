@@ -60,7 +60,7 @@ from distill.checkpoint import (
 )
 from distill.graph import GraphEncapsulation
 from distill.losses import budget_loss, hierarchical_loss, layer_weights, masked_mse
-from distill.router import Router, layers_for_budget, topk_mask
+from distill.router import Router, centered_gates, layers_for_budget, topk_mask
 from distill.train import (
     GROUP_EPISODES,
     EpisodeGroupedBatches,
@@ -104,7 +104,7 @@ class ActDistillConfig:
     budget_weight: float = 1.0  # lambda_b of the budget term
     teacher_weight: float = 1.0  # final head vs the teacher's final chunk (and stage-1 heads vs it)
     gate_noise: float = 1.0  # Gumbel scale of the training-time top-k, annealed linearly to 0
-    gate_center: bool = False  # soft gates relative to each row's top-k threshold (see centered_gates)
+    gate_center: bool = False  # soft gates relative to each row's top-k threshold (router.centered_gates)
     graph_supervision: bool = True  # False: the "router without graph supervision" ablation (final + budget)
     steps: int = 3000  # stage-2 steps per budget
     stage1_steps: int = 1000
@@ -533,24 +533,6 @@ def train_encapsulation(teacher: VLA, dataset: Dataset, workdir: str | Path, con
 
 
 # -- stage 2 ---------------------------------------------------------------------------------------------------
-
-
-def centered_gates(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Soft gates (B, L) ``sigmoid(logit - t)`` with ``t`` each row's (detached) top-k threshold.
-
-    ``t`` is midway between the k-th and (k+1)-th largest logits (the k-th itself when k = L), so the k
-    layers the top-k rule picks have gates above 0.5 and the others below. Shifting every logit of a row
-    leaves both the selection and these gates unchanged, so the gates cannot all saturate at 1 (or 0) and
-    the straight-through gradient keeps reaching the router. Plain ``sigmoid(logit)`` gates do saturate at
-    low budgets: the task loss prefers every layer's full update, the budget term ``(mean g - b)^2`` at
-    weight 1 does not hold them down, and a saturated sigmoid passes no gradient.
-    """
-    num_layers = logits.shape[-1]
-    if not 1 <= k <= num_layers:
-        raise ValueError(f"k={k} layers must be between 1 and the number of layers {num_layers}")
-    top = logits.detach().topk(min(k + 1, num_layers), dim=-1).values  # (B, k+1), descending
-    threshold = top[:, k - 1] if k == num_layers else 0.5 * (top[:, k - 1] + top[:, k])  # (B,)
-    return torch.sigmoid(logits - threshold[:, None])
 
 
 def student_losses(student: StudentVLA, enc: GraphEncapsulation | None, batch: Batch, cache: TeacherCache,

@@ -301,7 +301,7 @@ def _latency_run(ctx: Context) -> None:
 
     from distill import load_policy
     from distill.baselines import parse_policy_spec
-    from distill.latency import BUSY_CORES, measure_latency
+    from distill.latency import busy_warning, measure_latency
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     teacher = load_policy(teacher_dir())
@@ -328,10 +328,10 @@ def _latency_run(ctx: Context) -> None:
         if "speedup" in result:
             line += f", {result['speedup']:.2f}x vs the teacher"
         print(line)
-        if (result.get("other_cpu_load") or 0.0) > BUSY_CORES:
-            print(f"[sweep] warning: other processes kept {result['other_cpu_load']:.2f} cores busy while "
-                  f"{name} was timed, so its latency is noisy. For figures to report, delete {out} and rerun "
-                  "the sweep on a quiet machine.")
+        warning = busy_warning(result)
+        if warning:
+            print(f"[sweep] warning: {name}: {warning}. For figures to report, delete {out} and rerun the "
+                  "sweep on a quiet machine.")
 
 
 def _libero_estimate(ctx: Context) -> float:

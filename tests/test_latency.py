@@ -171,3 +171,11 @@ def test_latency_json_reports_the_other_cpu_load():
     result = measure_latency(VLAPolicy(tiny_vla(seed=0, num_layers=1)), iters=2, warmup=0)
     assert "other_cpu_load" in result
     assert result["other_cpu_load"] is None or result["other_cpu_load"] >= 0.0
+
+
+def test_busy_warning_only_above_the_threshold():
+    from distill.latency import BUSY_CORES, busy_warning
+
+    assert "1.50 cores" in busy_warning({"other_cpu_load": 1.5})
+    assert busy_warning({"other_cpu_load": BUSY_CORES}) is None
+    assert busy_warning({"other_cpu_load": None}) is None and busy_warning({}) is None

@@ -25,7 +25,7 @@ from distill.losses import (
     relational_structure,
     semantic_alignment,
 )
-from distill.router import layers_for_budget, topk_mask
+from distill.router import centered_gates, layers_for_budget, topk_mask
 from distill.student import (
     ActDistillConfig,
     StudentPolicy,
@@ -33,7 +33,6 @@ from distill.student import (
     TeacherCache,
     build_encapsulation,
     build_teacher_cache,
-    centered_gates,
     collate,
     export_student,
     routed_states,

@@ -61,9 +61,9 @@ def add_arguments(parser) -> None:
                         help="stage-2 random-shift image augmentation in pixels, 0 = off (default 0)")
     method.add_argument("--budget-weight", type=float, default=None,
                         help="weight lambda_b of the budget term (mean gate - b)^2 (default 1.0)")
-    method.add_argument("--gate-center", action="store_true",
+    method.add_argument("--gate-center", action="store_true", default=None,
                         help="soft gates relative to each input's top-k threshold, so they cannot saturate "
-                             "(off by default; see distill.student.centered_gates)")
+                             "(off by default; see distill.router.centered_gates)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is much faster on a shared machine)")
@@ -92,12 +92,10 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # flags named like ActDistillConfig fields; unset ones keep the config's defaults
     names = ("steps", "stage1_steps", "batch_size", "save_every", "alpha", "beta", "eta", "gamma", "lr",
-             "router_lr", "shift_pad", "budget_weight")
+             "router_lr", "shift_pad", "budget_weight", "gate_center")
     overrides = {key: getattr(args, key) for key in names if getattr(args, key) is not None}
     if args.minutes_per_budget is not None:
         overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
-    if args.gate_center:
-        overrides["gate_center"] = True
     config = ActDistillConfig(seed=args.seed, num_workers=args.workers, graph_supervision=not args.no_graph,
                               **overrides)
     chunk = int(read_config(args.teacher).get("vla", {}).get("chunk", 8))

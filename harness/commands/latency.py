@@ -41,7 +41,7 @@ def run(args) -> int:
     import torch
 
     from distill.checkpoint import check_device, load_policy
-    from distill.latency import BUSY_CORES, measure_latency
+    from distill.latency import busy_warning, measure_latency
 
     check_device(args.device)
     if args.threads is not None:
@@ -63,7 +63,7 @@ def run(args) -> int:
         use_cuda_graph=not args.no_cuda_graph,
     )
     print(json.dumps(result))
-    if (result.get("other_cpu_load") or 0.0) > BUSY_CORES:
-        print(f"actdistill latency: warning: other processes kept {result['other_cpu_load']:.2f} cores busy "
-              "while timing; the figure is noisy (rerun on a quiet machine)", file=sys.stderr)
+    warning = busy_warning(result)
+    if warning:
+        print(f"actdistill latency: warning: {warning} (rerun on a quiet machine)", file=sys.stderr)
     return 0
