@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-batch", type=int, default=256)
     p.add_argument("--teacher-lr", type=float, default=8e-4)
     p.add_argument("--stage1-steps", type=int, default=300)
-    p.add_argument("--student-s", type=float, default=30.0, help="stage-2 time per budget (default 30 s)")
+    p.add_argument("--student-s", type=float, default=30.0,
+                   help="stage-2 time per budget (default 30 s); 0 stops after the teacher (no students, no latency)")
     p.add_argument("--student-batch", type=int, default=64)
     p.add_argument("--budgets", default="0.25,0.5,0.75")
     p.add_argument("--workers", type=int, default=min(12, max(0, (os.cpu_count() or 2) - 2)),
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                             num_workers=args.workers, progress=False, time_budget_s=args.teacher_s)
     _pack(teacher, out / "teacher-simpler.tar")
     man.stage("teacher", seconds=round(time.monotonic() - t, 1), **summary)
+
+    if args.student_s <= 0:
+        man.stage("done", skipped="students and latency (--student-s 0)")
+        return 0
 
     # 3. students
     from distill.student import ActDistillConfig, distill

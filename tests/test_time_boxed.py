@@ -175,6 +175,13 @@ def test_gpu_run_packs_each_stage_and_writes_the_manifest(tmp_path, monkeypatch)
         assert tar.getnames() == ["student-b0.25/config.json"]
     assert np.isfinite(manifest["render_check"]["mean_pixel"])
 
+    teacher_only = tmp_path / "out2"
+    assert gpu_run.main(["--out", str(teacher_only), "--work", str(tmp_path / "w2"), "--data", str(data),
+                         "--device", "cpu", "--student-s", "0"]) == 0
+    stages = json.loads((teacher_only / "manifest.json").read_text())["stages"]
+    assert "teacher" in stages and "students" in stages["done"]["skipped"] and "students" not in stages
+    assert sorted(f.name for f in teacher_only.iterdir()) == ["manifest.json", "teacher-simpler.tar"]
+
 
 def test_a_failing_folder_does_not_stop_the_others_and_is_named(tmp_path, monkeypatch, capsys):
     from concurrent.futures import ThreadPoolExecutor
