@@ -10,8 +10,11 @@ queries the model, without tokenisation and host-to-device copies) is called ``w
 (captured after warm-up on a side stream). A routed student cannot be one graph (its route is read on the
 host), so it runs as deployed at batch 1 (:class:`RoutedGraphCall`): one graph for embedding and router,
 one host read of the route, then a graph of that route's layers and head, captured on the route's first
-use and cached (``capture`` says ``cuda_graph_per_route``). If any capture fails, every policy of the run
-is timed eagerly with events and ``capture`` says ``eager``. With ``vs`` both policies are timed
+use and cached (``capture`` says ``cuda_graph_per_route``). Where torch and the GPU have CUDA graph
+conditional nodes, the routed call is instead one graph with an IF node per layer on the route mask, so no
+host read happens at all (:class:`ConditionalGraphCall`, ``capture`` says ``cuda_graph_conditional``);
+``routed_capture`` picks between the two (default ``auto``: conditional where possible). If any capture
+fails, every policy of the run is timed eagerly with events and ``capture`` says ``eager``. With ``vs`` both policies are timed
 in one run with alternating calls and ``speedup`` = vs median / policy median.
 
 The breakdown times ``embed`` and ``head`` alone with the same timer; ``layers_ms`` is the total median
@@ -150,6 +153,89 @@ class RoutedGraphCall:
         return chunk
 
 
+class ConditionalGraphCall:
+    """A routed student's whole model call as one CUDA graph, with no host read of the route.
+
+    Embedding and router run in the graph; each decoder layer then sits in a CUDA graph conditional (IF)
+    node whose predicate is that layer's entry of the route mask, so the GPU itself skips the layers the
+    router turned off, and a skipped layer is the identity (the hidden state is updated in place only
+    inside the node). The head follows. This needs CUDA graph conditional nodes (CUDA 12.4+) and a torch
+    that exposes them (``CUDAGraph.begin_capture_to_if_node``); without them the constructor raises
+    RuntimeError. Batch 1 only (one predicate per layer).
+
+    Executed layers are counted on the device inside the graph (one small add per call) and handed to the
+    policy's counts by :meth:`flush`, so the timed call holds no synchronisation. With ``graphs=False`` the
+    same body runs eagerly with host-side ``if`` in place of the IF nodes (used by the tests).
+    """
+
+    def __init__(self, policy, batch: Mapping[str, torch.Tensor], warmup: int = 3, graphs: bool = True):
+        self.policy, self.model, self.batch = policy, policy.model, batch
+        rows = next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
+        if rows != 1:
+            raise ValueError(f"ConditionalGraphCall needs batch 1 (one route per call), got {rows} rows")
+        self.calls = 0
+        self.executed = None
+        if not graphs:
+            self.executed = torch.zeros((), dtype=torch.long)
+            self._call = lambda: self._body(capturing=False)
+            return
+        if not hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node"):
+            raise RuntimeError(f"torch {torch.__version__} has no CUDA graph conditional nodes")
+        with torch.inference_mode():
+            device = next(self.model.parameters()).device
+            self.executed = torch.zeros((), dtype=torch.long, device=device)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(max(1, warmup)):  # every layer's kernels once, outside capture
+                    self._body(capturing=False, every_layer=True)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.executed.zero_()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._body(capturing=True)
+        self.graph = graph
+
+        def replay():
+            graph.replay()
+            return out
+
+        self._call = replay
+
+    def _body(self, capturing: bool, every_layer: bool = False) -> torch.Tensor:
+        model = self.model
+        emb = model.embed(self.batch)
+        mask = model.route(emb)  # (1, L) bool
+        self.executed += mask.sum()
+        hidden = emb.hidden.clone()  # updated in place: a skipped layer leaves it as it is
+        graph = torch.cuda.CUDAGraph.get_currently_capturing_graph() if capturing else None
+        for idx in range(model.num_layers):
+            if capturing:
+                graph.begin_capture_to_if_node(mask[0, idx])
+                try:
+                    hidden.copy_(model.run_layer(idx, hidden, emb))
+                finally:
+                    graph.end_capture_to_conditional_node()
+            elif every_layer or bool(mask[0, idx]):
+                hidden.copy_(model.run_layer(idx, hidden, emb))
+        return model.head(hidden, emb)
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        return self._call()
+
+    def flush(self) -> None:
+        """Add the calls since the last flush to the policy's executed-layer counts (one host read)."""
+        executed = int(self.executed)
+        self.executed.zero_()
+        self.policy._rows += self.calls
+        self.policy._executed += executed
+        self.calls = 0
+
+
+ROUTED_CAPTURES = ("auto", "conditional", "per_route")
+
+
 class _Target:
     """One policy's callables (whole model call, embed, head) on a fixed synthetic batch."""
 
@@ -220,6 +306,7 @@ def measure_latency(
     warmup: int = 10,
     vs=None,
     use_cuda_graph: bool = True,
+    routed_capture: str = "auto",
     instruction: str | None = None,
 ) -> dict:
     """Time ``policy.model_call`` (and ``vs``'s, alternating) as described in the module docstring.
@@ -229,6 +316,8 @@ def measure_latency(
     checkpoint_hash, mean_executed_fraction (when the policy has it), ``other_cpu_load`` (see
     :class:`OtherCpuLoad`) and, with ``vs``, ``vs`` (the same fields for it) and ``speedup``.
     """
+    if routed_capture not in ROUTED_CAPTURES:
+        raise ValueError(f"routed_capture must be one of {', '.join(ROUTED_CAPTURES)}, got {routed_capture!r}")
     if iters < 1 or warmup < 0 or batch < 1:
         raise ValueError(
             f"need iters >= 1, warmup >= 0, batch >= 1; got iters={iters}, warmup={warmup}, batch={batch}"
@@ -242,19 +331,20 @@ def measure_latency(
     with torch.inference_mode():
         if device.type == "cuda" and use_cuda_graph:
             try:
-                graphs = []
+                graphs, kinds = [], []
                 for t in targets:
                     routed = hasattr(t.policy.model, "route")
-                    calls = {k: RoutedGraphCall(t.policy, t.batch, warmup) if routed and k == "total"
-                             else _cuda_graph(fn, warmup) for k, fn in t.calls.items()}
-                    calls["total"]()  # a routed call captures its route's graph on first use
+                    total, kind = (_routed_graph(t, warmup, routed_capture) if routed
+                                   else (_cuda_graph(t.calls["total"], warmup), "cuda_graph"))
+                    calls = {k: total if k == "total" else _cuda_graph(fn, warmup) for k, fn in t.calls.items()}
+                    calls["total"]()  # a per-route call captures its route's graph on first use
                     graphs.append(calls)
+                    kinds.append(kind)
             except (RuntimeError, ValueError):  # not capturable, or rows that take different routes
                 torch.cuda.synchronize()
             else:
-                for target, graph in zip(targets, graphs):
-                    target.calls = graph
-                    target.capture = "cuda_graph_per_route" if hasattr(target.policy.model, "route") else "cuda_graph"
+                for target, graph, kind in zip(targets, graphs, kinds):
+                    target.calls, target.capture = graph, kind
         for target in targets:
             for _ in range(warmup):
                 for fn in target.calls.values():
@@ -266,6 +356,9 @@ def measure_latency(
                 for target, record in zip(targets, times):  # alternate the policies call by call
                     record[part].append(timer(target.calls[part]))
     other_load = probe.stop()
+    for target in targets:
+        if isinstance(target.calls["total"], ConditionalGraphCall):
+            target.calls["total"].flush()
     results = [_summarise(t, rec, device, batch, iters, warmup, capture) for t, rec in zip(targets, times)]
     out = results[0]
     out["other_cpu_load"] = other_load
@@ -273,6 +366,20 @@ def measure_latency(
         out["vs"] = results[1]
         out["speedup"] = results[1]["median_ms"] / out["median_ms"]
     return out
+
+
+def _routed_graph(target: _Target, warmup: int, how: str) -> tuple[Callable[[], object], str]:
+    """A routed student's captured call and its ``capture`` name: one graph with conditional nodes where
+    this torch and GPU allow it (``auto``, ``conditional``), else per-route graphs (``auto``, ``per_route``).
+    ``conditional`` raises where it cannot be built, so the run falls back to eager timing and says so."""
+    if how in ("auto", "conditional"):
+        try:
+            return ConditionalGraphCall(target.policy, target.batch, warmup), "cuda_graph_conditional"
+        except (RuntimeError, ValueError):
+            if how == "conditional":
+                raise
+            torch.cuda.synchronize()
+    return RoutedGraphCall(target.policy, target.batch, warmup), "cuda_graph_per_route"
 
 
 def _summarise(

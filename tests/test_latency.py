@@ -179,3 +179,35 @@ def test_busy_warning_only_above_the_threshold():
     assert "1.50 cores" in busy_warning({"other_cpu_load": 1.5})
     assert busy_warning({"other_cpu_load": BUSY_CORES}) is None
     assert busy_warning({"other_cpu_load": None}) is None and busy_warning({}) is None
+
+
+def test_conditional_graph_call_body_matches_model_call_and_counts_on_device():
+    """The one-graph body (an IF node per layer on the route mask), run eagerly: same chunk as ``model_call``,
+    executed layers counted on the device and handed to the policy by ``flush``."""
+    from test_student import tiny_teacher
+
+    from distill.latency import ConditionalGraphCall
+    from distill.student import StudentPolicy, StudentVLA
+
+    torch.manual_seed(3)
+    student = StudentVLA.from_teacher(tiny_teacher(num_layers=6), 0.5).eval()
+    torch.nn.init.normal_(student.router.gate.weight, std=3.0)  # routes that depend on the input
+    reference = StudentPolicy(student)
+    observations = [synthetic_observations(reference, 1, seed=k) for k in range(8)]
+    with torch.inference_mode():
+        expected = [reference.model_call(student.prepare(o)) for o in observations]
+    assert len({tuple(e[1][0]) for e in expected}) > 1  # the check covers more than one route
+    policy = StudentPolicy(student)
+    for o, (chunk, _) in zip(observations, expected):
+        call = ConditionalGraphCall(policy, student.prepare(o), graphs=False)
+        with torch.inference_mode():
+            got = call()
+            got_again = call()
+        assert torch.allclose(got, chunk, atol=1e-6) and torch.equal(got, got_again)
+        call.flush()
+        assert call.calls == 0 and int(call.executed) == 0
+    assert policy.mean_executed_fraction == 0.5 and policy._rows == 16
+    with pytest.raises(ValueError, match="needs batch 1"):
+        ConditionalGraphCall(policy, student.prepare(observations[0] + observations[1]), graphs=False)
+    with pytest.raises(ValueError, match="routed_capture must be one of auto, conditional, per_route"):
+        measure_latency(policy, iters=1, routed_capture="graph")

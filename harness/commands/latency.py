@@ -32,6 +32,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, time eager calls")
+    parser.add_argument(
+        "--routed-capture",
+        default="auto",
+        choices=["auto", "conditional", "per_route"],
+        help="on CUDA, how a routed student is captured: one graph with a conditional node per layer, or a "
+        "graph per route after a host read of the route (default auto: conditional where torch has it)",
+    )
 
 
 def run(args) -> int:
@@ -61,6 +68,7 @@ def run(args) -> int:
         iters=args.iters,
         warmup=args.warmup,
         use_cuda_graph=not args.no_cuda_graph,
+        routed_capture=args.routed_capture,
     )
     print(json.dumps(result))
     warning = busy_warning(result)
