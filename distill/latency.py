@@ -14,7 +14,8 @@ use and cached (``capture`` says ``cuda_graph_per_route``). Where torch and the 
 conditional nodes, the routed call is instead one graph with an IF node per layer on the route mask, so no
 host read happens at all (:class:`ConditionalGraphCall`, ``capture`` says ``cuda_graph_conditional``);
 ``routed_capture`` picks between the two (default ``auto``: conditional where possible). If any capture
-fails, every policy of the run is timed eagerly with events and ``capture`` says ``eager``. With ``vs`` both policies are timed
+fails, every policy of the run is timed eagerly with events, ``capture`` says ``eager`` and
+``capture_error`` says why. With ``vs`` both policies are timed
 in one run with alternating calls and ``speedup`` = vs median / policy median.
 
 The breakdown times ``embed`` and ``head`` alone with the same timer; ``layers_ms`` is the total median
@@ -327,7 +328,7 @@ def measure_latency(
     obs = synthetic_observations(policy, batch, instruction=instruction)
     targets = [_Target(p, p.model.prepare(obs)) for p in policies]
     timer = _Timer(device)
-    capture = "eager"
+    capture, capture_error = "eager", None
     with torch.inference_mode():
         if device.type == "cuda" and use_cuda_graph:
             try:
@@ -340,8 +341,9 @@ def measure_latency(
                     calls["total"]()  # a per-route call captures its route's graph on first use
                     graphs.append(calls)
                     kinds.append(kind)
-            except (RuntimeError, ValueError):  # not capturable, or rows that take different routes
+            except (RuntimeError, ValueError) as exc:  # not capturable, or rows that take different routes
                 torch.cuda.synchronize()
+                capture_error = f"{type(exc).__name__}: {exc}"[:300]
             else:
                 for target, graph, kind in zip(targets, graphs, kinds):
                     target.calls, target.capture = graph, kind
@@ -362,6 +364,8 @@ def measure_latency(
     results = [_summarise(t, rec, device, batch, iters, warmup, capture) for t, rec in zip(targets, times)]
     out = results[0]
     out["other_cpu_load"] = other_load
+    if capture_error is not None:
+        out["capture_error"] = capture_error  # why the CUDA graphs were not used
     if vs is not None:
         out["vs"] = results[1]
         out["speedup"] = results[1]["median_ms"] / out["median_ms"]
