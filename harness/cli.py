@@ -24,6 +24,7 @@ VERBS = {
     "report": "harness.commands.report",
     "convert": "harness.commands.convert",
     "fit": "harness.commands.fit",
+    "compare": "harness.commands.compare",
 }
 
 

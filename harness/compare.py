@@ -1,0 +1,150 @@
+"""Success of several policies pooled over evaluation draws, with intervals and the gap to a reference.
+
+One draw of initial states (``actdistill eval --seed S``) swings a student by many points, so students
+are compared on two or more draws pooled. :func:`compare` reads each policy's run folders (one per draw),
+keeps each folder's current rows (:func:`harness.results.current_rows`) of one suite, concatenates them,
+and gives per draw and pooled success with Wilson 95% intervals. It splits visual matching (VM) from
+the other variants (VA) where the suite has both. The first policy is the reference: every other row
+gets its pooled difference to it, with Newcombe's hybrid score interval (built from the two Wilson
+intervals). The same draw counted twice would inflate n, so an episode (task, variant, episode index,
+seed) that appears in two folders of one policy is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.results import current_rows, read_episodes
+from harness.stats import wilson
+
+EPISODE_KEY = ("task", "variant", "episode_index", "seed")
+VM = "visual_matching"
+
+
+@dataclass
+class Rate:
+    """``k`` successes out of ``n`` with its Wilson 95% interval."""
+
+    k: int
+    n: int
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson(self.k, self.n)
+
+    def cell(self) -> str:
+        if not self.n:
+            return "-"
+        lo, hi = self.interval
+        return f"{100 * self.rate:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}] ({self.k}/{self.n})"
+
+
+def difference(a: Rate, b: Rate) -> tuple[float, float, float]:
+    """``a - b`` and its 95% interval (Newcombe's hybrid score method), as fractions."""
+    (la, ua), (lb, ub) = a.interval, b.interval
+    d = a.rate - b.rate
+    return d, d - math.hypot(a.rate - la, ub - b.rate), d + math.hypot(ua - a.rate, b.rate - lb)
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``NAME=DIR[,DIR...]`` or ``DIR[,DIR...]`` (the name is then the first folder's name)."""
+    name, sep, dirs = spec.partition("=")
+    if not sep:
+        name, dirs = "", spec
+    folders = [d for d in dirs.split(",") if d]
+    if not folders:
+        raise ValueError(f"--policy {spec!r} names no run folder; use NAME=DIR[,DIR...]")
+    return name or Path(folders[0]).name, folders
+
+
+def load_pooled(folders: Sequence[str | os.PathLike], suite: str) -> list[pd.DataFrame]:
+    """Each folder's current rows of ``suite``; raises ValueError when a folder lacks the suite or two
+    folders hold the same episode."""
+    frames = []
+    for folder in folders:
+        df = current_rows(read_episodes(folder))
+        rows = df[df["suite"] == suite]
+        if rows.empty:
+            found = ", ".join(sorted(set(df["suite"]))) or "none"
+            raise ValueError(f"run folder {str(folder)!r} has no {suite} episodes; its suites: {found}")
+        frames.append(rows)
+    seen: dict[tuple, int] = {}
+    for i, rows in enumerate(frames):
+        for key in set(rows[list(EPISODE_KEY)].itertuples(index=False, name=None)):
+            if key in seen:
+                raise ValueError(f"episode {dict(zip(EPISODE_KEY, key))} is in both {str(folders[seen[key]])!r} "
+                                 f"and {str(folders[i])!r}: pool different draws (actdistill eval --seed), "
+                                 "not one twice")
+            seen[key] = i
+    return frames
+
+
+def _rate(df: pd.DataFrame) -> Rate:
+    return Rate(int(df["success"].sum()), len(df))
+
+
+def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler_google") -> list[dict]:
+    """One dict per policy: name, folders, per-draw Rates, pooled ``all`` / ``vm`` / ``va`` Rates and,
+    after the first, ``diff`` (pooled all minus the first policy's, with its interval) per split."""
+    if not policies:
+        raise ValueError("compare needs at least one policy")
+    rows = []
+    for name, folders in policies:
+        frames = load_pooled(folders, suite)
+        pooled = pd.concat(frames)
+        vm = pooled["variant"] == VM
+        row = {"name": name, "folders": [str(f) for f in folders], "draws": [_rate(f) for f in frames],
+               "all": _rate(pooled)}
+        if vm.any() and (~vm).any():
+            row["vm"], row["va"] = _rate(pooled[vm]), _rate(pooled[~vm])
+        rows.append(row)
+    ref = rows[0]
+    for row in rows[1:]:
+        row["diff"] = {split: difference(row[split], ref[split]) for split in ("all", "vm", "va")
+                       if split in row and split in ref}
+    return rows
+
+
+def format_compare(rows: Sequence[dict], suite: str) -> str:
+    """Markdown table of :func:`compare`'s rows."""
+    splits = [s for s in ("vm", "va") if all(s in r for r in rows)]
+    head = ["policy", "per draw"] + [f"pooled {s.upper()}" for s in splits] + ["pooled all"]
+    head += [f"{s.upper() if s != 'all' else 'all'} vs {rows[0]['name']} (points)" for s in [*splits, "all"]]
+    lines = [f"{suite}, pooled over each policy's run folders (Wilson 95%; differences: Newcombe 95%)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["name"], " / ".join(f"{100 * d.rate:.1f}%" for d in row["draws"])]
+        cells += [row[s].cell() for s in splits] + [row["all"].cell()]
+        for s in [*splits, "all"]:
+            if "diff" not in row:
+                cells.append("reference")
+            else:
+                d, lo, hi = row["diff"][s]
+                cells.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_json(rows: Sequence[dict]) -> list[dict]:
+    """JSON-able form of :func:`compare`'s rows (rates as k, n, rate, interval)."""
+    def rate(r: Rate) -> dict:
+        return {"k": r.k, "n": r.n, "rate": r.rate, "interval": list(r.interval)}
+
+    out = []
+    for row in rows:
+        item = {"name": row["name"], "folders": row["folders"], "draws": [rate(d) for d in row["draws"]],
+                **{s: rate(row[s]) for s in ("all", "vm", "va") if s in row}}
+        if "diff" in row:
+            item["diff"] = {s: {"diff": d, "interval": [lo, hi]} for s, (d, lo, hi) in row["diff"].items()}
+        out.append(item)
+    return out

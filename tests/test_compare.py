@@ -1,0 +1,72 @@
+"""actdistill compare: pooling draws per policy, VM/VA split, Newcombe differences, and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.compare import Rate, compare, difference, format_compare, parse_spec
+from harness.results import ResultsStore, make_row
+from harness.rollout import EpisodeResult
+
+
+def write_run(folder, seed: int, outcomes: dict[str, list[bool]], policy_hash: str = "h1",
+              suite: str = "simpler_google") -> None:
+    """One draw: per variant, the listed episode outcomes (episode index = position)."""
+    rows = []
+    for variant, results in outcomes.items():
+        for i, ok in enumerate(results):
+            result = EpisodeResult(success=ok, steps=5, wall_s=0.1, policy_calls=5, policy_ms=[1.0])
+            rows.append(make_row(result, policy="p", policy_hash=policy_hash, suite=suite, task="t",
+                                 variant=variant, episode_index=i, seed=seed, render_mode="fast", versions={}))
+    ResultsStore(folder).add(rows)
+
+
+def test_newcombe_difference_matches_a_hand_computed_case():
+    # 56/70 vs 48/80 (Newcombe 1998, example): difference 0.2, hybrid score interval (0.0524, 0.3339)
+    d, lo, hi = difference(Rate(56, 70), Rate(48, 80))
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-3) and hi == pytest.approx(0.3339, abs=1e-3)
+
+
+def test_compare_pools_draws_and_splits_vm_from_va(tmp_path):
+    write_run(tmp_path / "t0", 0, {"visual_matching": [True, True, False, True], "lighting": [True, False]})
+    write_run(tmp_path / "t12", 12, {"visual_matching": [True, True, True, True], "lighting": [True, True]})
+    write_run(tmp_path / "s0", 0, {"visual_matching": [True, False, False, False], "lighting": [False, False]})
+    write_run(tmp_path / "s12", 12, {"visual_matching": [False] * 4, "lighting": [False] * 2}, policy_hash="old")
+    write_run(tmp_path / "s12", 12, {"visual_matching": [True, True, False, False], "lighting": [True, False]})
+    rows = compare([("teacher", [tmp_path / "t0", tmp_path / "t12"]), parse_spec(f"{tmp_path / 's0'},{tmp_path / 's12'}")])
+    teacher, student = rows
+    assert [(d.k, d.n) for d in teacher["draws"]] == [(4, 6), (6, 6)]
+    assert (teacher["vm"].k, teacher["vm"].n, teacher["va"].k, teacher["va"].n) == (7, 8, 3, 4)
+    # s12 holds an older set of weights too (hash "old", all failures): only the current rows count
+    assert student["name"] == "s0" and (student["all"].k, student["all"].n) == (4, 12)
+    assert student["diff"]["all"][0] == pytest.approx(4 / 12 - 10 / 12)
+    table = format_compare(rows, "simpler_google")
+    assert "| teacher | 66.7% / 100.0% | 87.5% [53, 98] (7/8)" in table and "reference" in table
+    assert table.count("\n| s0 |") == 1 and "-50.0 [" in table
+
+
+def test_compare_refuses_one_draw_twice_a_missing_suite_and_an_empty_spec(tmp_path):
+    write_run(tmp_path / "a", 0, {"visual_matching": [True, False]})
+    write_run(tmp_path / "b", 0, {"visual_matching": [True, True]})  # the same draw (seed 0) again
+    with pytest.raises(ValueError, match="is in both .* pool different draws"):
+        compare([("x", [tmp_path / "a", tmp_path / "b"])])
+    with pytest.raises(ValueError, match="has no simpler_widowx episodes; its suites: simpler_google"):
+        compare([("x", [tmp_path / "a"])], suite="simpler_widowx")
+    with pytest.raises(ValueError, match="names no run folder"):
+        parse_spec("name=")
+    with pytest.raises(FileNotFoundError, match="no episodes.parquet"):
+        compare([("x", [tmp_path / "missing"])])
+
+
+def test_compare_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    write_run(tmp_path / "t", 0, {"visual_matching": [True, True], "lighting": [True, False]})
+    write_run(tmp_path / "s", 0, {"visual_matching": [True, False], "lighting": [False, False]})
+    out = tmp_path / "c.json"
+    assert main(["compare", "--policy", f"teacher={tmp_path / 't'}", "--policy", f"s={tmp_path / 's'}",
+                 "--json", str(out)]) == 0
+    assert "| s | 25.0% |" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert rows[1]["diff"]["all"]["diff"] == pytest.approx(-0.5) and rows[0]["vm"]["k"] == 2
