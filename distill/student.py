@@ -121,6 +121,12 @@ class ActDistillConfig:
     time_budget_s: float | None = None  # stage 2: fit each budget's step count to this many seconds (<= steps)
     num_workers: int = 0
     seed: int = 0
+    stage2_seed: int | None = None  # stage 2's own seed (init noise, batches, augmentation); None: ``seed``
+
+    @property
+    def student_seed(self) -> int:
+        """The seed of stage 2: ``stage2_seed`` when set, else ``seed`` (stage 1 always uses ``seed``)."""
+        return self.seed if self.stage2_seed is None else self.stage2_seed
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "eta", "gamma", "budget_weight", "teacher_weight", "gate_noise",
@@ -393,7 +399,8 @@ def build_teacher_cache(teacher: VLA, enc: GraphEncapsulation, dataset: Dataset,
 def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
                 step_fn: Callable[[list, int, int], dict[str, torch.Tensor]], dataset: Dataset, steps: int,
                 config: ActDistillConfig, workdir: Path, fingerprint: Mapping, progress: bool,
-                time_budget_s: float | None = None, collate_fn: Callable[[list], object] = _identity) -> dict:
+                time_budget_s: float | None = None, collate_fn: Callable[[list], object] = _identity,
+                seed: int | None = None) -> dict:
     """Optimise ``step_fn``'s ``"loss"`` for ``steps`` steps, resuming from ``workdir/training_state.pt``.
 
     Batches come from :class:`distill.train.EpisodeGroupedBatches` (each sample once per epoch, episodes
@@ -427,7 +434,8 @@ def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch
 
     workdir.mkdir(parents=True, exist_ok=True)
     group = max(1, min(GROUP_EPISODES, getattr(dataset, "cache_episodes", 2 * GROUP_EPISODES) // 2))
-    sampler = EpisodeGroupedBatches(episode_ids(dataset), config.batch_size, config.seed, step, steps, group)
+    sampler = EpisodeGroupedBatches(episode_ids(dataset), config.batch_size, config.seed if seed is None else seed,
+                                    step, steps, group)
     device_type = next(next(iter(modules.values())).parameters()).device.type
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=config.num_workers,
                         pin_memory=device_type == "cuda")
@@ -579,7 +587,7 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
     ``enc`` (stage 1) is copied as the student's extractors and heads; neither it nor ``teacher`` is modified.
     """
     device = teacher.action_mean.device
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.student_seed)
     student = StudentVLA.from_teacher(teacher, budget, config.router_dim).train().requires_grad_(True)
     student_enc = copy.deepcopy(enc).train().requires_grad_(True)
     weights = layer_weights(student.num_layers, config.gamma)
@@ -594,7 +602,7 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
     def step_fn(items: list, step: int, total: int) -> dict[str, torch.Tensor]:
         batch = collate(student, items)
         if config.shift_pad:
-            aug = step_generator(config.seed, step, 2)
+            aug = step_generator(config.student_seed, step, 2)
             for cam in student.config.cameras:
                 batch.inputs[cam] = random_shift(batch.inputs[cam], config.shift_pad, aug)
         noise = config.gate_noise * max(0.0, 1.0 - step / max(1, total - 1))
@@ -604,7 +612,8 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
     result = _train_loop(name=f"student b={budget:g}", modules={"student": student, "enc": student_enc},
                          optimizer=optimizer, step_fn=step_fn, dataset=dataset, steps=config.steps, config=config,
                          workdir=Path(workdir), fingerprint=fingerprint or _student_fingerprint(budget, config),
-                         progress=progress, time_budget_s=config.time_budget_s, collate_fn=ItemCollate(student))
+                         progress=progress, time_budget_s=config.time_budget_s, collate_fn=ItemCollate(student),
+                         seed=config.student_seed)
     return student.eval(), result
 
 
@@ -613,6 +622,8 @@ def _student_fingerprint(budget: float, config: ActDistillConfig) -> dict:
     skip = {"steps", "save_every", "num_workers", "time_budget_s"}
     if not config.gate_center:
         skip.add("gate_center")  # added later: runs from before it (and without it) resume as they were
+    if config.stage2_seed is None:
+        skip.add("stage2_seed")  # likewise
     return {"budget": budget, **{k: v for k, v in asdict(config).items() if k not in skip}}
 
 

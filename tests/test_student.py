@@ -374,3 +374,19 @@ def test_stage2_shift_augmentation_changes_the_inputs_not_the_targets(tmp_path, 
     losses = [[h["loss"] for h in r["history"]] for r in (plain, shifted, again)]
     assert losses[0] != losses[1]  # the student saw shifted images
     assert losses[1] == pytest.approx(losses[2])  # and the shifts are seeded
+
+
+def test_stage2_seed_changes_stage2_only_and_is_in_the_fingerprint_when_set(tmp_path, teacher, data):
+    from distill.student import _student_fingerprint
+
+    base, other = tiny_config(), tiny_config(stage2_seed=7)
+    assert base.graph_settings() == other.graph_settings()  # one stage-1 folder serves both
+    assert (base.student_seed, other.student_seed) == (base.seed, 7)
+    assert "stage2_seed" not in _student_fingerprint(0.5, base)  # old runs resume unchanged
+    assert _student_fingerprint(0.5, other)["stage2_seed"] == 7
+    enc = build_encapsulation(teacher, base).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    runs = [train_student(teacher, enc, cache, data, 0.5, tmp_path / name, config, progress=False)[1]
+            for name, config in (("a", base), ("b", other), ("c", tiny_config(stage2_seed=base.seed)))]
+    losses = [[h["loss"] for h in r["history"]] for r in runs]
+    assert losses[0] != losses[1] and losses[0] == pytest.approx(losses[2])

@@ -46,6 +46,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=int, default=None, help="steps between training states (default 250)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and gate noise")
+    parser.add_argument("--stage2-seed", type=int, default=None,
+                        help="stage 2's own seed (default: --seed); stage 1 keeps --seed, so one stage-1 folder "
+                        "serves several stage-2 seeds (to measure the spread of students)")
     parser.add_argument("--no-graph", action="store_true",
                         help="ablation: train the router without the graph-informed per-layer supervision")
     method = parser.add_argument_group("method weights and rates (defaults: the reference code's)")
@@ -92,7 +95,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # flags named like ActDistillConfig fields; unset ones keep the config's defaults
     names = ("steps", "stage1_steps", "batch_size", "save_every", "alpha", "beta", "eta", "gamma", "lr",
-             "router_lr", "shift_pad", "budget_weight", "gate_center")
+             "router_lr", "shift_pad", "budget_weight", "gate_center", "stage2_seed")
     overrides = {key: getattr(args, key) for key in names if getattr(args, key) is not None}
     if args.minutes_per_budget is not None:
         overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
