@@ -15,6 +15,8 @@ HELP = "time a checkpoint's model call (median/p90, breakdown), optionally again
 
 
 def add_arguments(parser) -> None:
+    from distill.latency import ROUTED_CAPTURES
+
     parser.add_argument("--policy", required=True, help="checkpoint folder")
     parser.add_argument("--vs", default=None, help="second checkpoint folder, timed in the same run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -35,7 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--routed-capture",
         default="auto",
-        choices=["auto", "conditional", "per_route"],
+        choices=list(ROUTED_CAPTURES),
         help="on CUDA, how a routed student is captured: one graph with a conditional node per layer, or a "
         "graph per route after a host read of the route (default auto: conditional where torch has it)",
     )
