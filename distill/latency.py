@@ -13,7 +13,8 @@ one host read of the route, then a graph of that route's layers and head, captur
 use and cached (``capture`` says ``cuda_graph_per_route``). Where torch and the GPU have CUDA graph
 conditional nodes, the routed call is instead one graph with an IF node per layer on the route mask, so no
 host read happens at all (:class:`ConditionalGraphCall`, ``capture`` says ``cuda_graph_conditional``);
-``routed_capture`` picks between the two (default ``auto``: conditional where possible). If any capture
+``routed_capture`` picks between the two (default ``auto``: conditional where possible, else per route,
+with ``capture_fallback`` saying why). If any capture
 fails, every policy of the run is timed eagerly with events, ``capture`` says ``eager`` and
 ``capture_error`` says why. With ``vs`` both policies are timed
 in one run with alternating calls and ``speedup`` = vs median / policy median.
@@ -375,14 +376,16 @@ def measure_latency(
 def _routed_graph(target: _Target, warmup: int, how: str) -> tuple[Callable[[], object], str]:
     """A routed student's captured call and its ``capture`` name: one graph with conditional nodes where
     this torch and GPU allow it (``auto``, ``conditional``), else per-route graphs (``auto``, ``per_route``).
-    ``conditional`` raises where it cannot be built, so the run falls back to eager timing and says so."""
+    ``conditional`` raises where it cannot be built, so the run falls back to eager timing and says so;
+    ``auto`` records why in ``target.capture_fallback``."""
     if how in ("auto", "conditional"):
         try:
             return ConditionalGraphCall(target.policy, target.batch, warmup), "cuda_graph_conditional"
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError) as exc:
             if how == "conditional":
                 raise
             torch.cuda.synchronize()
+            target.capture_fallback = f"{type(exc).__name__}: {exc}"[:300]
     return RoutedGraphCall(target.policy, target.batch, warmup), "cuda_graph_per_route"
 
 
@@ -418,6 +421,7 @@ def _summarise(
         "warmup": warmup,
         "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
         "capture": getattr(target, "capture", capture),
+        **({"capture_fallback": target.capture_fallback} if hasattr(target, "capture_fallback") else {}),
         "tokens": target.tokens,
         "num_layers": model.num_layers,
         "checkpoint_hash": getattr(policy, "checkpoint_hash", ""),

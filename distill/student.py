@@ -399,8 +399,8 @@ def build_teacher_cache(teacher: VLA, enc: GraphEncapsulation, dataset: Dataset,
 def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
                 step_fn: Callable[[list, int, int], dict[str, torch.Tensor]], dataset: Dataset, steps: int,
                 config: ActDistillConfig, workdir: Path, fingerprint: Mapping, progress: bool,
-                time_budget_s: float | None = None, collate_fn: Callable[[list], object] = _identity,
-                seed: int | None = None) -> dict:
+                seed: int, time_budget_s: float | None = None,
+                collate_fn: Callable[[list], object] = _identity) -> dict:
     """Optimise ``step_fn``'s ``"loss"`` for ``steps`` steps, resuming from ``workdir/training_state.pt``.
 
     Batches come from :class:`distill.train.EpisodeGroupedBatches` (each sample once per epoch, episodes
@@ -434,8 +434,7 @@ def _train_loop(*, name: str, modules: Mapping[str, nn.Module], optimizer: torch
 
     workdir.mkdir(parents=True, exist_ok=True)
     group = max(1, min(GROUP_EPISODES, getattr(dataset, "cache_episodes", 2 * GROUP_EPISODES) // 2))
-    sampler = EpisodeGroupedBatches(episode_ids(dataset), config.batch_size, config.seed if seed is None else seed,
-                                    step, steps, group)
+    sampler = EpisodeGroupedBatches(episode_ids(dataset), config.batch_size, seed, step, steps, group)
     device_type = next(next(iter(modules.values())).parameters()).device.type
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=config.num_workers,
                         pin_memory=device_type == "cuda")
@@ -536,7 +535,7 @@ def train_encapsulation(teacher: VLA, dataset: Dataset, workdir: str | Path, con
     result = _train_loop(name="stage1", modules={"enc": enc}, optimizer=optimizer, step_fn=step_fn,
                          dataset=dataset, steps=config.stage1_steps, config=config, workdir=Path(workdir),
                          fingerprint=fingerprint or config.graph_settings(), progress=progress,
-                         collate_fn=ItemCollate(teacher))
+                         seed=config.seed, collate_fn=ItemCollate(teacher))
     return enc.eval(), result
 
 

@@ -211,3 +211,19 @@ def test_conditional_graph_call_body_matches_model_call_and_counts_on_device():
         ConditionalGraphCall(policy, student.prepare(observations[0] + observations[1]), graphs=False)
     with pytest.raises(ValueError, match="routed_capture must be one of auto, conditional, per_route"):
         measure_latency(policy, iters=1, routed_capture="graph")
+
+
+def test_auto_capture_falls_back_to_per_route_and_says_why(monkeypatch):
+    from distill import latency
+
+    def no_conditional(*args, **kwargs):
+        raise RuntimeError("torch 2.11 has no CUDA graph conditional nodes")
+
+    monkeypatch.setattr(latency, "ConditionalGraphCall", no_conditional)
+    monkeypatch.setattr(latency, "RoutedGraphCall", lambda policy, batch, warmup: "per-route call")
+    monkeypatch.setattr(latency.torch.cuda, "synchronize", lambda: None)
+    target = type("T", (), {"policy": None, "batch": {}})()
+    assert latency._routed_graph(target, 1, "auto") == ("per-route call", "cuda_graph_per_route")
+    assert target.capture_fallback == "RuntimeError: torch 2.11 has no CUDA graph conditional nodes"
+    with pytest.raises(RuntimeError, match="no CUDA graph conditional nodes"):
+        latency._routed_graph(type("T", (), {"policy": None, "batch": {}})(), 1, "conditional")
