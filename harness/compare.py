@@ -42,6 +42,9 @@ class Rate:
     def interval(self) -> tuple[float, float]:
         return wilson(self.k, self.n)
 
+    def to_json(self) -> dict:
+        return {"k": self.k, "n": self.n, "rate": self.rate, "interval": list(self.interval)}
+
     def cell(self) -> str:
         if not self.n:
             return "-"
@@ -135,15 +138,34 @@ def format_compare(rows: Sequence[dict], suite: str) -> str:
     return "\n".join(lines)
 
 
+def compare_tasks(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler_google") -> dict:
+    """Per task, each policy's pooled :class:`Rate` over its draws (all variants):
+    ``{task: {policy name: Rate}}``, tasks sorted. Same reading and refusals as :func:`compare`."""
+    if not policies:
+        raise ValueError("compare needs at least one policy")
+    table: dict[str, dict[str, Rate]] = {}
+    for name, folders in policies:
+        pooled = pd.concat(load_pooled(folders, suite))
+        for task, rows in pooled.groupby("task"):
+            table.setdefault(str(task), {})[name] = _rate(rows)
+    return dict(sorted(table.items()))
+
+
+def format_tasks(table: dict, names: Sequence[str], suite: str) -> str:
+    """Markdown table of :func:`compare_tasks`: a row per task, a column per policy."""
+    lines = [f"{suite}, per task, pooled over each policy's run folders (Wilson 95%)", "",
+             "| task | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for task, rates in table.items():
+        lines.append(f"| {task} | " + " | ".join(rates[n].cell() if n in rates else "-" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def to_json(rows: Sequence[dict]) -> list[dict]:
     """JSON-able form of :func:`compare`'s rows (rates as k, n, rate, interval)."""
-    def rate(r: Rate) -> dict:
-        return {"k": r.k, "n": r.n, "rate": r.rate, "interval": list(r.interval)}
-
     out = []
     for row in rows:
-        item = {"name": row["name"], "folders": row["folders"], "draws": [rate(d) for d in row["draws"]],
-                **{s: rate(row[s]) for s in ("all", "vm", "va") if s in row}}
+        item = {"name": row["name"], "folders": row["folders"], "draws": [d.to_json() for d in row["draws"]],
+                **{s: row[s].to_json() for s in ("all", "vm", "va") if s in row}}
         if "diff" in row:
             item["diff"] = {s: {"diff": d, "interval": [lo, hi]} for s, (d, lo, hi) in row["diff"].items()}
         out.append(item)

@@ -70,3 +70,14 @@ def test_compare_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert "| s | 25.0% |" in capsys.readouterr().out
     rows = json.loads(out.read_text())
     assert rows[1]["diff"]["all"]["diff"] == pytest.approx(-0.5) and rows[0]["vm"]["k"] == 2
+
+
+def test_compare_by_task_pools_each_task_over_draws(tmp_path, capsys):
+    write_run(tmp_path / "t0", 0, {"visual_matching": [True, False], "lighting": [True]})
+    write_run(tmp_path / "t12", 12, {"visual_matching": [True, True], "lighting": [False]})
+    write_run(tmp_path / "s0", 0, {"visual_matching": [False, False]})
+    out = tmp_path / "t.json"
+    assert main(["compare", "--by", "task", "--policy", f"teacher={tmp_path / 't0'},{tmp_path / 't12'}",
+                 "--policy", f"s={tmp_path / 's0'}", "--json", str(out)]) == 0
+    assert "| t | 66.7% [30, 90] (4/6) | 0.0% [0, 66] (0/2) |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["t"]["teacher"]["k"] == 4
