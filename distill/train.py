@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from distill.checkpoint import CONFIG, WEIGHTS, check_device, load_vla, save_checkpoint
-from distill.tokenizer import WordTokenizer
+from distill.checkpoint import CONFIG, WEIGHTS, check_device, file_hash, load_vla, save_checkpoint
+from distill.tokenizer import WordTokenizer, split_words
 from distill.vla import VLA, teacher_config
 
 STATE = "training_state.pt"
@@ -198,6 +198,26 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     return padded[index, rows[:, :, None], cols[:, None, :]].to(torch.uint8)  # (B, H, W, 3)
 
 
+def _init_from(init: str | Path, info: dict, model_overrides: Mapping | None, chunk: int) -> tuple[VLA, dict]:
+    """The model of a fine-tuning run: ``init``'s weights, with its architecture, vocabulary and action /
+    proprio normalisation (the weights were fitted to those statistics, so the new data's are not used).
+    Raises ``ValueError`` where the new data does not fit the checkpoint."""
+    if model_overrides:
+        raise ValueError(f"--init takes the architecture of {init}; model overrides {dict(model_overrides)} conflict")
+    model, config = load_vla(init)
+    if model.config.chunk != chunk:
+        raise ValueError(f"{init} predicts chunks of {model.config.chunk} actions, not {chunk}")
+    known = set(model.config.vocab)
+    unknown = sorted({w for text in info["instructions"] for w in split_words(text)} - known)
+    if unknown:
+        raise ValueError(f"the data's instructions use words {unknown} that {init}'s vocabulary lacks; "
+                         "train from scratch (no --init) to build a new vocabulary")
+    info = {**info, "action_stats": model.config.action_stats, "proprio_stats": model.config.proprio_stats,
+            "init": {"path": str(init), "hash": file_hash(Path(init) / WEIGHTS),
+                     "step": config.get("training", {}).get("step")}}
+    return model, info
+
+
 def dataset_stats(dataset: Dataset, episodes: np.ndarray, seed: int = 0) -> dict:
     """Instructions, suites, action and proprio statistics of ``dataset`` (a ``DemoDataset`` or same format).
 
@@ -342,6 +362,7 @@ def train_teacher(
     model_overrides: Mapping | None = None,
     progress: bool = True,
     time_budget_s: float | None = None,
+    init: str | Path | None = None,
 ) -> dict:
     """Train (or resume training) the reference teacher on ``data``; checkpoints go to the folder ``out``.
 
@@ -376,6 +397,11 @@ def train_teacher(
         seed = state["seed"]
     elif (out / WEIGHTS).exists() or (out / CONFIG).exists():
         raise ValueError(f"{out} holds a checkpoint but no {STATE} to resume from; choose a new --out")
+    elif init is not None:
+        state = None
+        settings = TrainSettings(**asdict(TRAIN_PROFILES[profile]))
+        info = dataset_stats(dataset, episodes, seed)
+        model, info = _init_from(init, info, model_overrides, chunk)
     else:
         state = None
         settings = TrainSettings(**asdict(TRAIN_PROFILES[profile]))
@@ -424,7 +450,8 @@ def train_teacher(
     num_params = sum(p.numel() for p in model.parameters())
     meta = {
         "training": {"profile": profile, "seed": seed, **asdict(settings), "num_params": num_params,
-                     **({"time_budget_s": time_budget_s} if time_budget_s is not None else {})},
+                     **({"time_budget_s": time_budget_s} if time_budget_s is not None else {}),
+                     **({"init": info["init"]} if "init" in info else {})},
         "data": {
             "dirs": dirs,
             "suites": info["suites"],

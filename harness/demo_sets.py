@@ -59,7 +59,8 @@ def _executor(jobs: int):
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int, folder: str, codec: str) -> dict:
+def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int, folder: str, codec: str,
+                  noise: float = 0.0, noise_hold: int = 1) -> dict:
     """One (suite, variant, task) folder, in a worker process."""
     import torch
 
@@ -67,12 +68,14 @@ def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int,
 
     torch.set_num_threads(1)
     meta = record_demos(suite, folder, tasks=[task], variant=variant, episodes=episodes, seed=seed, codec=codec,
-                        overwrite=Path(folder).exists(), progress=False)
+                        overwrite=Path(folder).exists(), progress=False, noise=noise,
+                        noise_hold=noise_hold)
     return {"folder": folder, "episodes": meta["episodes"], "expert_success": meta["expert_success"]}
 
 
 def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress: bool = True, jobs: int = 1,
-                  codec: str = "h264", deadline_s: float | None = None, strict: bool = True) -> list[Path]:
+                  codec: str = "h264", deadline_s: float | None = None, strict: bool = True,
+                  noise: float = 0.0, noise_hold: int = 1) -> list[Path]:
     """Record every missing folder of ``family``'s recipe under ``out``; return the finished folders.
 
     ``jobs == 1`` records one folder per recipe entry, ``out/<suite>/<variant>``. ``jobs > 1`` splits each
@@ -82,6 +85,7 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
     after that many seconds (time-boxed runs on a lent machine); folders not started are reported. With
     ``jobs > 1`` a folder that fails does not stop the others: every failure is printed, and at the end
     a ``RuntimeError`` names them all (``strict=False``: printed only, the finished folders returned).
+    ``noise``, ``noise_hold``: executed-action noise of every episode (``record_demos``).
     """
     import time
 
@@ -106,7 +110,8 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
                 print(f"[demos] {folder}: not started (deadline of {deadline_s:.0f} s passed)")
                 continue
             record_demos(entry.suite, str(folder), variant=entry.variant, episodes=entry.episodes, seed=entry.seed,
-                         codec=codec, overwrite=folder.exists(), progress=progress)
+                         codec=codec, overwrite=folder.exists(), progress=progress, noise=noise,
+                         noise_hold=noise_hold)
             folders.append(folder)
         return folders
 
@@ -124,7 +129,8 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
             if (folder / "meta.json").exists():
                 folders.append(folder)
             else:
-                shards.append((entry.suite, entry.variant, task, entry.episodes, entry.seed, str(folder), codec))
+                shards.append((entry.suite, entry.variant, task, entry.episodes, entry.seed, str(folder), codec, noise,
+                               noise_hold))
     shards.sort(key=lambda s: -s[3])
     total = sum(s[3] for s in shards)
     print(f"[demos] {family}: {len(shards)} folders ({total} episodes) to record in {jobs} processes; "

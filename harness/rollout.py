@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,7 +146,8 @@ def _check_action(action: Any) -> tuple[np.ndarray | None, str | None]:
 
 
 def rollout(policy, env, *, episode_index: int, seed: int, max_steps: int | None = None,
-            record: bool = False, videos: bool = False) -> EpisodeResult:
+            record: bool = False, videos: bool = False,
+            perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> EpisodeResult:
     """Run one episode and return its :class:`EpisodeResult`.
 
     Resets ``env`` with ``seed`` and ``options={"episode_index": episode_index}``, calls
@@ -153,6 +155,10 @@ def rollout(policy, env, *, episode_index: int, seed: int, max_steps: int | None
     terminates or truncates, or ``max_steps`` (default: ``env.unwrapped.max_steps``) steps ran.
     Success is ``info["success"]`` of the last step, as the env reports it: SIMPLER-style suites
     judge it at the final step, LIBERO-style ones terminate on success.
+
+    ``perturb(action) -> action``: the env executes the perturbed action while the record keeps the
+    policy's own (noise injection in the style of DART: demonstrations that visit the states a cloned
+    policy drifts into, labelled with the expert's correction).
     """
     limit = int(max_steps if max_steps is not None else env.unwrapped.max_steps)
     always_render = record or videos
@@ -209,6 +215,8 @@ def rollout(policy, env, *, episode_index: int, seed: int, max_steps: int | None
                 rec[key].append(obs[key])
             rec["proprio"].append(obs["proprio"])
             rec["actions"].append(action)
+        if perturb is not None:
+            action = np.asarray(perturb(action), dtype=np.float64)
         try:
             obs, _, terminated, truncated, info = env.step(action, render=render)
         except Exception as exc:  # noqa: BLE001

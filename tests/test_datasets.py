@@ -125,3 +125,24 @@ def test_record_demos_keeps_successes_and_reports_rate(tmp_path, monkeypatch):
     assert saved["dataset_id"] == meta["dataset_id"] and saved["seed"] == 1
     ds = DemoDataset(tmp_path / "d")
     assert len(ds) == 2 * 12
+
+
+def test_record_demos_with_noise_is_reproducible_and_labels_stay_clean(tmp_path, monkeypatch):
+    suite = register(monkeypatch)
+    clean = record_demos(suite, str(tmp_path / "c"), tasks=["reach"], episodes=2, progress=False, codec="npy")
+    noisy = [record_demos(suite, str(tmp_path / f"n{i}"), tasks=["reach"], episodes=2, progress=False,
+                          codec="npy", noise=0.3, noise_hold=3) for i in range(2)]
+    assert "action_noise" not in clean and noisy[0]["action_noise"] == {"std": 0.3, "hold": 3}
+    a, b, c = (DemoDataset(tmp_path / name) for name in ("n0", "n1", "c"))
+    assert len(a) == len(b)
+    for i in range(len(a)):  # same seed: the same noise, so the same episodes
+        np.testing.assert_array_equal(a[i]["proprio"], b[i]["proprio"])
+    assert not all(np.array_equal(a[i]["proprio"], c[i]["proprio"]) for i in range(min(len(a), len(c))))
+    # labels are the expert's clean action at each visited state: in [-1, 1] and gripper closed
+    acts = np.stack([np.asarray(a[i]["actions"])[0] for i in range(len(a))])
+    assert np.all(np.abs(acts) <= 1.0) and np.all(acts[:, 6] == 1.0)
+    with pytest.raises(ValueError, match="--noise must be in"):
+        record_demos(suite, str(tmp_path / "bad"), tasks=["reach"], episodes=1, progress=False, noise=-0.1)
+    with pytest.raises(ValueError, match="--noise-hold must be >= 1"):
+        record_demos(suite, str(tmp_path / "bad"), tasks=["reach"], episodes=1, progress=False, noise=0.1,
+                     noise_hold=0)

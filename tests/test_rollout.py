@@ -152,3 +152,24 @@ def test_same_episode_index_same_outcome():
     a = rollout(FakeExpert(make()), make(), episode_index=5, seed=3, record=True)
     b = rollout(FakeExpert(make()), make(), episode_index=5, seed=3, record=True)
     np.testing.assert_array_equal(a.record["proprio"], b.record["proprio"])
+
+
+def test_perturb_changes_the_executed_action_not_the_recorded_one():
+    env = make(max_steps=6)
+    executed = []
+    real_step = env.step
+
+    def spy(action, **kw):
+        executed.append(np.array(action))
+        return real_step(action, **kw)
+
+    env.step = spy
+    result = rollout(FakeExpert(env), env, episode_index=1, seed=0, record=True,
+                     perturb=lambda a: np.concatenate([a[:6] + 0.25, a[6:]]))
+    rec = result.record["actions"]
+    assert len(executed) == len(rec) == 6
+    np.testing.assert_allclose(np.stack(executed)[:, :6], rec[:, :6] + 0.25, atol=1e-6)
+    np.testing.assert_array_equal(np.stack(executed)[:, 6], rec[:, 6])
+    # the recorded labels are the expert's answers at the states the perturbed run visited
+    clean = rollout(FakeExpert(make(max_steps=6)), make(max_steps=6), episode_index=1, seed=0, record=True)
+    assert not np.allclose(clean.record["proprio"], result.record["proprio"])

@@ -166,3 +166,35 @@ def test_chunk_loss_l1_and_mse_by_hand_and_bad_name():
     assert float(chunk_loss(pred, target, mask, "mse")) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="'huber'.*l1, mse"):
         chunk_loss(pred, target, mask, "huber")
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_checks_fit(tmp_path):
+    data = SyntheticDemos(n=32)
+    train_teacher(data, tmp_path / "base", steps=4, **FAST)
+    base, base_config = load_vla(tmp_path / "base")
+    small = {k: v for k, v in FAST.items() if k != "model_overrides"}  # the architecture comes from --init
+    summary = train_teacher(data, tmp_path / "ft", steps=3, init=tmp_path / "base", **small)
+    assert summary["step"] == 3
+    tuned, config = load_vla(tmp_path / "ft")
+    assert config["training"]["init"]["path"] == str(tmp_path / "base")
+    assert config["training"]["init"]["step"] == 4 and len(config["training"]["init"]["hash"]) == 16
+    assert config["vla"]["action_stats"] == base_config["vla"]["action_stats"]
+    assert config["vla"]["vocab"] == base_config["vla"]["vocab"]
+    # it started from the base weights: after 3 small steps far closer to them than a fresh init is
+    torch.manual_seed(123)
+    fresh = VLA(base.config)
+    dist = {name: sum(float((p - q).detach().norm()) for p, q in zip(m.parameters(), base.parameters()))
+            for name, m in (("tuned", tuned), ("fresh", fresh))}
+    assert 0 < dist["tuned"] < 0.5 * dist["fresh"], dist
+    # resuming the fine-tune needs no --init again, and an --init that does not fit is refused
+    assert train_teacher(data, tmp_path / "ft", steps=5, **small)["step"] == 5
+    with pytest.raises(ValueError, match="model overrides"):
+        train_teacher(data, tmp_path / "ft2", steps=1, init=tmp_path / "base", **FAST)
+
+    class Unknown(SyntheticDemos):
+        def instructions(self):
+            return ["juggle the teapot"]
+
+    unknown = Unknown(n=8)
+    with pytest.raises(ValueError, match=r"words \['juggle', 'teapot'\]"):
+        train_teacher(unknown, tmp_path / "ft3", steps=1, init=tmp_path / "base", **small)

@@ -4,6 +4,8 @@
     actdistill train-teacher --data data/libero_spatial --out runs/teacher_full --profile full \
         --device cuda --workers 8
     actdistill train-teacher --data data/widowx --out runs/teacher_small --steps 30000   # extend a run
+    actdistill train-teacher --data data/simpler data/simpler-dart --out runs/ft --init results/checkpoints/teacher-simpler \
+        --steps 3000 --lr 2e-4   # fine-tune a checkpoint
 
 OUT receives model.safetensors + config.json (load with distill.load_policy), training_state.pt,
 train_log.json and loss.png every --ckpt-every steps and at the end.
@@ -37,6 +39,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: profile's)")
     parser.add_argument("--loss", choices=["l1", "mse"], default=None,
                         help="loss on the normalised action chunk (default: the profile's)")
+    parser.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: profile's)")
+    parser.add_argument("--init", default=None,
+                        help="fine-tune: start from this checkpoint's weights, architecture, vocabulary and "
+                             "normalisation (fresh optimiser and schedule); OUT must be new or hold this run's state")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument(
         "--threads",
@@ -66,6 +72,8 @@ def run(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup=args.warmup,
+        init=args.init,
         ckpt_every=args.ckpt_every,
         loss=args.loss,
         num_workers=args.workers,
