@@ -3,6 +3,8 @@
     python -m harness.gpu_run --out OUT                      # on the GPU machine (see results/checkpoints/README.md)
     python -m harness.gpu_run --out /tmp/g --device cpu --scale 0.02 --demo-s 30 --teacher-s 20 \\
         --stage1-steps 20 --student-s 10                     # the same pipeline, tiny, on a CPU (a dry run)
+    python -m harness.gpu_run --out OUT --student-s 0 --demo-noise 0.1 \
+        --teacher-init results/checkpoints/teacher-simpler    # fine-tune the teacher on clean + noisy demos
 
 A lent machine comes for minutes, with torch but without ffmpeg, mujoco or Ray, and sends back at most a
 few files of 16 MiB. So this records the simpler family's demonstrations there, in parallel and as raw
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-s", type=float, default=170.0, help="teacher training time (default 170 s)")
     p.add_argument("--teacher-batch", type=int, default=256)
     p.add_argument("--teacher-lr", type=float, default=8e-4)
+    p.add_argument("--teacher-init", default=None,
+                   help="fine-tune this checkpoint instead of training from scratch (train-teacher --init)")
+    p.add_argument("--demo-noise", type=float, default=0.0,
+                   help="also record the recipe with this executed-action noise (actdistill demos --noise) into "
+                        "DATA-dart, inside the same --demo-s; the teacher trains on both (default 0: clean only)")
+    p.add_argument("--demo-noise-hold", type=int, default=8, help="steps each noise draw is held (default 8)")
     p.add_argument("--stage1-steps", type=int, default=300)
     p.add_argument("--student-s", type=float, default=30.0,
                    help="stage-2 time per budget (default 30 s); 0 stops after the teacher (no students, no latency)")
@@ -125,10 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     t = time.monotonic()
     folders = record_family("simpler", data, scale=args.scale, jobs=args.jobs, codec="npy",
                             deadline_s=args.demo_s, progress=False, strict=False)
-    dataset = DemoDataset([str(data)], chunk=8)
+    dirs = [str(data)]
+    if args.demo_noise > 0:
+        noisy = data.with_name(data.name + "-dart")
+        left = max(0.0, args.demo_s - (time.monotonic() - t))
+        folders += record_family("simpler", noisy, scale=args.scale, jobs=args.jobs, codec="npy", deadline_s=left,
+                                 progress=False, strict=False, noise=args.demo_noise, noise_hold=args.demo_noise_hold)
+        if any(noisy.rglob("meta.json")):
+            dirs.append(str(noisy))
+    dataset = DemoDataset(dirs, chunk=8)
     per_variant: dict[str, int] = {}
     for f in dataset.folders:
-        key = f"{f.meta['suite']}/{f.meta['variant']}"
+        key = f"{f.meta['suite']}/{f.meta['variant']}" + ("/noisy" if f.meta.get("action_noise") else "")
         per_variant[key] = per_variant.get(key, 0) + int(f.meta["episodes"])
     man.stage("demos", data_dir=why, seconds=round(time.monotonic() - t, 1), folders=len(folders), samples=len(dataset),
               episodes=sum(per_variant.values()), per_variant=per_variant,
@@ -141,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.monotonic()
     summary = train_teacher(dataset, teacher, profile="small", device=args.device, steps=200_000,
                             batch_size=args.teacher_batch, lr=args.teacher_lr, ckpt_every=2000,
-                            num_workers=args.workers, progress=False, time_budget_s=args.teacher_s)
+                            num_workers=args.workers, progress=False, time_budget_s=args.teacher_s,
+                            init=args.teacher_init)
     _pack(teacher, out / "teacher-simpler.tar")
     man.stage("teacher", seconds=round(time.monotonic() - t, 1), **summary)
 

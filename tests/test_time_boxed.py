@@ -182,13 +182,40 @@ def test_gpu_run_packs_each_stage_and_writes_the_manifest(tmp_path, monkeypatch)
     assert "teacher" in stages and "students" in stages["done"]["skipped"] and "students" not in stages
     assert sorted(f.name for f in teacher_only.iterdir()) == ["manifest.json", "teacher-simpler.tar"]
 
+    # --demo-noise records the recipe a second time with executed-action noise, into DATA-dart, and the
+    # teacher trains on both; --teacher-init reaches train_teacher
+    calls, trained = [], {}
+
+    def fake_record(family, out, **kw):
+        calls.append((out, kw.get("noise", 0.0), kw.get("noise_hold", 1)))
+        if kw.get("noise"):
+            writer = DemoWriter(out / "simpler_google" / "visual_matching" / "t", suite="fake_basic",
+                                variant="visual_matching", codec="npy")
+            writer.add(record(2, steps=4), task="reach", seed=0, episode_index=0)
+            writer.close(extra={"action_noise": {"std": kw["noise"], "hold": kw["noise_hold"]}})
+        return []
+
+    def fake_train_init(dataset, out, **kw):
+        trained.update(kw, samples=len(dataset))
+        return fake_train(dataset, out, **kw)
+
+    monkeypatch.setattr(demo_sets, "record_family", fake_record)
+    monkeypatch.setattr(train_mod, "train_teacher", fake_train_init)
+    noisy_out = tmp_path / "out3"
+    assert gpu_run.main(["--out", str(noisy_out), "--work", str(tmp_path / "w3"), "--data", str(data), "--device",
+                         "cpu", "--student-s", "0", "--demo-noise", "0.1", "--teacher-init", "some/ckpt"]) == 0
+    assert calls == [(data, 0.0, 1), (data.with_name("data-dart"), 0.1, 8)]
+    stages = json.loads((noisy_out / "manifest.json").read_text())["stages"]
+    assert stages["demos"]["per_variant"] == {"fake_basic/base": 2, "fake_basic/visual_matching/noisy": 1}
+    assert trained["init"] == "some/ckpt" and trained["samples"] == 15
+
 
 def test_a_failing_folder_does_not_stop_the_others_and_is_named(tmp_path, monkeypatch, capsys):
     from concurrent.futures import ThreadPoolExecutor
 
     from harness import demo_sets
 
-    def fake_shard(suite, variant, task, episodes, seed, folder, codec):
+    def fake_shard(suite, variant, task, episodes, seed, folder, codec, noise=0.0, noise_hold=1):
         if task == "move_near" and variant == "visual_matching":
             raise ValueError("the expert never succeeded")
         return {"folder": folder, "episodes": episodes, "expert_success": {}}
