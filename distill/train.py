@@ -59,6 +59,8 @@ class TrainSettings:
 # (zero motion) for 2,000 steps while MSE learned rotation and translation within 600 (measured,
 # see results/checkpoints/README.md). L1's gradient is a sign, so the many near-zero targets of idle
 # phases outvote the few large ones until the features can already tell them apart.
+SNAPSHOTS = "snapshots"  # out/snapshots/step-N: checkpoints kept along the way (keep_every)
+
 TRAIN_PROFILES = {
     "small": TrainSettings(batch_size=32, lr=5e-4, steps=20000, warmup=500, ckpt_every=500, loss="mse"),
     "full": TrainSettings(batch_size=128, lr=3e-4, steps=60000, warmup=2000, ckpt_every=2500, loss="mse"),
@@ -363,6 +365,7 @@ def train_teacher(
     progress: bool = True,
     time_budget_s: float | None = None,
     init: str | Path | None = None,
+    keep_every: int | None = None,
 ) -> dict:
     """Train (or resume training) the reference teacher on ``data``; checkpoints go to the folder ``out``.
 
@@ -375,6 +378,8 @@ def train_teacher(
     """
     if profile not in TRAIN_PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(TRAIN_PROFILES)}")
+    if keep_every is not None and keep_every < 1:
+        raise ValueError(f"keep_every must be >= 1 step, got {keep_every}")
     check_device(device)
     out = Path(out)
     dataset, dirs = _open_dataset(data, chunk)
@@ -532,6 +537,8 @@ def train_teacher(
             bar.refresh()
         if step % settings.ckpt_every == 0 or step == settings.steps:
             checkpoint()
+            if keep_every and step % keep_every == 0 and step != settings.steps:
+                save_checkpoint(out / SNAPSHOTS / f"step-{step}", model, meta)
             if not progress:  # a log line instead of the bar
                 print(f"[teacher] step {step}/{settings.steps}, loss {loss_value:.4f}, "
                       f"{steps_per_s(step - start_step - 1, first_done):.2f} steps/s", flush=True)

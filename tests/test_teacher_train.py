@@ -198,3 +198,13 @@ def test_init_fine_tunes_from_a_checkpoint_and_checks_fit(tmp_path):
     unknown = Unknown(n=8)
     with pytest.raises(ValueError, match=r"words \['juggle', 'teapot'\]"):
         train_teacher(unknown, tmp_path / "ft3", steps=1, init=tmp_path / "base", **small)
+
+
+def test_keep_every_keeps_loadable_snapshots(tmp_path):
+    data = SyntheticDemos(n=16)
+    train_teacher(data, tmp_path / "k", steps=6, ckpt_every=2, keep_every=2, **FAST)
+    snaps = sorted(p.name for p in (tmp_path / "k" / "snapshots").iterdir())
+    assert snaps == ["step-2", "step-4"]  # the final step is the checkpoint itself
+    assert load_vla(tmp_path / "k" / "snapshots" / "step-4")[1]["training"]["step"] == 4
+    with pytest.raises(ValueError, match="keep_every must be >= 1"):
+        train_teacher(data, tmp_path / "k2", steps=1, keep_every=0, **FAST)

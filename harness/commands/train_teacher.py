@@ -43,6 +43,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--init", default=None,
                         help="fine-tune: start from this checkpoint's weights, architecture, vocabulary and "
                              "normalisation (fresh optimiser and schedule); OUT must be new or hold this run's state")
+    parser.add_argument("--keep-every", type=int, default=None,
+                        help="also keep the checkpoint of every N-th step (a multiple of --ckpt-every) as "
+                             "OUT/snapshots/step-N, to choose among them by closed-loop success on a held-out draw")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument(
         "--threads",
@@ -74,6 +77,7 @@ def run(args) -> int:
         lr=args.lr,
         warmup=args.warmup,
         init=args.init,
+        keep_every=args.keep_every,
         ckpt_every=args.ckpt_every,
         loss=args.loss,
         num_workers=args.workers,
