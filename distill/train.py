@@ -372,7 +372,10 @@ def train_teacher(
     ``data``: demonstration folders (read with ``tasks.datasets.DemoDataset``) or a dataset with the same
     item format. ``model_overrides`` change the profile's model sizes
     (see :func:`distill.vla.teacher_config`). ``time_budget_s`` fits the step count to that many seconds
-    (:class:`TimeBudget`; the profile's or given ``steps`` is then the upper bound).
+    (:class:`TimeBudget`; the profile's or given ``steps`` is then the upper bound). ``init``: start a new
+    run from that checkpoint's weights, architecture, vocabulary and normalisation, with a fresh optimiser
+    and schedule (fine-tuning). ``keep_every``: also keep every such step's checkpoint (a multiple of
+    ``ckpt_every``) as ``out/snapshots/step-N``.
     Returns a summary dict: ``out``, ``step``, ``loss`` (mean of the last 50 steps), ``steps_per_s``
     (this run, excluding the first step), ``batch_size``, ``num_params``.
     """
@@ -402,27 +405,25 @@ def train_teacher(
         seed = state["seed"]
     elif (out / WEIGHTS).exists() or (out / CONFIG).exists():
         raise ValueError(f"{out} holds a checkpoint but no {STATE} to resume from; choose a new --out")
-    elif init is not None:
-        state = None
-        settings = TrainSettings(**asdict(TRAIN_PROFILES[profile]))
-        info = dataset_stats(dataset, episodes, seed)
-        model, info = _init_from(init, info, model_overrides, chunk)
     else:
         state = None
         settings = TrainSettings(**asdict(TRAIN_PROFILES[profile]))
         info = dataset_stats(dataset, episodes, seed)
-        vocab = WordTokenizer.build(info["instructions"]).vocab
-        torch.manual_seed(seed)
-        model = VLA(
-            teacher_config(
-                profile,
-                vocab,
-                info["action_stats"],
-                info["proprio_stats"],
-                chunk=chunk,
-                **dict(model_overrides or {}),
+        if init is not None:
+            model, info = _init_from(init, info, model_overrides, chunk)
+        else:
+            vocab = WordTokenizer.build(info["instructions"]).vocab
+            torch.manual_seed(seed)
+            model = VLA(
+                teacher_config(
+                    profile,
+                    vocab,
+                    info["action_stats"],
+                    info["proprio_stats"],
+                    chunk=chunk,
+                    **dict(model_overrides or {}),
+                )
             )
-        )
     for key, value in (
         ("steps", steps),
         ("batch_size", batch_size),
