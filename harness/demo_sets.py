@@ -89,8 +89,10 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
     """
     import time
 
+    from harness.commands.demos import check_noise
     from tasks.datasets import CODECS
 
+    check_noise(noise, noise_hold)  # before any worker starts, not once per folder
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if codec not in CODECS:

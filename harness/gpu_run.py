@@ -3,7 +3,7 @@
     python -m harness.gpu_run --out OUT                      # on the GPU machine (see results/checkpoints/README.md)
     python -m harness.gpu_run --out /tmp/g --device cpu --scale 0.02 --demo-s 30 --teacher-s 20 \\
         --stage1-steps 20 --student-s 10                     # the same pipeline, tiny, on a CPU (a dry run)
-    python -m harness.gpu_run --out OUT --student-s 0 --demo-noise 0.1 \
+    python -m harness.gpu_run --out OUT --student-s 0 --demo-noise 0.1 \\
         --teacher-init results/checkpoints/teacher-simpler    # fine-tune the teacher on clean + noisy demos
 
 A lent machine comes for minutes, with torch but without ffmpeg, mujoco or Ray, and sends back at most a

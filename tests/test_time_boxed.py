@@ -253,3 +253,11 @@ def test_pick_data_dir_falls_back_when_the_preferred_file_system_is_too_small(tm
     assert chosen == tmp_path / "shm" / "data" and "10.0 GB free" in why
     chosen, why = pick_data_dir(tmp_path / "shm" / "data", tmp_path / "disk", need_bytes=30e9)
     assert chosen == tmp_path / "disk" and "30.0 GB are needed" in why
+
+
+def test_record_family_refuses_bad_noise_before_recording(tmp_path):
+    from harness import demo_sets
+
+    with pytest.raises(ValueError, match="--noise must be in"):
+        demo_sets.record_family("simpler", tmp_path, scale=0.02, jobs=3, progress=False, noise=2.0)
+    assert not any(tmp_path.iterdir())

@@ -66,10 +66,7 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        raise ValueError(f"--noise must be in [0, 1] action units, got {noise}")
-    if noise_hold < 1:
-        raise ValueError(f"--noise-hold must be >= 1 step, got {noise_hold}")
+    check_noise(noise, noise_hold)
     attempts_cap = max_attempts if max_attempts is not None else 2 * episodes + 10
     if attempts_cap < episodes:
         raise ValueError(f"--max-attempts {attempts_cap} is below --episodes {episodes}")
@@ -114,6 +111,14 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
     if noise > 0:
         extra["action_noise"] = {"std": noise, "hold": noise_hold}
     return writer.close(extra=extra)
+
+
+def check_noise(noise: float, noise_hold: int) -> None:
+    """Raise ``ValueError`` naming a bad ``--noise`` (outside [0, 1] action units) or ``--noise-hold`` (< 1)."""
+    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
+        raise ValueError(f"--noise must be in [0, 1] action units, got {noise}")
+    if noise_hold < 1:
+        raise ValueError(f"--noise-hold must be >= 1 step, got {noise_hold}")
 
 
 def _noise(std: float, hold: int, seed: int, task: str, episode: int):
