@@ -53,6 +53,7 @@ class TrainSettings:
     shift_pad: int = 6
     loss: str = "l1"
     ckpt_every: int = 1000
+    ema: float = 0.0  # decay of the weight average that is saved as the checkpoint; 0: no average
 
 
 # MSE by default: on the SIMPLER-style demonstrations an L1 teacher sat at the per-dimension median
@@ -60,11 +61,41 @@ class TrainSettings:
 # see results/checkpoints/README.md). L1's gradient is a sign, so the many near-zero targets of idle
 # phases outvote the few large ones until the features can already tell them apart.
 SNAPSHOTS = "snapshots"  # out/snapshots/step-N: checkpoints kept along the way (keep_every)
+RAW = "raw"  # with an EMA, out/raw (and out/snapshots/step-N/raw) hold the un-averaged weights
 
 TRAIN_PROFILES = {
     "small": TrainSettings(batch_size=32, lr=5e-4, steps=20000, warmup=500, ckpt_every=500, loss="mse"),
     "full": TrainSettings(batch_size=128, lr=3e-4, steps=60000, warmup=2000, ckpt_every=2500, loss="mse"),
 }
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating parameters and buffers (Polyak averaging).
+
+    ``update(step)`` after each optimiser step, with decay ``min(decay, (1 + step) / (10 + step))``, so the
+    average follows the weights closely at the start and averages over about ``1 / (1 - decay)`` steps
+    later. ``model`` holds the averaged weights (a copy; the trained model is untouched).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), e.g. 0.999, got {decay!r}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        avg = self.model.state_dict()
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                avg[name].lerp_(value.detach(), 1.0 - d)
+            else:
+                avg[name].copy_(value)
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
@@ -366,6 +397,7 @@ def train_teacher(
     time_budget_s: float | None = None,
     init: str | Path | None = None,
     keep_every: int | None = None,
+    ema: float | None = None,
 ) -> dict:
     """Train (or resume training) the reference teacher on ``data``; checkpoints go to the folder ``out``.
 
@@ -375,7 +407,9 @@ def train_teacher(
     (:class:`TimeBudget`; the profile's or given ``steps`` is then the upper bound). ``init``: start a new
     run from that checkpoint's weights, architecture, vocabulary and normalisation, with a fresh optimiser
     and schedule (fine-tuning). ``keep_every``: also keep every such step's checkpoint (a multiple of
-    ``ckpt_every``) as ``out/snapshots/step-N``.
+    ``ckpt_every``) as ``out/snapshots/step-N``. ``ema``: a decay in (0, 1) (e.g. 0.999) saves the
+    exponential moving average of the weights (:class:`WeightAverage`) as the checkpoint, and the trained
+    weights beside it in ``out/raw`` (and ``step-N/raw``); 0 or ``None`` (default) saves the trained weights.
     Returns a summary dict: ``out``, ``step``, ``loss`` (mean of the last 50 steps), ``steps_per_s``
     (this run, excluding the first step), ``batch_size``, ``num_params``.
     """
@@ -383,6 +417,8 @@ def train_teacher(
         raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(TRAIN_PROFILES)}")
     if keep_every is not None and keep_every < 1:
         raise ValueError(f"keep_every must be >= 1 step, got {keep_every}")
+    if ema is not None and not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema decay must be 0 (off) or in (0, 1), e.g. 0.999; got {ema!r}")
     check_device(device)
     out = Path(out)
     dataset, dirs = _open_dataset(data, chunk)
@@ -431,12 +467,22 @@ def train_teacher(
         ("warmup", warmup),
         ("ckpt_every", ckpt_every),
         ("loss", loss),
+        ("ema", ema),
     ):
         if value is not None:
             setattr(settings, key, value)
 
     if settings.loss not in LOSSES:
         raise ValueError(f"unknown loss {settings.loss!r}; valid losses: {', '.join(LOSSES)}")
+    average = None
+    if settings.ema:
+        average = WeightAverage(model, settings.ema)  # on resume, ``model`` was loaded from the average
+        if state is not None and "raw_model" in state:
+            model.load_state_dict(state["raw_model"])
+        average.model.to(device)
+    elif state is not None and "raw_model" in state:
+        raise ValueError(f"{out} was trained with an EMA (decay {state['settings'].get('ema')}); "
+                         "resume it with the same --ema or choose a new --out")
     model.to(device).train()
     optimizer = torch.optim.AdamW(
         _param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
@@ -470,7 +516,9 @@ def train_teacher(
     def checkpoint() -> None:
         recent = [h["loss"] for h in history[-50:]]
         meta["training"].update(step=step, loss=float(np.mean(recent)) if recent else None)
-        save_checkpoint(out, model, meta)
+        save_checkpoint(out, average.model if average else model, meta)
+        if average:
+            save_checkpoint(out / RAW, model, meta)
         payload = {
             "step": step,
             "profile": profile,
@@ -482,6 +530,7 @@ def train_teacher(
             "scheduler": scheduler.state_dict(),
             "history": history,
             "torch_rng": torch.get_rng_state(),
+            **({"raw_model": model.state_dict()} if average else {}),
         }
         torch.save(payload, out / (STATE + ".tmp"))
         os.replace(out / (STATE + ".tmp"), state_file)
@@ -524,6 +573,8 @@ def train_teacher(
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         scheduler.step()
+        if average:
+            average.update(model, step)
         loss_value = loss.item()
         history.append({"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
         step += 1
@@ -539,7 +590,10 @@ def train_teacher(
         if step % settings.ckpt_every == 0 or step == settings.steps:
             checkpoint()
             if keep_every and step % keep_every == 0 and step != settings.steps:
-                save_checkpoint(out / SNAPSHOTS / f"step-{step}", model, meta)
+                snap = out / SNAPSHOTS / f"step-{step}"
+                save_checkpoint(snap, average.model if average else model, meta)
+                if average:
+                    save_checkpoint(snap / RAW, model, meta)
             if not progress:  # a log line instead of the bar
                 print(f"[teacher] step {step}/{settings.steps}, loss {loss_value:.4f}, "
                       f"{steps_per_s(step - start_step - 1, first_done):.2f} steps/s", flush=True)

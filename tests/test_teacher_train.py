@@ -208,3 +208,52 @@ def test_keep_every_keeps_loadable_snapshots(tmp_path):
     assert load_vla(tmp_path / "k" / "snapshots" / "step-4")[1]["training"]["step"] == 4
     with pytest.raises(ValueError, match="keep_every must be >= 1"):
         train_teacher(data, tmp_path / "k2", steps=1, keep_every=0, **FAST)
+
+
+def test_ema_saves_the_weight_average_and_resumes_exactly(tmp_path, monkeypatch):
+    data = SyntheticDemos(n=24)
+    # per-step weights of the plain run (an EMA does not change training: same seed, same raw weights)
+    train_teacher(data, tmp_path / "plain", steps=6, ckpt_every=1, keep_every=1, **FAST)
+    train_teacher(data, tmp_path / "ema", steps=6, ckpt_every=3, keep_every=3, ema=0.5, **FAST)
+    steps = [load_vla(tmp_path / "plain" / "snapshots" / f"step-{s}")[0].state_dict() for s in range(1, 6)]
+    steps.append(load_vla(tmp_path / "plain")[0].state_dict())
+    raw = load_vla(tmp_path / "ema" / "raw")[0].state_dict()
+    for name, value in steps[-1].items():
+        assert torch.equal(raw[name], value), name
+    config = load_vla(tmp_path / "plain")[0].config
+    torch.manual_seed(0)
+    expected = VLA(config).state_dict()  # the initial weights (train_teacher seeds them with its seed, 0)
+    for step, weights in enumerate(steps):  # decay min(0.5, (1 + step) / (10 + step)): 0.1, 0.18, ..., 0.5
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = {k: d * v + (1 - d) * weights[k] if v.is_floating_point() else weights[k]
+                    for k, v in expected.items()}
+    averaged, config = load_vla(tmp_path / "ema")
+    assert config["training"]["ema"] == 0.5
+    for name, value in averaged.state_dict().items():
+        assert torch.allclose(value, expected[name], atol=1e-6), (name, (value - expected[name]).abs().max())
+    assert not torch.equal(averaged.state_dict()["action_head.weight"], raw["action_head.weight"])
+    assert (tmp_path / "ema" / "snapshots" / "step-3" / "raw" / "model.safetensors").is_file()
+
+    import distill.train as train_mod
+
+    calls, real_loss = {"n": 0}, train_mod.chunk_loss
+
+    def crash_at_step_5(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_mod, "chunk_loss", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, ema=0.5, **FAST)
+    monkeypatch.setattr(train_mod, "chunk_loss", real_loss)
+    train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, **FAST)  # the decay is kept in the state
+    for sub in ("", "raw"):
+        a, b = load_vla(tmp_path / "ema" / sub)[0].state_dict(), load_vla(tmp_path / "resumed" / sub)[0].state_dict()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (sub, name)
+    with pytest.raises(ValueError, match="resume it with the same --ema"):
+        train_teacher(data, tmp_path / "resumed", steps=8, ema=0.0, **FAST)
+    with pytest.raises(ValueError, match="ema decay must be 0 .off. or in .0, 1."):
+        train_teacher(data, tmp_path / "bad", steps=1, ema=1.0, **FAST)

@@ -46,6 +46,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--keep-every", type=int, default=None,
                         help="also keep the checkpoint of every N-th step (a multiple of --ckpt-every) as "
                              "OUT/snapshots/step-N, to choose among them by closed-loop success on a held-out draw")
+    parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                        help="save an exponential moving average of the weights (decay in (0, 1), e.g. 0.999) "
+                             "as the checkpoint, and the trained weights in OUT/raw; 0: off (default)")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument(
         "--threads",
@@ -78,6 +81,7 @@ def run(args) -> int:
         warmup=args.warmup,
         init=args.init,
         keep_every=args.keep_every,
+        ema=args.ema,
         ckpt_every=args.ckpt_every,
         loss=args.loss,
         num_workers=args.workers,
