@@ -223,6 +223,9 @@ class Embedded:
     query_mask: torch.Tensor  # (B, N) bool, the K action-query tokens read by the head
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     attention_bias: torch.Tensor  # (B, 1, 1, N)
+    # (vision_end, text_start, text_end): token positions [0, vision_end) are all vision tokens (no padding)
+    # and [text_start, text_end) hold every instruction token, so readers can slice instead of masking
+    spans: tuple[int, int, int] | None = None
 
     def select(self, rows: torch.Tensor) -> Embedded:
         """The same embedding for a subset of batch rows (``rows``: int64 indices or a (B,) bool mask)."""
@@ -236,6 +239,7 @@ class Embedded:
             query_mask=self.query_mask[rows],
             position_embeddings=(cos[rows], sin[rows]),
             attention_bias=self.attention_bias[rows],
+            spans=self.spans,
         )
 
 
@@ -395,6 +399,7 @@ class VLA(nn.Module):
             query_mask=torch.cat([zeros(n_vis + 1 + n_text), ones(k)], dim=1),
             position_embeddings=self.rotary_emb(hidden, position_ids),  # cos, sin: (B, N, head_dim)
             attention_bias=bias,
+            spans=(n_vis, n_vis + 1, n_vis + 1 + n_text),
         )
 
     def run_layer(self, idx: int, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-lr", type=float, default=8e-4)
     p.add_argument("--teacher-init", default=None,
                    help="fine-tune this checkpoint instead of training from scratch (train-teacher --init)")
+    p.add_argument("--teacher-ema", type=float, default=0.0,
+                   help="save the teacher's weight average with this decay, e.g. 0.999 (train-teacher --ema; "
+                        "default 0: the trained weights)")
     p.add_argument("--demo-noise", type=float, default=0.0,
                    help="also record the recipe with this executed-action noise (actdistill demos --noise) into "
                         "DATA-dart, inside the same --demo-s; the teacher trains on both (default 0: clean only)")
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = train_teacher(dataset, teacher, profile="small", device=args.device, steps=200_000,
                             batch_size=args.teacher_batch, lr=args.teacher_lr, ckpt_every=2000,
                             num_workers=args.workers, progress=False, time_budget_s=args.teacher_s,
-                            init=args.teacher_init)
+                            init=args.teacher_init, ema=args.teacher_ema)
     _pack(teacher, out / "teacher-simpler.tar")
     man.stage("teacher", seconds=round(time.monotonic() - t, 1), **summary)
 

@@ -113,6 +113,21 @@ def test_all_gates_open_equals_teacher_exactly(teacher, data):
     assert policy.last_info["executed_layers"] == [0, 1, 2, 3]
 
 
+def test_router_span_path_equals_the_masked_path(teacher, data):
+    import dataclasses
+
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8).eval()
+    torch.nn.init.normal_(student.router.gate.weight, std=3.0)
+    batch = teacher.prepare([data[i] for i in range(6)])  # instructions of different lengths: padded text
+    with torch.no_grad():
+        emb = student.embed(batch)
+        assert not bool(emb.text_mask[:, emb.spans[1]:emb.spans[2]].all()), "test needs padded instructions"
+        sliced = student.router(emb)
+        masked = student.router(dataclasses.replace(emb, spans=None))
+    torch.testing.assert_close(sliced, masked, atol=1e-5, rtol=1e-5)
+    assert emb.select(torch.tensor([1, 2])).spans == emb.spans
+
+
 def _teacher_policy(teacher: VLA):
     from distill.checkpoint import VLAPolicy
 
