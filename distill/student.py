@@ -226,13 +226,23 @@ class StudentPolicy(VLAPolicy):
         return self._executed / (self._rows * self.model.num_layers) if self._rows else float("nan")
 
     def model_call(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
+        model = self.model
         with torch.inference_mode():
-            emb = self.model.embed(batch)
-            mask = self.model.route(emb)  # (B, L) bool
-            chunk = self.model.head(self.model.run_layers(emb.hidden, emb, mask), emb)  # (B, K, 7)
-        self._rows += mask.shape[0]
-        self._executed += int(mask.sum())
-        return chunk, [row.nonzero().flatten().tolist() for row in mask.cpu()]
+            emb = model.embed(batch)
+            logits = model.router(emb)  # (B, L)
+            if logits.shape[0] == 1:  # one row: run its layers in order, without building a mask
+                layers = [sorted(logits[0].topk(model.layers_per_input, sorted=False).indices.tolist())]
+                hidden = emb.hidden
+                for idx in layers[0]:
+                    hidden = model.run_layer(idx, hidden, emb)
+            else:
+                mask = topk_mask(logits, model.layers_per_input)  # (B, L) bool
+                hidden = model.run_layers(emb.hidden, emb, mask)
+                layers = [row.nonzero().flatten().tolist() for row in mask.cpu()]
+            chunk = model.head(hidden, emb)  # (B, K, 7)
+        self._rows += len(layers)
+        self._executed += sum(len(row) for row in layers)
+        return chunk, layers
 
 
 def export_student(student: StudentVLA, path: str | Path, meta: Mapping | None = None) -> Path:

@@ -128,6 +128,29 @@ def test_router_span_path_equals_the_masked_path(teacher, data):
     assert emb.select(torch.tensor([1, 2])).spans == emb.spans
 
 
+def test_single_row_model_call_equals_the_masked_path(teacher, data):
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8).eval()
+    torch.nn.init.normal_(student.router.gate.weight, std=30.0)  # routes differ between inputs
+    policy = StudentPolicy(student)
+    routes = set()
+    for i in range(6):
+        batch = teacher.prepare([data[i]])
+        chunk, layers = policy.model_call(batch)  # the one-row path: no mask
+        with torch.no_grad():
+            mask = student.route(student.embed(batch))
+            assert torch.equal(chunk, student(batch, mask))
+        assert layers == [mask[0].nonzero().flatten().tolist()] and len(layers[0]) == 2
+        routes.add(tuple(layers[0]))
+    assert len(routes) > 1, "test needs inputs with different routes"
+    both = teacher.prepare([data[0], data[1]])  # the batched path agrees row by row
+    chunk, layers = policy.model_call(both)
+    for row in range(2):
+        one, one_layers = policy.model_call(teacher.prepare([data[row]]))
+        torch.testing.assert_close(chunk[row], one[0], atol=1e-5, rtol=1e-5)
+        assert layers[row] == one_layers[0]
+    assert policy.mean_executed_fraction == 0.5
+
+
 def _teacher_policy(teacher: VLA):
     from distill.checkpoint import VLAPolicy
 
