@@ -17,6 +17,7 @@ drawn from generators seeded by ``(seed, step)``, so a resumed run continues exa
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -78,8 +79,6 @@ class WeightAverage:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema decay must be in (0, 1), e.g. 0.999, got {decay!r}")
         self.decay = decay
@@ -513,12 +512,15 @@ def train_teacher(
         },
     }
 
+    def save_weights(path: Path) -> None:  # the average where there is one, and the trained weights
+        save_checkpoint(path, average.model if average else model, meta)
+        if average:
+            save_checkpoint(path / RAW, model, meta)
+
     def checkpoint() -> None:
         recent = [h["loss"] for h in history[-50:]]
         meta["training"].update(step=step, loss=float(np.mean(recent)) if recent else None)
-        save_checkpoint(out, average.model if average else model, meta)
-        if average:
-            save_checkpoint(out / RAW, model, meta)
+        save_weights(out)
         payload = {
             "step": step,
             "profile": profile,
@@ -590,10 +592,7 @@ def train_teacher(
         if step % settings.ckpt_every == 0 or step == settings.steps:
             checkpoint()
             if keep_every and step % keep_every == 0 and step != settings.steps:
-                snap = out / SNAPSHOTS / f"step-{step}"
-                save_checkpoint(snap, average.model if average else model, meta)
-                if average:
-                    save_checkpoint(snap / RAW, model, meta)
+                save_weights(out / SNAPSHOTS / f"step-{step}")
             if not progress:  # a log line instead of the bar
                 print(f"[teacher] step {step}/{settings.steps}, loss {loss_value:.4f}, "
                       f"{steps_per_s(step - start_step - 1, first_done):.2f} steps/s", flush=True)

@@ -54,25 +54,28 @@ def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
     assert [h["step"] for h in log["history"]] == list(range(80))
 
 
-def test_crashed_run_resumes_exactly(tmp_path, monkeypatch):
-    data = SyntheticDemos(n=40)
-    train_teacher(data, tmp_path / "straight", steps=6, ckpt_every=3, **FAST)
-
+def crash_on_fifth_step(monkeypatch, run) -> None:
+    """Call ``run()`` with training interrupted in its fifth step, then restore the loss."""
     import distill.train as train_mod
 
-    calls = {"n": 0}
-    real_loss = train_mod.chunk_loss
+    calls, real_loss = {"n": 0}, train_mod.chunk_loss
 
-    def crash_at_step_4(*args):
+    def crashing_loss(*args):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt("simulated crash")
         return real_loss(*args)
 
-    monkeypatch.setattr(train_mod, "chunk_loss", crash_at_step_4)
+    monkeypatch.setattr(train_mod, "chunk_loss", crashing_loss)
     with pytest.raises(KeyboardInterrupt):
-        train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, **FAST)
+        run()
     monkeypatch.setattr(train_mod, "chunk_loss", real_loss)
+
+
+def test_crashed_run_resumes_exactly(tmp_path, monkeypatch):
+    data = SyntheticDemos(n=40)
+    train_teacher(data, tmp_path / "straight", steps=6, ckpt_every=3, **FAST)
+    crash_on_fifth_step(monkeypatch, lambda: train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, **FAST))
     assert load_vla(tmp_path / "resumed")[1]["training"]["step"] == 3
     summary = train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, **FAST)
     assert summary["step"] == 6
@@ -234,20 +237,8 @@ def test_ema_saves_the_weight_average_and_resumes_exactly(tmp_path, monkeypatch)
     assert not torch.equal(averaged.state_dict()["action_head.weight"], raw["action_head.weight"])
     assert (tmp_path / "ema" / "snapshots" / "step-3" / "raw" / "model.safetensors").is_file()
 
-    import distill.train as train_mod
-
-    calls, real_loss = {"n": 0}, train_mod.chunk_loss
-
-    def crash_at_step_5(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_loss(*args)
-
-    monkeypatch.setattr(train_mod, "chunk_loss", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, ema=0.5, **FAST)
-    monkeypatch.setattr(train_mod, "chunk_loss", real_loss)
+    crash_on_fifth_step(
+        monkeypatch, lambda: train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, ema=0.5, **FAST))
     train_teacher(data, tmp_path / "resumed", steps=6, ckpt_every=3, **FAST)  # the decay is kept in the state
     for sub in ("", "raw"):
         a, b = load_vla(tmp_path / "ema" / sub)[0].state_dict(), load_vla(tmp_path / "resumed" / sub)[0].state_dict()
