@@ -8,6 +8,14 @@ the other variants (VA) where the suite has both. The first policy is the refere
 gets its pooled difference to it, with Newcombe's hybrid score interval (built from the two Wilson
 intervals). The same draw counted twice would inflate n, so an episode (task, variant, episode index,
 seed) that appears in two folders of one policy is an error.
+
+Episodes are not independent: the variants of a draw replay the same initial states (episode ``i`` of a
+task starts from the same geometry under every look), and a deterministic policy tends to do the same
+thing from the same state. So beside the Wilson figures, which count episodes, :func:`compare` gives a
+cluster bootstrap over initial states (task, seed, episode index): ``all_clustered`` for the pooled rate
+and ``diff_clustered`` for the difference to the reference, resampling the states the two share (paired).
+On the default plan a draw holds 165 episodes but 55 initial states, and the clustered interval is
+about twice as wide as Wilson's.
 """
 
 from __future__ import annotations
@@ -18,13 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.results import current_rows, read_episodes
 from harness.stats import wilson
 
 EPISODE_KEY = ("task", "variant", "episode_index", "seed")
+STATE_KEY = ("task", "seed", "episode_index")  # an initial state: the same under every variant of a draw
 VM = "visual_matching"
+BOOTSTRAP = 2000  # resamples of the cluster bootstrap (seeded: the table is reproducible)
 
 
 @dataclass
@@ -96,6 +107,41 @@ def _rate(df: pd.DataFrame) -> Rate:
     return Rate(int(df["success"].sum()), len(df))
 
 
+def _by_state(df: pd.DataFrame) -> pd.DataFrame:
+    """Successes and episodes per initial state (index: ``STATE_KEY``)."""
+    return df.groupby(list(STATE_KEY))["success"].agg(k="sum", n="count")
+
+
+def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = BOOTSTRAP,
+              seed: int = 0) -> tuple[float, float, float]:
+    """Rate of ``a`` (or ``a - b``) and its 95% percentile interval from a bootstrap over initial states.
+
+    Each resample draws the states (``STATE_KEY``) with replacement and pools every episode of a drawn
+    state; with ``b``, both policies' episodes of the same drawn states (the states they share, so the
+    difference is paired). Returns fractions ``(estimate, low, high)``.
+    """
+    sa = _by_state(a)
+    sb = None if b is None else _by_state(b)
+    if sb is not None:
+        shared = sa.index.intersection(sb.index)
+        if shared.empty:
+            raise ValueError("the two policies share no initial state (task, seed, episode index): "
+                             "evaluate them on the same draws to compare them")
+        sa, sb = sa.loc[shared], sb.loc[shared]
+    weights = np.random.default_rng(seed).multinomial(len(sa), np.full(len(sa), 1.0 / len(sa)), size=resamples)
+
+    def rates(states: pd.DataFrame) -> np.ndarray:
+        return (weights @ states["k"].to_numpy(float)) / np.maximum(weights @ states["n"].to_numpy(float), 1.0)
+
+    def point(states: pd.DataFrame) -> float:
+        return float(states["k"].sum() / states["n"].sum())
+
+    boots = rates(sa) - (0.0 if sb is None else rates(sb))
+    estimate = point(sa) - (0.0 if sb is None else point(sb))
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return estimate, float(low), float(high)
+
+
 def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler_google") -> list[dict]:
     """One dict per policy: name, folders, per-draw Rates, pooled ``all`` / ``vm`` / ``va`` Rates and,
     after the first, ``diff`` (pooled all minus the first policy's, with its interval) per split."""
@@ -107,7 +153,8 @@ def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler
         pooled = pd.concat(frames)
         vm = pooled["variant"] == VM
         row = {"name": name, "folders": [str(f) for f in folders], "draws": [_rate(f) for f in frames],
-               "all": _rate(pooled)}
+               "all": _rate(pooled), "pooled": pooled, "states": len(_by_state(pooled)),
+               "all_clustered": clustered(pooled)}
         if vm.any() and (~vm).any():
             row["vm"], row["va"] = _rate(pooled[vm]), _rate(pooled[~vm])
         rows.append(row)
@@ -115,6 +162,7 @@ def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler
     for row in rows[1:]:
         row["diff"] = {split: difference(row[split], ref[split]) for split in ("all", "vm", "va")
                        if split in row and split in ref}
+        row["diff_clustered"] = clustered(row["pooled"], ref["pooled"])
     return rows
 
 
@@ -123,7 +171,10 @@ def format_compare(rows: Sequence[dict], suite: str) -> str:
     splits = [s for s in ("vm", "va") if all(s in r for r in rows)]
     head = ["policy", "per draw"] + [f"pooled {s.upper()}" for s in splits] + ["pooled all"]
     head += [f"{s.upper() if s != 'all' else 'all'} vs {rows[0]['name']} (points)" for s in [*splits, "all"]]
-    lines = [f"{suite}, pooled over each policy's run folders (Wilson 95%; differences: Newcombe 95%)", "",
+    head += ["initial states", "all, by state", f"all vs {rows[0]['name']}, by state"]
+    title = (f"{suite}, pooled over each policy's run folders (Wilson 95%; differences: Newcombe 95%; "
+             "'by state': bootstrap over initial states, which the variants of a draw share)")
+    lines = [title, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["name"], " / ".join(f"{100 * d.rate:.1f}%" for d in row["draws"])]
@@ -134,6 +185,13 @@ def format_compare(rows: Sequence[dict], suite: str) -> str:
             else:
                 d, lo, hi = row["diff"][s]
                 cells.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        _, lo, hi = row["all_clustered"]
+        cells += [str(row["states"]), f"[{100 * lo:.0f}, {100 * hi:.0f}]"]
+        if "diff_clustered" in row:
+            d, lo, hi = row["diff_clustered"]
+            cells.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        else:
+            cells.append("reference")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -166,7 +224,11 @@ def to_json(rows: Sequence[dict]) -> list[dict]:
     for row in rows:
         item = {"name": row["name"], "folders": row["folders"], "draws": [d.to_json() for d in row["draws"]],
                 **{s: row[s].to_json() for s in ("all", "vm", "va") if s in row}}
+        _, lo, hi = row["all_clustered"]
+        item["initial_states"], item["all_by_state_interval"] = row["states"], [lo, hi]
         if "diff" in row:
             item["diff"] = {s: {"diff": d, "interval": [lo, hi]} for s, (d, lo, hi) in row["diff"].items()}
+            d, lo, hi = row["diff_clustered"]
+            item["diff_by_state"] = {"diff": d, "interval": [lo, hi]}
         out.append(item)
     return out

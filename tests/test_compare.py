@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.compare import Rate, compare, difference, format_compare, parse_spec
+from harness.compare import Rate, clustered, compare, difference, format_compare, parse_spec
 from harness.results import ResultsStore, make_row
 from harness.rollout import EpisodeResult
 
@@ -46,6 +46,30 @@ def test_compare_pools_draws_and_splits_vm_from_va(tmp_path):
     table = format_compare(rows, "simpler_google")
     assert "| teacher | 66.7% / 100.0% | 87.5% [53, 98] (7/8)" in table and "reference" in table
     assert table.count("\n| s0 |") == 1 and "-50.0 [" in table
+
+
+def test_clustered_interval_counts_initial_states_not_episodes(tmp_path):
+    # one state per variant index: the variants replay episode 0's state, so 11 episodes are 1 state
+    shared = {"visual_matching": [True, False, True, False, True, False, True, False, True, False]}
+    shared.update({f"look_{j}": [j % 2 == 0] for j in range(10)})  # all at episode index 0
+    write_run(tmp_path / "a", 0, shared)
+    write_run(tmp_path / "b", 0, {"visual_matching": [True] * 10, **{f"look_{j}": [True] for j in range(10)}})
+    a, b = compare([("a", [tmp_path / "a"]), ("b", [tmp_path / "b"])])
+    assert a["states"] == 10 and a["all"].n == 20
+    est, lo, hi = a["all_clustered"]
+    assert est == pytest.approx(a["all"].rate)
+    wilson_lo, wilson_hi = a["all"].interval
+    assert hi - lo > wilson_hi - wilson_lo  # 20 episodes but only 10 states: a wider interval
+    d, lo, hi = b["diff_clustered"]
+    assert d == pytest.approx(1.0 - 10 / 20) and lo <= d <= hi
+    same = clustered(a["pooled"], a["pooled"])
+    assert same == (0.0, 0.0, 0.0)  # paired: a policy against itself differs by exactly 0 in every resample
+    assert clustered(a["pooled"]) == a["all_clustered"]  # seeded: reproducible
+    table = format_compare([a, b], "simpler_google")
+    assert "| 10 | [" in table and "by state" in table
+    write_run(tmp_path / "c", 5, {"visual_matching": [True]})
+    with pytest.raises(ValueError, match="share no initial state"):
+        compare([("a", [tmp_path / "a"]), ("c", [tmp_path / "c"])])
 
 
 def test_compare_refuses_one_draw_twice_a_missing_suite_and_an_empty_spec(tmp_path):
