@@ -26,16 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from harness.results import current_rows, read_episodes
-from harness.stats import wilson
+from harness.stats import by_state, clustered, wilson
 
 EPISODE_KEY = ("task", "variant", "episode_index", "seed")
-STATE_KEY = ("task", "seed", "episode_index")  # an initial state: the same under every variant of a draw
 VM = "visual_matching"
-BOOTSTRAP = 2000  # resamples of the cluster bootstrap (seeded: the table is reproducible)
 
 
 @dataclass
@@ -107,41 +104,6 @@ def _rate(df: pd.DataFrame) -> Rate:
     return Rate(int(df["success"].sum()), len(df))
 
 
-def _by_state(df: pd.DataFrame) -> pd.DataFrame:
-    """Successes and episodes per initial state (index: ``STATE_KEY``)."""
-    return df.groupby(list(STATE_KEY))["success"].agg(k="sum", n="count")
-
-
-def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = BOOTSTRAP,
-              seed: int = 0) -> tuple[float, float, float]:
-    """Rate of ``a`` (or ``a - b``) and its 95% percentile interval from a bootstrap over initial states.
-
-    Each resample draws the states (``STATE_KEY``) with replacement and pools every episode of a drawn
-    state; with ``b``, both policies' episodes of the same drawn states (the states they share, so the
-    difference is paired). Returns fractions ``(estimate, low, high)``.
-    """
-    sa = _by_state(a)
-    sb = None if b is None else _by_state(b)
-    if sb is not None:
-        shared = sa.index.intersection(sb.index)
-        if shared.empty:
-            raise ValueError("the two policies share no initial state (task, seed, episode index): "
-                             "evaluate them on the same draws to compare them")
-        sa, sb = sa.loc[shared], sb.loc[shared]
-    weights = np.random.default_rng(seed).multinomial(len(sa), np.full(len(sa), 1.0 / len(sa)), size=resamples)
-
-    def rates(states: pd.DataFrame) -> np.ndarray:
-        return (weights @ states["k"].to_numpy(float)) / np.maximum(weights @ states["n"].to_numpy(float), 1.0)
-
-    def point(states: pd.DataFrame) -> float:
-        return float(states["k"].sum() / states["n"].sum())
-
-    boots = rates(sa) - (0.0 if sb is None else rates(sb))
-    estimate = point(sa) - (0.0 if sb is None else point(sb))
-    low, high = np.percentile(boots, [2.5, 97.5])
-    return estimate, float(low), float(high)
-
-
 def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler_google") -> list[dict]:
     """One dict per policy: name, folders, per-draw Rates, pooled ``all`` / ``vm`` / ``va`` Rates and,
     after the first, ``diff`` (pooled all minus the first policy's, with its interval) per split."""
@@ -153,7 +115,7 @@ def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler
         pooled = pd.concat(frames)
         vm = pooled["variant"] == VM
         row = {"name": name, "folders": [str(f) for f in folders], "draws": [_rate(f) for f in frames],
-               "all": _rate(pooled), "pooled": pooled, "states": len(_by_state(pooled)),
+               "all": _rate(pooled), "pooled": pooled, "states": len(by_state(pooled)),
                "all_clustered": clustered(pooled)}
         if vm.any() and (~vm).any():
             row["vm"], row["va"] = _rate(pooled[vm]), _rate(pooled[~vm])

@@ -19,7 +19,9 @@ Files in the run folder:
 - ``summary.json`` (of the current rows, see :func:`current_rows`): ``{"per_task": {"suite/task": entry}, "per_group": {"suite": entry,
   "suite/variant": entry}, "overall": entry}``; an entry is ``{"success_rate", "successes", "n",
   "ci_low", "ci_high", "mean_steps", "mean_policy_ms", "failures"}`` with a 95% Wilson interval;
-  per-task entries add ``"per_variant": {variant: entry}``.
+  per-task entries add ``"per_variant": {variant: entry}``, and the suite and overall entries add
+  ``"by_state": {"states", "ci_low", "ci_high"}``, a 95% interval from a bootstrap over initial states
+  (task, seed, episode index), which the variants of a draw share (:func:`harness.stats.clustered`).
 
 The episode key is (policy hash, suite, task, variant, episode index, render mode). Writes go to
 a temporary file then ``os.replace``, so a crash leaves the previous complete files; a crash
@@ -39,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.stats import wilson
+from harness.stats import by_state, clustered, wilson
 
 COLUMNS = ("key", "policy", "policy_hash", "suite", "task", "variant", "episode_index", "seed",
            "render_mode", "success", "steps", "wall_s", "policy_calls", "policy_ms_mean",
@@ -261,10 +263,19 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         per_task[f"{suite}/{task}"] = entry
     per_group: dict[str, Any] = {}
     for suite, g in df.groupby("suite", sort=True):
-        per_group[str(suite)] = _entry(g)
+        per_group[str(suite)] = {**_entry(g), **_by_state_entry(g)}
         for variant, gv in g.groupby("variant", sort=True):
             per_group[f"{suite}/{variant}"] = _entry(gv)
-    return {"per_task": per_task, "per_group": per_group, "overall": _entry(df)}
+    return {"per_task": per_task, "per_group": per_group, "overall": {**_entry(df), **_by_state_entry(df)}}
+
+
+def _by_state_entry(df: pd.DataFrame) -> dict[str, Any]:
+    """``{"by_state": {"states", "ci_low", "ci_high"}}``: the interval of a bootstrap over initial states
+    (:func:`harness.stats.clustered`), since the variants of a draw replay the same states; empty for no rows."""
+    if df.empty:
+        return {}
+    _, low, high = clustered(df)
+    return {"by_state": {"states": len(by_state(df)), "ci_low": low, "ci_high": high}}
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -285,4 +296,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines += [line(name, e) for name, e in summary["per_group"].items()]
     lines.append("-" * len(header))
     lines.append(line("overall", summary["overall"]))
+    grouped = [(n, e["by_state"]) for n, e in [*summary["per_group"].items(), ("overall", summary["overall"])]
+               if "by_state" in e]
+    if grouped:
+        lines += ["", "95% CI by initial state (the variants of a draw replay the same states; bootstrap over them):"]
+        lines += [f"{name[:width]:<{width}} {b['states']:>5} states  [{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]"
+                  for name, b in grouped]
     return "\n".join(lines)

@@ -1,10 +1,15 @@
-"""Binomial statistics for success rates."""
+"""Binomial statistics for success rates, and a bootstrap over initial states for episodes that share them."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
+
 Z95 = 1.959963984540054
+STATE_KEY = ("task", "seed", "episode_index")  # an initial state: the same under every variant of a draw
+BOOTSTRAP = 2000  # resamples of the bootstrap over initial states (seeded: tables are reproducible)
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -23,3 +28,38 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
+
+
+def by_state(df: pd.DataFrame) -> pd.DataFrame:
+    """Successes and episodes per initial state (index: ``STATE_KEY``)."""
+    return df.groupby(list(STATE_KEY))["success"].agg(k="sum", n="count")
+
+
+def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = BOOTSTRAP,
+              seed: int = 0) -> tuple[float, float, float]:
+    """Rate of ``a`` (or ``a - b``) and its 95% percentile interval from a bootstrap over initial states.
+
+    Each resample draws the states (``STATE_KEY``) with replacement and pools every episode of a drawn
+    state; with ``b``, both policies' episodes of the same drawn states (the states they share, so the
+    difference is paired). Returns fractions ``(estimate, low, high)``.
+    """
+    sa = by_state(a)
+    sb = None if b is None else by_state(b)
+    if sb is not None:
+        shared = sa.index.intersection(sb.index)
+        if shared.empty:
+            raise ValueError("the two policies share no initial state (task, seed, episode index): "
+                             "evaluate them on the same draws to compare them")
+        sa, sb = sa.loc[shared], sb.loc[shared]
+    weights = np.random.default_rng(seed).multinomial(len(sa), np.full(len(sa), 1.0 / len(sa)), size=resamples)
+
+    def rates(states: pd.DataFrame) -> np.ndarray:
+        return (weights @ states["k"].to_numpy(float)) / np.maximum(weights @ states["n"].to_numpy(float), 1.0)
+
+    def point(states: pd.DataFrame) -> float:
+        return float(states["k"].sum() / states["n"].sum())
+
+    boots = rates(sa) - (0.0 if sb is None else rates(sb))
+    estimate = point(sa) - (0.0 if sb is None else point(sb))
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return estimate, float(low), float(high)

@@ -121,6 +121,12 @@ def test_summary_shape_and_values(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     table = format_table(summary)
     assert "fake_basic/reach" in table and "75.0%" in table and "overall" in table
+    # the dark variant replays base episodes 0 and 1: 8 episodes from 6 initial states
+    by_state = overall["by_state"]
+    assert by_state["states"] == 6 and summary["per_group"]["fake_basic"]["by_state"] == by_state
+    assert 0.0 <= by_state["ci_low"] <= 6 / 8 <= by_state["ci_high"] <= 1.0
+    assert "by initial state" in table and "    6 states  [" in table
+    assert "by_state" not in summary["per_group"]["fake_basic/base"]  # one variant: no state repeats
 
 
 def test_evaluate_expert_end_to_end_and_resume(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@
 
 Pools the run folders' current rows and prints the success rate with its Wilson interval (episodes
 counted as independent), the interval of a bootstrap over initial states (task, seed, episode index;
-``harness.compare.clustered``), and the effective n: the n whose binomial interval is as wide.
+``harness.stats.clustered``), and the effective n: the n whose binomial interval is as wide.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import sys
 
 import pandas as pd
 
-from harness.compare import STATE_KEY, clustered
 from harness.results import current_rows, read_episodes
-from harness.stats import wilson
+from harness.stats import STATE_KEY, clustered, wilson
 
 
 def main(folders: list[str]) -> None:
