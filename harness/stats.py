@@ -41,7 +41,9 @@ def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = B
 
     Each resample draws the states (``STATE_KEY``) with replacement and pools every episode of a drawn
     state; with ``b``, both policies' episodes of the same drawn states (the states they share, so the
-    difference is paired). Returns fractions ``(estimate, low, high)``.
+    difference is paired). Returns fractions ``(estimate, low, high)``. A single rate's interval is never
+    narrower than Wilson's with one observation per state: a percentile bootstrap collapses to a point
+    when every state has the same outcome (all successes, say), which says nothing about few states.
     """
     sa = by_state(a)
     sb = None if b is None else by_state(b)
@@ -62,4 +64,7 @@ def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = B
     boots = rates(sa) - (0.0 if sb is None else rates(sb))
     estimate = point(sa) - (0.0 if sb is None else point(sb))
     low, high = np.percentile(boots, [2.5, 97.5])
+    if sb is None:
+        floor_low, floor_high = wilson(estimate * len(sa), len(sa))
+        low, high = min(low, floor_low), max(high, floor_high)
     return estimate, float(low), float(high)

@@ -10,6 +10,7 @@ from harness.cli import main
 from harness.compare import Rate, clustered, compare, difference, format_compare, parse_spec
 from harness.results import ResultsStore, make_row
 from harness.rollout import EpisodeResult
+from harness.stats import wilson
 
 
 def write_run(folder, seed: int, outcomes: dict[str, list[bool]], policy_hash: str = "h1",
@@ -65,6 +66,8 @@ def test_clustered_interval_counts_initial_states_not_episodes(tmp_path):
     same = clustered(a["pooled"], a["pooled"])
     assert same == (0.0, 0.0, 0.0)  # paired: a policy against itself differs by exactly 0 in every resample
     assert clustered(a["pooled"]) == a["all_clustered"]  # seeded: reproducible
+    est, lo, hi = clustered(b["pooled"])  # every state a success: the bootstrap alone would give [1, 1]
+    assert est == 1.0 and hi == 1.0 and lo == pytest.approx(wilson(10, 10)[0])
     table = format_compare([a, b], "simpler_google")
     assert "| 10 | [" in table and "by state" in table
     write_run(tmp_path / "c", 5, {"visual_matching": [True]})
