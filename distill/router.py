@@ -98,13 +98,10 @@ class Router(nn.Module):
 
     def forward(self, emb: Embedded) -> torch.Tensor:
         h = emb.hidden.to(self.gate.weight.dtype)  # (B, N, D)
-        if emb.spans is None:  # any layout: project every token, keep the masked ones
-            vis = masked_mean_max(self.vision_norm(self.vision_proj(h)), emb.vision_mask)  # (B, 2R)
-            txt = masked_mean_max(self.text_norm(self.text_proj(h)), emb.text_mask)  # (B, 2R)
-        else:  # the same values, computed on the vision and instruction spans only (fewer tokens and ops)
-            vision_end, text_start, text_end = emb.spans
-            vis = self.vision_norm(self.vision_proj(h[:, :vision_end]))  # (B, V, R), no padding
-            vis = torch.cat([vis.mean(1), vis.amax(1)], dim=-1)  # (B, 2R)
-            txt = masked_mean_max(self.text_norm(self.text_proj(h[:, text_start:text_end])),
-                                  emb.text_mask[:, text_start:text_end])  # (B, 2R)
+        # only the vision and instruction spans are projected: the same values as masking every token
+        vision_end, text_start, text_end = emb.spans
+        vis = self.vision_norm(self.vision_proj(h[:, :vision_end]))  # (B, V, R), no padding
+        vis = torch.cat([vis.mean(1), vis.amax(1)], dim=-1)  # (B, 2R)
+        txt = masked_mean_max(self.text_norm(self.text_proj(h[:, text_start:text_end])),
+                              emb.text_mask[:, text_start:text_end])  # (B, 2R)
         return self.gate(torch.cat([vis, txt], dim=-1))  # (B, L)

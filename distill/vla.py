@@ -225,7 +225,7 @@ class Embedded:
     attention_bias: torch.Tensor  # (B, 1, 1, N)
     # (vision_end, text_start, text_end): token positions [0, vision_end) are all vision tokens (no padding)
     # and [text_start, text_end) hold every instruction token, so readers can slice instead of masking
-    spans: tuple[int, int, int] | None = None
+    spans: tuple[int, int, int]
 
     def select(self, rows: torch.Tensor) -> Embedded:
         """The same embedding for a subset of batch rows (``rows``: int64 indices or a (B,) bool mask)."""
