@@ -104,6 +104,17 @@ def _rate(df: pd.DataFrame) -> Rate:
     return Rate(int(df["success"].sum()), len(df))
 
 
+def _same_episodes(row: dict, ref: dict) -> None:
+    """Raise unless ``row`` and ``ref`` ran the same episodes: a gap between different episode sets (another
+    plan, other seeds, an unfinished run, variants on shared or distinct initial states) is not paired."""
+    mine, theirs = (set(r["pooled"][list(EPISODE_KEY)].itertuples(index=False, name=None)) for r in (row, ref))
+    if mine != theirs:
+        only = sorted(mine - theirs) or sorted(theirs - mine)
+        raise ValueError(f"{row['name']!r} and {ref['name']!r} ran different episodes ({len(mine - theirs)} only in "
+                         f"{row['name']!r}, {len(theirs - mine)} only in {ref['name']!r}, e.g. "
+                         f"{dict(zip(EPISODE_KEY, only[0]))}): evaluate both with the same plan and seeds")
+
+
 def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler_google") -> list[dict]:
     """One dict per policy: name, folders, per-draw Rates, pooled ``all`` / ``vm`` / ``va`` Rates and,
     after the first, ``diff`` (pooled all minus the first policy's, with its interval) per split."""
@@ -122,6 +133,7 @@ def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler
         rows.append(row)
     ref = rows[0]
     for row in rows[1:]:
+        _same_episodes(row, ref)
         row["diff"] = {split: difference(row[split], ref[split]) for split in ("all", "vm", "va")
                        if split in row and split in ref}
         row["diff_clustered"] = clustered(row["pooled"], ref["pooled"])

@@ -6,7 +6,10 @@
 
 Episodes ``0..episodes-1`` of every (task, variant) are run with the same ``seed``; the
 environment's initial state is a pure function of (seed, episode index), so every policy meets
-the same initial states. Episodes already in the run folder (same key, see
+the same initial states. With ``distinct_states`` (what the sweep's plans use) the variants'
+episodes take consecutive blocks of indices instead, so no two episodes of a task share an
+initial state: the variant effect is then no longer paired, but a draw holds as many initial
+states as episodes, and its intervals are not inflated by one state counted under every variant. Episodes already in the run folder (same key, see
 :mod:`harness.results`) are skipped, so an interrupted evaluation resumes where it stopped.
 
 A backend turns a list of :class:`Job` into ``(job, EpisodeResult)`` pairs as episodes
@@ -168,18 +171,50 @@ def resolve_variants(suite: str, variant: str | None) -> list[str]:
     return [resolve_variant(suite, variant)]
 
 
+def episode_indices(counts: Mapping[str, int], distinct_states: bool = False) -> dict[str, range]:
+    """Episode indices per variant for ``{variant: episodes}``: ``0..n-1`` under every variant, or with
+    ``distinct_states`` consecutive blocks in the mapping's order (the first variant gets ``0..n-1``,
+    the next ``n..n+m-1``, ...), so that no initial state is run twice."""
+    out, start = {}, 0
+    for v, n in counts.items():
+        out[v] = range(start, start + n) if distinct_states else range(n)
+        start += n
+    return out
+
+
+def _refuse_other_plans(store: ResultsStore, planned: set[str], policy_hash: str, suite: str, seed: int,
+                        task_names: list[str], out) -> None:
+    """Raise when ``out`` holds episodes of this policy, suite, seed and tasks outside ``planned``: they
+    come from another plan (or from shared initial states), and the summary would pool them with these."""
+    df = store.frame()
+    if df.empty:
+        return
+    mine = df[(df["policy_hash"] == policy_hash) & (df["suite"] == suite) & (df["seed"] == seed)
+              & df["task"].isin(task_names)]
+    other = mine[~mine["key"].isin(planned)]
+    if not other.empty:
+        first = other.iloc[0]
+        raise ValueError(f"run folder {str(out)!r} holds {len(other)} episode(s) of this policy on {suite} (seed {seed}) "
+                         f"outside this plan, e.g. {first['task']} / {first['variant']} episode "
+                         f"{int(first['episode_index'])}: it was made with another plan or with every variant "
+                         "on the same initial states; evaluate into a new --out")
+
+
 def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None = None,
              variant: str | None = None, episodes: int = 10, seed: int = 0, out: str | os.PathLike,
              videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
              env_kwargs: dict[str, Any] | None = None, progress: bool = True, table: bool = True,
-             quiet: bool = False, episodes_by_variant: Mapping[str, int] | None = None) -> dict[str, Any]:
+             quiet: bool = False, episodes_by_variant: Mapping[str, int] | None = None,
+             distinct_states: bool = False) -> dict[str, Any]:
     """Run the missing episodes of ``policy`` on ``suite`` and return the run folder's summary.
 
     ``tasks``: task names or indices (default: all); ``variant``: a name, ``"all"`` or ``None``
     (the default variant); ``episodes_by_variant``: ``{variant: episodes}``, used instead of
     ``variant``/``episodes`` to run different episode counts per variant in one call (one set of
-    workers and one probe environment for the whole plan); ``videos``: save annotated agentview mp4s (:mod:`harness.videos`) of the first ``videos`` episodes of
-    each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
+    workers and one probe environment for the whole plan); ``distinct_states``: give each variant its
+    own block of episode indices (:func:`episode_indices`) instead of ``0..n-1`` under every variant;
+    ``videos``: save annotated agentview mp4s (:mod:`harness.videos`) of the first ``videos`` episodes
+    of each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
     finish and ``out/summary.json`` (this policy's current rows) at the end; prints a plan line and
     (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
     """
@@ -209,8 +244,11 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     store = ResultsStore(out)
     write_meta(Path(out), source.meta)
     done, lost = store.done_keys(), store.retry_keys()
-    keyed = [(Job(suite, t, v, i, seed, video=i < videos), episode_key(policy_hash, suite, t, v, i, render_mode, seed))
-             for t in task_names for v in variant_names for i in range(counts[v])]
+    indices = episode_indices(counts, distinct_states)
+    keyed = [(Job(suite, t, v, i, seed, video=j < videos), episode_key(policy_hash, suite, t, v, i, render_mode, seed))
+             for t in task_names for v in variant_names for j, i in enumerate(indices[v])]
+    if distinct_states:
+        _refuse_other_plans(store, {key for _, key in keyed}, policy_hash, suite, seed, task_names, out)
     jobs = [job for job, key in keyed if key not in done]
     again = sum(key in lost for _, key in keyed)
     total = len(task_names) * sum(counts.values())
@@ -223,6 +261,8 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
                 groups.setdefault(n, []).append(v)
             shape = "(" + " + ".join(f"{names[0] if len(names) == 1 else f'{len(names)} variants'} x {n}"
                                      for n, names in groups.items()) + ") episode(s)"
+        if distinct_states and len(variant_names) > 1:
+            shape += f", each on its own initial state (indices 0-{sum(counts.values()) - 1})"
         print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {shape}; "
               f"{total - len(jobs)} already done, {len(jobs)} to run"
               + (f" ({again} of them again: their worker died)" if again else "") + f" -> {out}")

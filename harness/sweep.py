@@ -17,6 +17,9 @@ models already there are skipped, so rerunning after an interruption continues w
 estimate builds one environment per suite, times its reset and a few expert steps, and assumes
 every episode runs to the first task's step limit (SIMPLER-style episodes run to their limit;
 drawer tasks have longer limits than pick tasks), so it is a rough guide, not a bound.
+Within a suite the plan gives every episode of a task its own initial state: the variants take
+consecutive blocks of episode indices (``harness.evaluate.episode_indices``), so the variant
+episodes are not replays of visual matching's first states.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def _expert_run(ctx: Context) -> None:
     summary = None
     for suite in simpler_suites():
         task_names, counts = _plan(ctx.profile, suite)
-        summary = evaluate("expert", suite, tasks=task_names, episodes_by_variant=counts,
+        summary = evaluate("expert", suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
                            seed=ctx.seed, out=_expert_dir(ctx), table=False)
     if summary is not None:
         ctx.summaries["scripted experts"] = summary
@@ -273,7 +276,7 @@ def _policy_run(ctx: Context) -> None:
         summary = None
         for suite in simpler_suites():
             task_names, counts = _plan(ctx.profile, suite, policies=True)
-            summary = evaluate(spec, suite, tasks=task_names, episodes_by_variant=counts,
+            summary = evaluate(spec, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
                                seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend)
         if summary is not None:
             ctx.summaries[name] = summary

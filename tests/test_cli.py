@@ -171,3 +171,20 @@ def test_eval_plan_runs_the_sweeps_policy_episodes(suite, tmp_path, capsys):
     assert main(["eval", "--policy", "expert", "--suite", suite, "--plan", "smoke", "--tasks", "reach",
                  "--out", str(out)]) == 2
     assert "drop --tasks and --variant" in capsys.readouterr().err
+
+
+def test_eval_plan_gives_each_variant_episode_its_own_initial_state(suite, tmp_path):
+    default = sweep.PROFILES["default"]
+    out = tmp_path / "plan"
+    assert main(["eval", "--policy", "expert", "--suite", suite, "--plan", "default", "--out", str(out),
+                 "--no-progress", "--videos", "0"]) == 0
+    df = pd.read_parquet(out / "episodes.parquet")
+    for _, rows in df.groupby("task"):  # 5 on the first variant (0-4), then 1 on the other (5)
+        assert sorted(rows["episode_index"]) == list(range(default.policy_episodes + default.policy_variant_episodes))
+        assert set(rows.loc[rows["episode_index"] >= default.policy_episodes, "variant"]) == {"dark"}
+    shared, distinct = tmp_path / "shared", tmp_path / "distinct"
+    for folder, extra in ((shared, []), (distinct, ["--states", "distinct"])):
+        assert main(["eval", "--policy", "expert", "--suite", suite, "--tasks", "reach", "--variant", "all",
+                     "--episodes", "2", "--out", str(folder), "--no-progress", "--videos", "0", *extra]) == 0
+    assert sorted(pd.read_parquet(shared / "episodes.parquet")["episode_index"]) == [0, 0, 1, 1]
+    assert sorted(pd.read_parquet(distinct / "episodes.parquet")["episode_index"]) == [0, 1, 2, 3]

@@ -71,8 +71,12 @@ def test_clustered_interval_counts_initial_states_not_episodes(tmp_path):
     table = format_compare([a, b], "simpler_google")
     assert "| 10 | [" in table and "by state" in table
     write_run(tmp_path / "c", 5, {"visual_matching": [True]})
-    with pytest.raises(ValueError, match="share no initial state"):
+    with pytest.raises(ValueError, match="'c' and 'a' ran different episodes \\(1 only in 'c', 20 only in 'a', "
+                                         "e.g. .*'seed': 5.*same plan and seeds"):
         compare([("a", [tmp_path / "a"]), ("c", [tmp_path / "c"])])
+    c = compare([("c", [tmp_path / "c"])])[0]
+    with pytest.raises(ValueError, match="share no initial state"):
+        clustered(c["pooled"], a["pooled"])
 
 
 def test_compare_refuses_one_draw_twice_a_missing_suite_and_an_empty_spec(tmp_path):

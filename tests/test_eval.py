@@ -193,3 +193,35 @@ def test_evaluate_runs_a_per_variant_plan_in_one_call(tmp_path, monkeypatch, cap
         evaluate("expert", suite, episodes_by_variant={"base": 1, "dark": 0}, out=out, quiet=True)
     with pytest.raises(ValueError, match="episodes_by_variant is empty"):
         evaluate("expert", suite, episodes_by_variant={}, out=out, quiet=True)
+
+
+def test_distinct_states_give_each_variant_its_own_initial_states(tmp_path, monkeypatch, capsys):
+    from harness.evaluate import episode_indices
+
+    assert episode_indices({"a": 3, "b": 1, "c": 2}) == {"a": range(3), "b": range(1), "c": range(2)}
+    assert episode_indices({"a": 3, "b": 1, "c": 2}, distinct_states=True) == \
+        {"a": range(0, 3), "b": range(3, 4), "c": range(4, 6)}
+    suite = register(monkeypatch)
+    out = tmp_path / "run"
+    summary = evaluate("expert", suite, tasks=["reach"], episodes_by_variant={"base": 3, "dark": 2}, out=out,
+                       distinct_states=True, videos=1, progress=False, table=False)
+    assert "each on its own initial state (indices 0-4)" in capsys.readouterr().out
+    df = pd.read_parquet(out / "episodes.parquet")
+    assert sorted(zip(df["variant"], df["episode_index"])) == \
+        [("base", 0), ("base", 1), ("base", 2), ("dark", 3), ("dark", 4)]
+    assert summary["overall"]["by_state"]["states"] == 5  # with shared states it would be 3
+    # the first episode of each variant gets the video, whatever its index
+    videos = sorted(p.name for p in (out / "videos").rglob("*.mp4"))
+    assert videos == ["ep0000.mp4", "ep0003.mp4"]
+    # a rerun finds everything done; a folder holding the shared-state plan is refused, not pooled
+    evaluate("expert", suite, tasks=["reach"], episodes_by_variant={"base": 3, "dark": 2}, out=out,
+             distinct_states=True, progress=False, table=False)
+    assert "5 already done, 0 to run" in capsys.readouterr().out
+    shared = tmp_path / "shared"
+    evaluate("expert", suite, tasks=["reach"], episodes_by_variant={"base": 3, "dark": 2}, out=shared,
+             progress=False, table=False, quiet=True)
+    with pytest.raises(ValueError, match="2 episode\\(s\\) of this policy .* outside this plan, e.g. reach / dark "
+                                         "episode 0.*evaluate into a new --out"):
+        evaluate("expert", suite, tasks=["reach"], episodes_by_variant={"base": 3, "dark": 2}, out=shared,
+                 distinct_states=True, quiet=True)
+    assert len(pd.read_parquet(shared / "episodes.parquet")) == 5  # nothing stored was touched

@@ -27,6 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plan", default=None,
                         help="run the episodes a sweep profile (smoke, default, full) gives every policy on this "
                              "suite, as in the sweep's policy_eval stage; replaces --tasks, --variant, --episodes")
+    parser.add_argument("--states", default=None, choices=("shared", "distinct"),
+                        help="'shared': every variant runs episodes 0..N-1, the same initial states (a paired "
+                             "variant comparison); 'distinct': each variant gets its own block of episode "
+                             "indices, so no initial state runs twice (default: distinct with --plan, else shared)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial states (default 0)")
     parser.add_argument("--out", default=None, help="run folder (default runs/eval/<policy>)")
     parser.add_argument("--videos", type=int, default=2,
@@ -63,5 +67,6 @@ def run(args) -> int:
         backend = register(args.workers or None, address=args.address)
     evaluate(args.policy, args.suite, tasks=task_list, variant=args.variant, episodes=args.episodes,
              seed=args.seed, out=out, videos=args.videos, max_steps=args.max_steps,
-             progress=not args.no_progress, backend=backend, episodes_by_variant=counts)
+             progress=not args.no_progress, backend=backend, episodes_by_variant=counts,
+             distinct_states=(args.states or ("distinct" if args.plan is not None else "shared")) == "distinct")
     return 0
