@@ -103,6 +103,7 @@ class ActDistillConfig:
     router_dim: int = 128
     budget_weight: float = 1.0  # lambda_b of the budget term
     teacher_weight: float = 1.0  # final head vs the teacher's final chunk (and stage-1 heads vs it)
+    final_teacher_weight: float | None = None  # stage 2 only: final head vs the teacher's chunk; None: teacher_weight
     gate_noise: float = 1.0  # Gumbel scale of the training-time top-k, annealed linearly to 0
     gate_center: bool = False  # soft gates relative to each row's top-k threshold (router.centered_gates)
     graph_supervision: bool = True  # False: the "router without graph supervision" ablation (final + budget)
@@ -124,6 +125,11 @@ class ActDistillConfig:
     stage2_seed: int | None = None  # stage 2's own seed (init noise, batches, augmentation); None: ``seed``
 
     @property
+    def final_kd_weight(self) -> float:
+        """Stage 2's weight of the final head against the teacher's chunk (beside weight 1 on the ground truth)."""
+        return self.teacher_weight if self.final_teacher_weight is None else self.final_teacher_weight
+
+    @property
     def student_seed(self) -> int:
         """The seed of stage 2: ``stage2_seed`` when set, else ``seed`` (stage 1 always uses ``seed``)."""
         return self.seed if self.stage2_seed is None else self.stage2_seed
@@ -140,6 +146,8 @@ class ActDistillConfig:
                      "stage1_steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.final_teacher_weight is not None and self.final_teacher_weight < 0:
+            raise ValueError(f"final_teacher_weight must be >= 0, got {self.final_teacher_weight!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be > 0 seconds, got {self.time_budget_s!r}")
         if self.warmup < 0 or self.num_workers < 0 or self.shift_pad < 0:
@@ -581,7 +589,7 @@ def student_losses(student: StudentVLA, enc: GraphEncapsulation | None, batch: B
     else:
         terms = dict.fromkeys(("align", "struct", "action", "total"), gates.new_zeros(()))
     chunk = student.head(states[-1], emb)  # (B, K, 7)
-    final = masked_mse(chunk, batch.actions, batch.mask) + config.teacher_weight * masked_mse(chunk, final_t)
+    final = masked_mse(chunk, batch.actions, batch.mask) + config.final_kd_weight * masked_mse(chunk, final_t)
     budget = budget_loss(gates, student.budget)
     loss = terms["total"] + final + config.budget_weight * budget
     return {"loss": loss, "align": terms["align"], "struct": terms["struct"], "action": terms["action"],
@@ -633,6 +641,8 @@ def _student_fingerprint(budget: float, config: ActDistillConfig) -> dict:
         skip.add("gate_center")  # added later: runs from before it (and without it) resume as they were
     if config.stage2_seed is None:
         skip.add("stage2_seed")  # likewise
+    if config.final_teacher_weight is None:
+        skip.add("final_teacher_weight")  # likewise
     return {"budget": budget, **{k: v for k, v in asdict(config).items() if k not in skip}}
 
 

@@ -431,3 +431,26 @@ def test_stage2_seed_changes_stage2_only_and_is_in_the_fingerprint_when_set(tmp_
             for name, config in (("a", base), ("b", other), ("c", tiny_config(stage2_seed=base.seed)))]
     losses = [[h["loss"] for h in r["history"]] for r in runs]
     assert losses[0] != losses[1] and losses[0] == pytest.approx(losses[2])
+
+
+def test_final_teacher_weight_scales_only_the_final_heads_teacher_term(teacher, data):
+    from distill.student import _student_fingerprint
+
+    base = tiny_config()
+    enc = build_encapsulation(teacher, base).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8)
+    batch = collate(student, [data[i] for i in range(6)])
+    final = {}
+    for w in (None, 0.0, 5.0):
+        config = tiny_config(final_teacher_weight=w)
+        assert config.graph_settings() == base.graph_settings()  # stage 1 is shared
+        with torch.no_grad():
+            final[w] = student_losses(student, enc, batch, cache, config, layer_weights(4, 2.0), noise=0.0)["final"]
+    gt, teach = final[0.0], final[None] - final[0.0]  # weight 1 (teacher_weight) by default
+    assert teach.item() > 0  # half the layers run: the student's chunk is not the teacher's
+    torch.testing.assert_close(final[5.0], gt + 5.0 * teach)
+    assert "final_teacher_weight" not in _student_fingerprint(0.5, base)  # old runs resume unchanged
+    assert _student_fingerprint(0.5, tiny_config(final_teacher_weight=5.0))["final_teacher_weight"] == 5.0
+    with pytest.raises(ValueError, match="final_teacher_weight must be >= 0, got -1"):
+        tiny_config(final_teacher_weight=-1.0)

@@ -64,6 +64,10 @@ def add_arguments(parser) -> None:
                         help="stage-2 random-shift image augmentation in pixels, 0 = off (default 0)")
     method.add_argument("--budget-weight", type=float, default=None,
                         help="weight lambda_b of the budget term (mean gate - b)^2 (default 1.0)")
+    method.add_argument("--final-teacher-weight", type=float, default=None,
+                        help="stage 2: weight of the final head against the teacher's chunk, beside weight 1 on "
+                             "the ground truth (default: 1.0, the stage-1 heads' teacher weight); stage 1 is "
+                             "unchanged, so its folder is reused")
     method.add_argument("--gate-center", action="store_true", default=None,
                         help="soft gates relative to each input's top-k threshold, so they cannot saturate "
                              "(off by default; see distill.router.centered_gates)")
@@ -95,7 +99,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # flags named like ActDistillConfig fields; unset ones keep the config's defaults
     names = ("steps", "stage1_steps", "batch_size", "save_every", "alpha", "beta", "eta", "gamma", "lr",
-             "router_lr", "shift_pad", "budget_weight", "gate_center", "stage2_seed")
+             "router_lr", "shift_pad", "budget_weight", "gate_center", "stage2_seed", "final_teacher_weight")
     overrides = {key: getattr(args, key) for key in names if getattr(args, key) is not None}
     if args.minutes_per_budget is not None:
         overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
