@@ -9,13 +9,16 @@ gets its pooled difference to it, with Newcombe's hybrid score interval (built f
 intervals). The same draw counted twice would inflate n, so an episode (task, variant, episode index,
 seed) that appears in two folders of one policy is an error.
 
-Episodes are not independent: the variants of a draw replay the same initial states (episode ``i`` of a
-task starts from the same geometry under every look), and a deterministic policy tends to do the same
-thing from the same state. So beside the Wilson figures, which count episodes, :func:`compare` gives a
-cluster bootstrap over initial states (task, seed, episode index): ``all_clustered`` for the pooled rate
-and ``diff_clustered`` for the difference to the reference, resampling the states the two share (paired).
-On the default plan a draw holds 165 episodes but 55 initial states, and the clustered interval is
-about twice as wide as Wilson's.
+Episodes are not always independent: with shared initial states (``--states shared``, and plan runs
+stored before plans gave each variant its own indices) the variants of a draw replay the same initial
+states (episode ``i`` of a task starts from the same geometry under every look), and a deterministic
+policy tends to do the same thing from the same state. So beside the Wilson figures, which count
+episodes, :func:`compare` gives a cluster bootstrap over initial states (task, seed, episode index):
+``all_clustered`` for the pooled rate and ``diff_clustered`` for the difference to the reference,
+resampling the states the two share (paired). On the old default plan a draw held 165 episodes but
+55 initial states, and the clustered interval was about twice as wide as Wilson's; with distinct
+states the two agree for one rate, and the paired gap is narrower than Newcombe's. Policies that ran
+different episodes are refused: their gap would not be paired.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def format_compare(rows: Sequence[dict], suite: str) -> str:
     head += [f"{s.upper() if s != 'all' else 'all'} vs {rows[0]['name']} (points)" for s in [*splits, "all"]]
     head += ["initial states", "all, by state", f"all vs {rows[0]['name']}, by state"]
     title = (f"{suite}, pooled over each policy's run folders (Wilson 95%; differences: Newcombe 95%; "
-             "'by state': bootstrap over initial states, which the variants of a draw share)")
+             "'by state': bootstrap over initial states, paired for the gap)")
     lines = [title, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:

@@ -21,7 +21,7 @@ Files in the run folder:
   "ci_low", "ci_high", "mean_steps", "mean_policy_ms", "failures"}`` with a 95% Wilson interval;
   per-task entries add ``"per_variant": {variant: entry}``, and the suite and overall entries add
   ``"by_state": {"states", "ci_low", "ci_high"}``, a 95% interval from a bootstrap over initial states
-  (task, seed, episode index), which the variants of a draw share (:func:`harness.stats.clustered`).
+  (task, seed, episode index), which variants share with ``--states shared`` (:func:`harness.stats.clustered`).
 
 The episode key is (policy hash, suite, task, variant, episode index, render mode). Writes go to
 a temporary file then ``os.replace``, so a crash leaves the previous complete files; a crash
@@ -271,7 +271,7 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
 
 def _by_state_entry(df: pd.DataFrame) -> dict[str, Any]:
     """``{"by_state": {"states", "ci_low", "ci_high"}}``: the interval of a bootstrap over initial states
-    (:func:`harness.stats.clustered`), since the variants of a draw replay the same states; empty for no rows."""
+    (:func:`harness.stats.clustered`), since variants may replay the same states; empty for no rows."""
     if df.empty:
         return {}
     _, low, high = clustered(df)
@@ -299,7 +299,7 @@ def format_table(summary: dict[str, Any]) -> str:
     grouped = [(n, e["by_state"]) for n, e in [*summary["per_group"].items(), ("overall", summary["overall"])]
                if "by_state" in e]
     if grouped:
-        lines += ["", "95% CI by initial state (the variants of a draw replay the same states; bootstrap over them):"]
+        lines += ["", "95% CI by initial state (episodes that share one count as one; bootstrap over states):"]
         lines += [f"{name[:width]:<{width}} {b['states']:>5} states  [{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]"
                   for name, b in grouped]
     return "\n".join(lines)
