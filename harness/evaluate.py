@@ -9,8 +9,10 @@ environment's initial state is a pure function of (seed, episode index), so ever
 the same initial states. With ``distinct_states`` (what the sweep's plans use) the variants'
 episodes take consecutive blocks of indices instead, so no two episodes of a task share an
 initial state: the variant effect is then no longer paired, but a draw holds as many initial
-states as episodes, and its intervals are not inflated by one state counted under every variant. Episodes already in the run folder (same key, see
-:mod:`harness.results`) are skipped, so an interrupted evaluation resumes where it stopped.
+states as episodes, and its intervals are not inflated by one state counted under every variant.
+
+Episodes already in the run folder (same key, see :mod:`harness.results`) are skipped, so an
+interrupted evaluation resumes where it stopped.
 
 A backend turns a list of :class:`Job` into ``(job, EpisodeResult)`` pairs as episodes
 finish; the driver here stores each row as it arrives. ``sequential`` is built in; other
