@@ -200,7 +200,7 @@ def test_distinct_states_give_each_variant_its_own_initial_states(tmp_path, monk
 
     assert episode_indices({"a": 3, "b": 1, "c": 2}) == {"a": range(3), "b": range(1), "c": range(2)}
     assert episode_indices({"a": 3, "b": 1, "c": 2}, distinct_states=True) == \
-        {"a": range(0, 3), "b": range(3, 4), "c": range(4, 6)}
+        {"a": range(3), "b": range(3, 4), "c": range(4, 6)}
     suite = register(monkeypatch)
     out = tmp_path / "run"
     summary = evaluate("expert", suite, tasks=["reach"], episodes_by_variant={"base": 3, "dark": 2}, out=out,
