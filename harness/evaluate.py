@@ -188,9 +188,10 @@ def _refuse_other_plans(store: ResultsStore, planned: set[str], policy_hash: str
                         task_names: list[str], out) -> None:
     """Raise when ``out`` holds episodes of this policy, suite, seed and tasks outside ``planned``: they
     come from another plan (or from shared initial states), and the summary would pool them with these."""
+    prefix = f"{policy_hash}|{suite}|"
+    if not any(k.startswith(prefix) and k not in planned for k in store.done_keys() | store.retry_keys()):
+        return  # the usual case, from the cached keys: no second read of the store
     df = store.frame()
-    if df.empty:
-        return
     mine = df[(df["policy_hash"] == policy_hash) & (df["suite"] == suite) & (df["seed"] == seed)
               & df["task"].isin(task_names)]
     other = mine[~mine["key"].isin(planned)]
