@@ -66,13 +66,14 @@ def decoder_dims(model: VLA) -> DecoderDims:
 
 
 def seq_len(model: VLA, batch: Mapping[str, torch.Tensor]) -> int:
-    """Tokens N per row that the decoder sees for a prepared ``batch``: 2*G*G vision + 1 proprio + T + K.
+    """Tokens N per row that the decoder sees for a prepared ``batch``: 2 cameras' vision tokens (G*G, plus
+    one keypoint token with ``vision_keypoints``) + 1 proprio + T + K.
 
     T is the padded instruction length of the batch (``input_ids`` is (B, T)), so every row of a batch has
     the same N; this equals ``model.embed(batch).hidden.shape[1]`` without running the encoder.
     """
     cfg = model.config
-    return len(cfg.cameras) * cfg.vision_grid ** 2 + 1 + int(batch["input_ids"].shape[1]) + cfg.chunk
+    return len(cfg.cameras) * cfg.tokens_per_camera + 1 + int(batch["input_ids"].shape[1]) + cfg.chunk
 
 
 def embed_flops(model: VLA, batch_size: int) -> int:
@@ -84,11 +85,18 @@ def embed_flops(model: VLA, batch_size: int) -> int:
     cfg = model.config
     size = cfg.image_size
     per_image = 0
+    sizes = []  # output size of each conv of the stem
     for conv in model.vision.stem.modules():
         if isinstance(conv, nn.Conv2d):
             k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
             size = (size + 2 * pad - k) // stride + 1  # square images, square kernels
+            sizes.append(size)
             per_image += 2 * size * size * conv.out_channels * (conv.in_channels // conv.groups) * k * k
+    if model.vision.keypoints:  # 1x1 conv on the second conv's map, soft-argmax (2 MACs per cell), projection
+        cells = sizes[1] ** 2
+        maps, proj = model.vision.keypoint_maps, model.vision.keypoint_proj
+        per_image += 2 * cells * maps.out_channels * maps.in_channels + 2 * 2 * cells * maps.out_channels
+        per_image += 2 * proj.in_features * proj.out_features
     proprio = sum(2 * lin.in_features * lin.out_features for lin in model.proprio_proj.modules()
                   if isinstance(lin, nn.Linear))
     return batch_size * (len(cfg.cameras) * per_image + proprio)

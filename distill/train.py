@@ -435,6 +435,10 @@ def train_teacher(
             raise ValueError(
                 f"{out} was trained on {state['dirs']}, not {dirs}; pass the same --data or a new --out"
             )
+        clash = {k: v for k, v in dict(model_overrides or {}).items() if getattr(model.config, k, v) != v}
+        if clash:
+            raise ValueError(f"{out} holds a model with {', '.join(f'{k}={getattr(model.config, k)!r}' for k in clash)}; "
+                             f"resume without changing it, or pass a new --out for {clash}")
         settings = TrainSettings(**state["settings"])
         info = state["data_info"]
         seed = state["seed"]

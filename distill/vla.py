@@ -88,6 +88,7 @@ class VLAConfig:
     vision_grid: int = 4
     stem_channels: int = 32
     vision_coords: bool = False  # CoordConv: two pixel-coordinate channels enter the conv stem with RGB
+    vision_keypoints: int = 0  # spatial-softmax keypoints per camera, one extra vision token each (0: off)
     max_text_len: int = 32
     attn_implementation: str = "sdpa"
 
@@ -113,6 +114,8 @@ class VLAConfig:
                     )
         if self.chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        if self.vision_keypoints < 0:
+            raise ValueError(f"vision_keypoints must be >= 0 (0: off), got {self.vision_keypoints}")
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(
                 f"attn_implementation {self.attn_implementation!r} not supported; valid: sdpa, eager"
@@ -125,6 +128,11 @@ class VLAConfig:
     @property
     def num_layers(self) -> int:
         return int(self.backbone["num_hidden_layers"])
+
+    @property
+    def tokens_per_camera(self) -> int:
+        """Vision tokens of one camera: the G x G patch grid, plus the keypoint token when there is one."""
+        return self.vision_grid ** 2 + (1 if self.vision_keypoints else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,9 +259,15 @@ class PatchEncoder(nn.Module):
     With ``coords`` (CoordConv), x and y pixel coordinates in [-1, 1] enter the stem as two extra channels,
     so every patch feature says where in the image it was seen: where the object is, relative to the
     gripper, is what a manipulation policy must read off its cameras.
+
+    With ``keypoints`` K > 0, a 1x1 conv on the stride-8 feature map gives K heat maps; the softmax over
+    each map's cells gives its expected (x, y) in [-1, 1] (a spatial soft-argmax, finer than a cell),
+    and a linear layer turns the 2K coordinates into one more token, appended after the grid's. A G=4
+    grid token covers 32 x 32 pixels; a keypoint can place a handle to a pixel.
     """
 
-    def __init__(self, hidden_size: int, grid: int, channels: int, image_size: int, coords: bool = False):
+    def __init__(self, hidden_size: int, grid: int, channels: int, image_size: int, coords: bool = False,
+                 keypoints: int = 0):
         super().__init__()
         last = image_size // 8 // grid  # kernel/stride of the last conv, after strides 4 and 2
         self.coords = coords
@@ -269,6 +283,14 @@ class PatchEncoder(nn.Module):
             nn.Conv2d(2 * channels, hidden_size, last, stride=last),
         )
         self.pos = nn.Parameter(torch.zeros(grid * grid, hidden_size))
+        self.keypoints = keypoints
+        if keypoints:
+            cells = image_size // 8  # the map after strides 4 and 2
+            axis = (torch.arange(cells, dtype=torch.float32) + 0.5) / cells * 2.0 - 1.0  # cell centres
+            yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+            self.register_buffer("cell_xy", torch.stack([xx.flatten(), yy.flatten()], 1), persistent=False)
+            self.keypoint_maps = nn.Conv2d(2 * channels, keypoints, 1)
+            self.keypoint_proj = nn.Linear(2 * keypoints, hidden_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.pos.dtype
@@ -276,8 +298,14 @@ class PatchEncoder(nn.Module):
         if self.coords:
             grid = self.coord_grid.to(dtype).expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W)
             x = torch.cat([x, grid], dim=1)  # (B, 5, H, W)
-        x = self.stem(x)  # (B, D, G, G)
-        return x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
+        if not self.keypoints:
+            x = self.stem(x)  # (B, D, G, G)
+            return x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
+        feats = self.stem[:4](x)  # (B, 2C, S, S): S = image_size / 8
+        grid = self.stem[4](feats).flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
+        heat = self.keypoint_maps(feats).flatten(2).float().softmax(-1)  # (B, K, S*S)
+        xy = (heat @ self.cell_xy).flatten(1).to(grid.dtype)  # (B, 2K): expected x, y of each map
+        return torch.cat([grid, self.keypoint_proj(xy)[:, None]], dim=1)  # (B, G*G + 1, D)
 
 
 class VLA(nn.Module):
@@ -306,7 +334,8 @@ class VLA(nn.Module):
 
         d = config.hidden_size
         self.vision = PatchEncoder(
-            d, config.vision_grid, config.stem_channels, config.image_size, coords=config.vision_coords
+            d, config.vision_grid, config.stem_channels, config.image_size, coords=config.vision_coords,
+            keypoints=config.vision_keypoints,
         )
         self.camera_embed = nn.Parameter(torch.zeros(len(config.cameras), d))
         self.text_embed = nn.Embedding(len(config.vocab), d)

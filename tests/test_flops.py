@@ -21,11 +21,12 @@ from distill.vla import VLA, teacher_config
 LAYERS = 4
 
 
-def tiny_vla(num_kv_heads: int = 2, attn: str = "sdpa") -> VLA:
+def tiny_vla(num_kv_heads: int = 2, attn: str = "sdpa", **overrides) -> VLA:
     vocab = WordTokenizer.build(["pick up the coke can", "open the top drawer"]).vocab
     cfg = teacher_config("small", vocab, {"mean": [0.0] * 7, "std": [1.0] * 7}, {"mean": [0.0] * 8, "std": [1.0] * 8},
                          hidden_size=32, num_layers=LAYERS, num_heads=4, num_kv_heads=num_kv_heads,
-                         intermediate_size=64, vision_grid=2, stem_channels=4, attn_implementation=attn)
+                         intermediate_size=64, vision_grid=2, stem_channels=4, attn_implementation=attn,
+                         **overrides)
     torch.manual_seed(0)
     return VLA(cfg).eval()
 
@@ -61,6 +62,15 @@ def test_analytic_matches_flop_counter(attn: str, kv_heads: int, mask_name: str)
     base = measured_flops(model, batch, MASKS["none"])["total"]
     analytic_layers = int(analytic.sum()) - 2 * (embed_flops(model, 1) + head_flops(model, 1))
     assert abs(analytic_layers - (measured - base)) <= 0.05 * max(measured - base, 1)
+
+
+def test_keypoint_stem_flops_and_tokens_are_counted() -> None:
+    model = tiny_vla(vision_keypoints=4)
+    batch = make_batch(model, ["pick up the coke can", "open drawer"])
+    assert seq_len(model, batch) == model.embed(batch).hidden.shape[1]
+    measured = measured_flops(model, batch)["total"]
+    assert abs(int(flops_for_batch(model, batch).sum()) - measured) <= 0.02 * measured
+    assert embed_flops(model, 1) > embed_flops(tiny_vla(), 1)
 
 
 def test_attention_is_counted_by_measured_flops_on_cpu_sdpa() -> None:

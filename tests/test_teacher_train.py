@@ -111,7 +111,7 @@ def test_lr_schedule():
     assert 0.1 < lr_factor(55, 10, 100) < 1.0
 
 
-def test_cli_trains_on_a_demo_folder(tmp_path):
+def test_cli_trains_on_a_demo_folder(capsys, tmp_path):
     from harness.cli import main
     from tasks.datasets import DemoWriter
 
@@ -141,6 +141,8 @@ def test_cli_trains_on_a_demo_folder(tmp_path):
             "--batch-size",
             "4",
             "--no-progress",
+            "--vision-keypoints",
+            "4",
         ]
     )
     assert rc == 0
@@ -151,6 +153,11 @@ def test_cli_trains_on_a_demo_folder(tmp_path):
     ]
     assert config["data"]["dataset"][0]["meta"]["episodes"] == 2
     assert policy.model.num_layers == 12  # the small profile
+    assert config["vla"]["vision_keypoints"] == 4 and policy.model.vision.keypoint_maps.out_channels == 4
+    assert main(["train-teacher", "--data", str(tmp_path / "demos"), "--out", str(out), "--steps", "3",
+                 "--vision-keypoints", "8", "--no-progress"]) == 2  # a resume may not change the model
+    assert "vision_keypoints=4; resume without changing it" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["training"]["step"] == 2  # the checkpoint is untouched
     obs = {
         "agentview": np.zeros((128, 128, 3), np.uint8),
         "wrist": np.zeros((128, 128, 3), np.uint8),

@@ -285,3 +285,36 @@ def test_coordconv_stem_sees_pixel_positions():
     assert not torch.allclose(tokens[0, 0] - vla.vision.pos[0], tokens[0, -1] - vla.vision.pos[-1])
     with torch.no_grad():
         assert torch.isfinite(vla(vla.prepare(make_obs(2)))).all()
+
+
+def test_keypoint_token_is_the_soft_argmax_of_the_stride8_map(tmp_path):
+    vla = tiny_vla(vision_keypoints=3).eval()
+    assert vla.config.tokens_per_camera == vla.config.vision_grid ** 2 + 1
+    cells = vla.config.image_size // 8
+    peak = (5, 11)  # (row, column) of the one hot cell
+    hot = torch.zeros(1, 2 * vla.config.stem_channels, cells, cells)
+    hot[0, 0, peak[0], peak[1]] = 1.0
+    with torch.no_grad():  # map k reads channel 0 with gain 60: a near one-hot softmax at the peak
+        vla.vision.keypoint_maps.weight.zero_()
+        vla.vision.keypoint_maps.weight[:, 0] = 60.0
+        vla.vision.keypoint_maps.bias.zero_()
+    seen = {}
+    vla.vision.stem[3].register_forward_hook(lambda mod, inp, out: hot.expand_as(out))
+    vla.vision.keypoint_proj.register_forward_hook(lambda mod, inp, out: seen.update(xy=inp[0]))
+    blank = torch.zeros(1, vla.config.image_size, vla.config.image_size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        tokens = vla.vision(blank)
+    assert tokens.shape == (1, vla.config.vision_grid ** 2 + 1, vla.config.hidden_size)
+    centre = lambda i: (i + 0.5) / cells * 2 - 1  # noqa: E731
+    expected = torch.tensor([centre(peak[1]), centre(peak[0])] * 3)  # x (column), y (row) per map
+    assert torch.allclose(seen["xy"][0], expected, atol=1e-3)
+    # the whole model: two more tokens, finite actions, and a save/load round trip keeps them
+    model = tiny_vla(vision_keypoints=3).eval()
+    batch = model.prepare(make_obs(2))
+    emb = model.embed(batch)
+    assert emb.hidden.shape[1] == tiny_vla().embed(batch).hidden.shape[1] + 2
+    assert emb.spans[0] == 2 * model.config.tokens_per_camera
+    from distill.checkpoint import load_vla, save_checkpoint
+    save_checkpoint(tmp_path / "kp", model)
+    with torch.no_grad():
+        assert torch.equal(model(batch), load_vla(tmp_path / "kp")[0](batch))

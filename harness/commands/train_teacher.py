@@ -49,6 +49,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
                         help="save an exponential moving average of the weights (decay in (0, 1), e.g. 0.999) "
                              "as the checkpoint, and the trained weights in OUT/raw; 0: off (default)")
+    parser.add_argument("--vision-keypoints", type=int, default=None, metavar="K",
+                        help="K spatial-softmax keypoints per camera, read off the stem's stride-8 map into one "
+                             "more vision token (distill.vla.PatchEncoder); default 0: off")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument(
         "--threads",
@@ -87,6 +90,7 @@ def run(args) -> int:
         num_workers=args.workers,
         progress=not args.no_progress,
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
+        model_overrides=None if args.vision_keypoints is None else {"vision_keypoints": args.vision_keypoints},
     )
     print(json.dumps(summary))
     return 0
