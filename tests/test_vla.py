@@ -305,7 +305,7 @@ def test_keypoint_token_is_the_soft_argmax_of_the_stride8_map(tmp_path):
     with torch.no_grad():
         tokens = vla.vision(blank)
     assert tokens.shape == (1, vla.config.vision_grid ** 2 + 1, vla.config.hidden_size)
-    centre = lambda i: (i + 0.5) / cells * 2 - 1  # noqa: E731
+    centre = lambda i: (i + 0.5) / cells * 2 - 1
     expected = torch.tensor([centre(peak[1]), centre(peak[0])] * 3)  # x (column), y (row) per map
     assert torch.allclose(seen["xy"][0], expected, atol=1e-3)
     # the whole model: two more tokens, finite actions, and a save/load round trip keeps them
