@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-ema", type=float, default=0.0,
                    help="save the teacher's weight average with this decay, e.g. 0.999 (train-teacher --ema; "
                         "default 0: the trained weights)")
+    p.add_argument("--teacher-keypoints", type=int, default=0,
+                   help="spatial-softmax keypoints per camera in the teacher's vision (train-teacher "
+                        "--vision-keypoints; default 0: off)")
     p.add_argument("--demo-noise", type=float, default=0.0,
                    help="also record the recipe with this executed-action noise (actdistill demos --noise) into "
                         "DATA-dart, inside the same --demo-s; the teacher trains on both (default 0: clean only)")
@@ -161,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = train_teacher(dataset, teacher, profile="small", device=args.device, steps=200_000,
                             batch_size=args.teacher_batch, lr=args.teacher_lr, ckpt_every=2000,
                             num_workers=args.workers, progress=False, time_budget_s=args.teacher_s,
-                            init=args.teacher_init, ema=args.teacher_ema)
+                            init=args.teacher_init, ema=args.teacher_ema,
+                            model_overrides={"vision_keypoints": args.teacher_keypoints} if args.teacher_keypoints else None)
     _pack(teacher, out / "teacher-simpler.tar")
     man.stage("teacher", seconds=round(time.monotonic() - t, 1), **summary)
 

@@ -203,11 +203,13 @@ def test_gpu_run_packs_each_stage_and_writes_the_manifest(tmp_path, monkeypatch)
     monkeypatch.setattr(train_mod, "train_teacher", fake_train_init)
     noisy_out = tmp_path / "out3"
     assert gpu_run.main(["--out", str(noisy_out), "--work", str(tmp_path / "w3"), "--data", str(data), "--device",
-                         "cpu", "--student-s", "0", "--demo-noise", "0.1", "--teacher-init", "some/ckpt"]) == 0
+                         "cpu", "--student-s", "0", "--demo-noise", "0.1", "--teacher-init", "some/ckpt",
+                         "--teacher-keypoints", "32"]) == 0
     assert calls == [(data, 0.0, 1), (data.with_name("data-dart"), 0.1, 8)]
     stages = json.loads((noisy_out / "manifest.json").read_text())["stages"]
     assert stages["demos"]["per_variant"] == {"fake_basic/base": 2, "fake_basic/visual_matching/noisy": 1}
     assert trained["init"] == "some/ckpt" and trained["samples"] == 15
+    assert trained["model_overrides"] == {"vision_keypoints": 32}
 
 
 def test_a_failing_folder_does_not_stop_the_others_and_is_named(tmp_path, monkeypatch, capsys):
