@@ -222,6 +222,8 @@ def test_config_errors():
         teacher_config("huge", ["[PAD]", "[UNK]"], {}, {})
     with pytest.raises(ValueError, match="vision_grid"):
         tiny_config(vision_grid=5)
+    with pytest.raises(ValueError, match="vision_keypoints must be >= 0"):
+        tiny_config(vision_keypoints=-1)
     assert VLAConfig.from_dict(tiny_config().to_dict()) == tiny_config()
 
 
