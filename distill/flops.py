@@ -85,15 +85,13 @@ def embed_flops(model: VLA, batch_size: int) -> int:
     cfg = model.config
     size = cfg.image_size
     per_image = 0
-    sizes = []  # output size of each conv of the stem
     for conv in model.vision.stem.modules():
         if isinstance(conv, nn.Conv2d):
             k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
             size = (size + 2 * pad - k) // stride + 1  # square images, square kernels
-            sizes.append(size)
             per_image += 2 * size * size * conv.out_channels * (conv.in_channels // conv.groups) * k * k
     if model.vision.keypoints:  # 1x1 conv on the second conv's map, soft-argmax (2 MACs per cell), projection
-        cells = sizes[1] ** 2
+        cells = model.vision.cell_xy.shape[0]
         maps, proj = model.vision.keypoint_maps, model.vision.keypoint_proj
         per_image += 2 * cells * maps.out_channels * maps.in_channels + 2 * 2 * cells * maps.out_channels
         per_image += 2 * proj.in_features * proj.out_features

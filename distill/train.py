@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.checkpoint import CONFIG, WEIGHTS, check_device, file_hash, load_vla, save_checkpoint
 from distill.tokenizer import WordTokenizer, split_words
-from distill.vla import VLA, teacher_config
+from distill.vla import VLA, VLAConfig, teacher_config
 
 STATE = "training_state.pt"
 STATS_EPISODES = 64  # episodes read for statistics the dataset does not provide (proprio, ...)
@@ -228,6 +228,27 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     cols = dx[:, None] + torch.arange(w, device=images.device)  # (B, W)
     index = torch.arange(b, device=images.device)[:, None, None]
     return padded[index, rows[:, :, None], cols[:, None, :]].to(torch.uint8)  # (B, H, W, 3)
+
+
+_BACKBONE_KEYS = {"num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
+                  "intermediate_size": "intermediate_size"}  # teacher_config's size names -> backbone config keys
+
+
+def _override_clash(cfg: VLAConfig, overrides: Mapping | None) -> dict[str, tuple]:
+    """``{key: (held, asked)}`` for each ``teacher_config`` override that ``cfg`` does not already have."""
+    clash = {}
+    for key, asked in dict(overrides or {}).items():
+        if key in _BACKBONE_KEYS:
+            held = cfg.backbone.get(_BACKBONE_KEYS[key])
+            if key == "num_kv_heads" and asked is None:  # None: one key/value head per attention head
+                asked = cfg.backbone.get("num_attention_heads")
+        elif hasattr(cfg, key):
+            held = getattr(cfg, key)
+        else:
+            raise ValueError(f"unknown model override {key!r}; valid: {sorted({*_BACKBONE_KEYS, *cfg.to_dict()})}")
+        if held != asked:
+            clash[key] = (held, asked)
+    return clash
 
 
 def _init_from(init: str | Path, info: dict, model_overrides: Mapping | None, chunk: int) -> tuple[VLA, dict]:
@@ -435,10 +456,11 @@ def train_teacher(
             raise ValueError(
                 f"{out} was trained on {state['dirs']}, not {dirs}; pass the same --data or a new --out"
             )
-        clash = {k: v for k, v in dict(model_overrides or {}).items() if getattr(model.config, k, v) != v}
+        clash = _override_clash(model.config, model_overrides)
         if clash:
-            raise ValueError(f"{out} holds a model with {', '.join(f'{k}={getattr(model.config, k)!r}' for k in clash)}; "
-                             f"resume without changing it, or pass a new --out for {clash}")
+            raise ValueError(f"{out} holds a model with {', '.join(f'{k}={h!r}' for k, (h, _) in clash.items())}; "
+                             f"resume without changing it, or pass a new --out for "
+                             f"{ {k: a for k, (_, a) in clash.items()} }")
         settings = TrainSettings(**state["settings"])
         info = state["data_info"]
         seed = state["seed"]

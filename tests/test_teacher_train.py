@@ -94,6 +94,17 @@ def test_refuses_a_checkpoint_without_state_and_bad_profile(tmp_path):
         train_teacher(data, tmp_path / "d", steps=1, **{**FAST, "profile": "tiny"})
 
 
+def test_a_resume_refuses_a_different_model_size(tmp_path):
+    data = SyntheticDemos(n=16)
+    train_teacher(data, tmp_path / "c", steps=1, **FAST)
+    with pytest.raises(ValueError, match="holds a model with num_heads=4; resume without changing it"):
+        train_teacher(data, tmp_path / "c", steps=2, **{**FAST, "model_overrides": {**TINY, "num_heads": 2}})
+    with pytest.raises(ValueError, match="unknown model override 'depth'"):
+        train_teacher(data, tmp_path / "c", steps=2, **{**FAST, "model_overrides": {"depth": 2}})
+    assert train_teacher(data, tmp_path / "c", steps=2, **{**FAST, "model_overrides": {**TINY, "num_kv_heads": None}})[
+        "step"] == 2  # the same model, said another way, resumes
+
+
 def test_grouped_batches_cover_each_item_once_per_epoch_and_resume():
     episodes = np.repeat(np.arange(10), 7)  # 10 episodes of 7 items
     full = list(EpisodeGroupedBatches(episodes, 5, seed=3, start=0, stop=28, group=3))
