@@ -7,10 +7,10 @@
     policy.last_info                                  # {"executed_layers": [...], "model_ms": ...}
 
 ``config.json`` holds ``vla`` (the :class:`distill.vla.VLAConfig`: architecture, tokenizer vocabulary,
-action/proprio normalisation statistics) and free metadata (training settings, suites and data dirs,
-package versions, code commit). A checkpoint may name another loader in ``"policy_loader":
-"distill.<module>:<function>"`` (called as ``function(path, device=..., dtype=...)``); routed students use
-this so that :func:`load_policy` opens every checkpoint of the project.
+action/proprio normalisation statistics), ``kind`` (the registry name of its loader, :data:`POLICY_KINDS`:
+``"vla"`` for a plain VLA such as a teacher, ``"routed_student"``) and free metadata (training settings,
+suites and data dirs, package versions, code commit). The stored name never names a module, so code can move
+without breaking stored checkpoints; :func:`load_policy` opens every kind.
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ CONFIG = "config.json"
 FORMAT = "actdistill-vla"
 FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Checkpoint kind (the ``kind`` field of config.json) -> its loader, ``function(path, device=, dtype=)``,
+# imported only when a checkpoint of that kind is opened.
+POLICY_KINDS = {
+    "vla": "distill.checkpoint:load_vla_policy",
+    "routed_student": "distill.student:load_student_policy",
+}
+DEFAULT_KIND = "vla"  # checkpoints without a kind field are plain VLAs
+LEGACY_KINDS = {"student": "routed_student"}  # kind values written before the registry
+LEGACY_LOADERS = {"distill.student:load_student_policy": "routed_student"}  # the old "policy_loader" field
 
 
 def check_device(device: str | torch.device) -> None:
@@ -112,6 +122,7 @@ def save_checkpoint(
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "kind": DEFAULT_KIND,
         "vla": model.config.to_dict(),
         **dict(meta or {}),
         "versions": package_versions(),
@@ -301,24 +312,41 @@ class VLAPolicy:
         return self._queue.popleft()
 
 
+def checkpoint_kind(config: Mapping, source: str | Path = CONFIG) -> str:
+    """The registry name (a key of :data:`POLICY_KINDS`) of the checkpoint whose config.json is ``config``.
+
+    Older checkpoints load through their aliases: ``kind: "student"`` and the ``policy_loader`` module path.
+    Raises ``ValueError`` naming ``source`` and the valid kinds for anything else.
+    """
+    loader = config.get("policy_loader")
+    if loader is not None and loader not in LEGACY_LOADERS:
+        raise ValueError(f"policy_loader {loader!r} in {source} is not a known loader; checkpoints name their "
+                         f"loader by kind, one of: {', '.join(POLICY_KINDS)}")
+    kind = config.get("kind") or LEGACY_LOADERS.get(loader) or DEFAULT_KIND
+    kind = LEGACY_KINDS.get(kind, kind)
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r} in {source}; valid kinds: {', '.join(POLICY_KINDS)}")
+    return kind
+
+
 def load_policy(
     path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
 ) -> VLAPolicy:
-    """The policy stored in the checkpoint folder ``path``, on ``device`` with parameters in ``dtype``.
+    """The policy stored in the checkpoint folder ``path``, on ``device`` with parameters in ``dtype``, opened by
+    the loader its ``kind`` names (:data:`POLICY_KINDS`).
 
-    Raises ``FileNotFoundError`` naming a missing folder or file and ``ValueError`` naming a corrupt file
-    or a tensor whose shape does not fit the config.
+    Raises ``FileNotFoundError`` naming a missing folder or file and ``ValueError`` naming an unknown kind, a
+    corrupt file or a tensor whose shape does not fit the config.
     """
-    config = read_config(path)
-    loader = config.get("policy_loader")
-    if loader is not None:
-        module_name, _, func_name = str(loader).partition(":")
-        if not module_name.startswith("distill.") or not func_name:
-            raise ValueError(
-                f"policy_loader {loader!r} in {Path(path) / CONFIG} must look like "
-                "'distill.<module>:<function>'"
-            )
-        return getattr(importlib.import_module(module_name), func_name)(path, device=device, dtype=dtype)
+    kind = checkpoint_kind(read_config(path), Path(path) / CONFIG)
+    module_name, _, func_name = POLICY_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module_name), func_name)(path, device=device, dtype=dtype)
+
+
+def load_vla_policy(
+    path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+) -> VLAPolicy:
+    """:class:`VLAPolicy` over the plain VLA (e.g. a teacher) in the checkpoint folder ``path``."""
     model, _ = load_vla(path, device)
     model = model.to(parse_dtype(dtype))
     return VLAPolicy(model, checkpoint_hash=file_hash(Path(path) / WEIGHTS), path=str(path))

@@ -25,7 +25,7 @@ training and skips to the identity at inference, a train/test mismatch.) The los
 supervision of :mod:`distill.losses`, the final head's loss and the budget term ``(mean g - b)^2``.
 
 Export drops every graph part: the student checkpoint holds the teacher-shaped weights, the router and the
-budget rule, and :func:`distill.load_policy` opens it through ``"policy_loader"`` (:func:`load_student_policy`).
+budget rule, and :func:`distill.load_policy` opens it by its kind, ``routed_student`` (:func:`load_student_policy`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from distill.checkpoint import (
     VLAPolicy,
     check_device,
     check_state_dict,
+    checkpoint_kind,
     file_hash,
     load_vla,
     load_weights,
@@ -74,7 +75,7 @@ from distill.train import (
 )
 from distill.vla import VLA, Embedded, VLAConfig
 
-STUDENT_KIND = "student"
+STUDENT_KIND = "routed_student"  # the registry name of distill.checkpoint.POLICY_KINDS
 BUDGET_RULE = "topk"
 STAGE1_DIR = "encapsulation"
 ENC_WEIGHTS = "encapsulation.safetensors"
@@ -257,7 +258,6 @@ def export_student(student: StudentVLA, path: str | Path, meta: Mapping | None =
     """Save the inference student (VLA weights, router, budget rule; nothing graph-related) to ``path``."""
     student_meta = {
         "kind": STUDENT_KIND,
-        "policy_loader": "distill.student:load_student_policy",
         "student": {"budget": student.budget, "rule": BUDGET_RULE, "layers_per_input": student.layers_per_input,
                     "num_layers": student.num_layers, "router": {"router_dim": student.router.router_dim}},
     }
@@ -267,7 +267,7 @@ def export_student(student: StudentVLA, path: str | Path, meta: Mapping | None =
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> tuple[StudentVLA, dict]:
     """The :class:`StudentVLA` (float32, eval) stored at ``path`` and its config.json."""
     config = read_config(path)
-    if config.get("kind") != STUDENT_KIND or "student" not in config:
+    if checkpoint_kind(config, Path(path) / CONFIG) != STUDENT_KIND or "student" not in config:
         raise ValueError(f"{Path(path) / CONFIG} is not a routed-student checkpoint (kind={config.get('kind')!r}); "
                          "open teachers with distill.load_policy or distill.checkpoint.load_vla")
     spec = config["student"]
@@ -282,7 +282,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 
 def load_student_policy(path: str | Path, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "float32") -> StudentPolicy:
-    """:class:`StudentPolicy` for the student checkpoint ``path`` (the ``policy_loader`` of students)."""
+    """:class:`StudentPolicy` for the student checkpoint ``path`` (the loader of kind ``routed_student``)."""
     model, _ = load_student(path, device)
     return StudentPolicy(model.to(parse_dtype(dtype)), checkpoint_hash=file_hash(Path(path) / WEIGHTS),
                          path=str(path))

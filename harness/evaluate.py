@@ -114,15 +114,15 @@ def policy_source(policy: str) -> PolicySource:
     path = Path(policy)
     if not path.is_dir():
         raise FileNotFoundError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder")
-    from distill import load_policy  # lazy: torch and the model code load only for checkpoints
+    from distill.checkpoint import checkpoint_kind, load_policy, read_config  # lazy: torch loads only here
 
     loaded = load_policy(path)
     # Weights and config identify the policy; training state, logs and plots do not. A policy that
     # reads weights from elsewhere (e.g. a baseline over a teacher) names them in checkpoint_hash.
     digest = "ckpt-" + hashlib.sha256(
         (weights_hash(path) + str(getattr(loaded, "checkpoint_hash", ""))).encode()).hexdigest()[:16]
-    config = json.loads((path / "config.json").read_text())
-    if config.get("kind") == "student":
+    config = read_config(path)
+    if checkpoint_kind(config, path / "config.json") == "routed_student":
         meta = {"policy": str(path), "kind": "student", "budget": config["student"]["budget"],
                 "method": "ActDistill" if config.get("training", {}).get("graph_supervision", True)
                 else "router without graph supervision"}

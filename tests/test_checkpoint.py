@@ -11,7 +11,7 @@ import torch
 from test_vla import make_obs, tiny_vla
 
 from distill import load_policy
-from distill.checkpoint import VLAPolicy, file_hash, load_vla, save_checkpoint
+from distill.checkpoint import POLICY_KINDS, VLAPolicy, checkpoint_kind, file_hash, load_vla, save_checkpoint
 
 
 @pytest.fixture()
@@ -120,17 +120,28 @@ def test_wrong_observation_shape(ckpt):
         policy.act({**obs, "proprio": obs["proprio"][:7]})
 
 
-def test_policy_loader_hook(ckpt, monkeypatch):
+def test_checkpoints_name_their_loader_by_kind(ckpt, monkeypatch):
     path, _ = ckpt
     config = json.loads((path / "config.json").read_text())
-    config["policy_loader"] = "os.path:join"
+    assert config["kind"] == "vla" and "policy_loader" not in config
+    config["kind"] = "oracle"
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="must look like 'distill.<module>:<function>'"):
+    with pytest.raises(ValueError, match=r"unknown checkpoint kind 'oracle' .*valid kinds: vla, routed_student"):
         load_policy(path)
-    config["policy_loader"] = "distill.checkpoint:file_hash"
+    config.pop("kind")  # no kind: a plain VLA
     (path / "config.json").write_text(json.dumps(config))
-    monkeypatch.setattr("distill.checkpoint.file_hash", lambda p, device, dtype: ("called", str(p), device))
-    assert load_policy(path) == ("called", str(path), "cpu")
+    assert type(load_policy(path)) is VLAPolicy
+    config["policy_loader"] = "os.path:join"  # a module path is never imported
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"policy_loader 'os.path:join' .* is not a known loader"):
+        load_policy(path)
+    monkeypatch.setitem(POLICY_KINDS, "routed_student", "distill.checkpoint:file_hash")
+    for legacy in ({"kind": "student"}, {"policy_loader": "distill.student:load_student_policy"}):
+        config = {k: v for k, v in config.items() if k not in ("kind", "policy_loader")} | legacy
+        (path / "config.json").write_text(json.dumps(config))
+        assert checkpoint_kind(config) == "routed_student"
+        monkeypatch.setattr("distill.checkpoint.file_hash", lambda p, device, dtype: ("called", str(p), device))
+        assert load_policy(path) == ("called", str(path), "cpu")
 
 
 def test_reserved_meta_keys(tmp_path):

@@ -42,7 +42,7 @@ def test_distill_two_budgets_then_resume_skips(setup, capsys):
         folder = out / f"student-b{budget}"
         assert (folder / "loss.png").is_file()
         config = json.loads((folder / "config.json").read_text())
-        assert config["kind"] == "student" and config["student"]["budget"] == float(budget)
+        assert config["kind"] == "routed_student" and config["student"]["budget"] == float(budget)
         policy = load_policy(folder)
         assert isinstance(policy, StudentPolicy)
         policy.act(data[0])
