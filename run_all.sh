@@ -60,4 +60,4 @@ case "$MODE" in
     exit $rc ;;
 esac
 
-exec python -m harness.sweep --profile "$PROFILE"
+exec actdistill sweep --profile "$PROFILE"

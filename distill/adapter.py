@@ -20,6 +20,7 @@ from torch import nn
 
 from distill.tokenizer import WordTokenizer
 from distill.vla import ACTION_DIM, PROPRIO_DIM, VLA, VLAConfig, backbone_dict
+from tasks.errors import UserInputError
 
 
 def find_decoder(model: nn.Module) -> nn.Module:
@@ -31,7 +32,7 @@ def find_decoder(model: nn.Module) -> nn.Module:
     ):
         if candidate is not None and all(hasattr(candidate, a) for a in ("layers", "rotary_emb", "norm")):
             return candidate
-    raise ValueError(
+    raise UserInputError(
         f"{type(model).__name__} exposes no decoder with 'layers', 'rotary_emb' and 'norm' "
         "(supported: Llama, Qwen2, Mistral families and their *ForCausalLM wrappers)"
     )

@@ -61,6 +61,7 @@ from distill.checkpoint import VLAPolicy, load_policy, read_config
 from distill.router import layers_for_budget
 from distill.student import StudentPolicy
 from distill.vla import VLA
+from tasks.errors import UserInputError
 
 BASELINES = ("first_k", "uniform", "redundancy", "early_exit", "early_exit_adaptive", "random")
 SPEC_PREFIX = "baseline:"
@@ -102,7 +103,7 @@ def calibration_observations(calib: Calib | None, teacher_path: str | os.PathLik
     if calib is None:
         dirs = read_config(teacher_path).get("data", {}).get("dirs")
         if not dirs:
-            raise ValueError(f"teacher {str(teacher_path)!r} records no training demo folders (data.dirs in its "
+            raise UserInputError(f"teacher {str(teacher_path)!r} records no training demo folders (data.dirs in its "
                              "config.json); pass calib= a demo folder or a list of observations")
         calib = dirs
     if isinstance(calib, (str, os.PathLike)) or (
@@ -111,12 +112,12 @@ def calibration_observations(calib: Calib | None, teacher_path: str | os.PathLik
 
         calib = DemoDataset(calib)
     if not (hasattr(calib, "__len__") and hasattr(calib, "__getitem__")) or len(calib) == 0:
-        raise ValueError("calib must be a demo folder, a list of demo folders or a non-empty list of observation "
+        raise UserInputError("calib must be a demo folder, a list of demo folders or a non-empty list of observation "
                          f"dicts; got {type(calib).__name__}")
     picks = np.unique(np.linspace(0, len(calib) - 1, min(samples, len(calib))).round().astype(int))
     obs = [calib[int(i)] for i in picks]
     if not all(isinstance(o, Mapping) for o in obs):
-        raise ValueError(f"calib items must be observation dicts, got {type(obs[0]).__name__}")
+        raise UserInputError(f"calib items must be observation dicts, got {type(obs[0]).__name__}")
     return obs
 
 
@@ -184,7 +185,7 @@ def calibrate_exit_threshold(changes: torch.Tensor, budget: float) -> float:
     for threshold in candidates:
         if float(exit_depths(changes, threshold).float().mean()) / num_layers <= budget + 1e-12:
             return threshold
-    raise ValueError(f"budget {budget} is below 1/{num_layers}: adaptive early exit runs at least one layer")
+    raise UserInputError(f"budget {budget} is below 1/{num_layers}: adaptive early exit runs at least one layer")
 
 
 class BaselinePolicy(VLAPolicy):
@@ -301,34 +302,34 @@ def parse_policy_spec(spec: str) -> BaselineSpec:
     """
     form = f"{SPEC_PREFIX}<name>@<budget>[,seed=<int>][,calib=<folder>][,calib_samples=<int>]:<teacher_path>"
     if not spec.startswith(SPEC_PREFIX):
-        raise ValueError(f"policy spec {spec!r} does not start with {SPEC_PREFIX!r}; expected {form}")
+        raise UserInputError(f"policy spec {spec!r} does not start with {SPEC_PREFIX!r}; expected {form}")
     head, sep, teacher = spec[len(SPEC_PREFIX):].partition(":")
     parts = head.split(",")
     name, at, budget_text = parts[0].partition("@")
     if not sep or not teacher or not at:
-        raise ValueError(f"policy spec {spec!r} is malformed; expected {form}, e.g. baseline:uniform@0.5:runs/teacher")
+        raise UserInputError(f"policy spec {spec!r} is malformed; expected {form}, e.g. baseline:uniform@0.5:runs/teacher")
     _check_name(name)
     try:
         budget = float(budget_text)
     except ValueError:
-        raise ValueError(f"policy spec {spec!r}: budget {budget_text!r} is not a number (e.g. 0.5)") from None
+        raise UserInputError(f"policy spec {spec!r}: budget {budget_text!r} is not a number (e.g. 0.5)") from None
     options: dict[str, Any] = {}
     converters = {"seed": int, "calib": str, "calib_samples": int}
     for part in parts[1:]:
         key, eq, value = part.partition("=")
         if key not in converters or not eq:
-            raise ValueError(f"policy spec {spec!r}: option {part!r} not understood; valid options: "
+            raise UserInputError(f"policy spec {spec!r}: option {part!r} not understood; valid options: "
                              f"{', '.join(k + '=...' for k in converters)}")
         try:
             options[key] = converters[key](value)
         except ValueError:
-            raise ValueError(f"policy spec {spec!r}: option {key} needs an integer, got {value!r}") from None
+            raise UserInputError(f"policy spec {spec!r}: option {key} needs an integer, got {value!r}") from None
     return BaselineSpec(name=name, budget=budget, teacher_path=teacher, **options)
 
 
 def _check_name(name: str) -> None:
     if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; valid baselines: {', '.join(BASELINES)}")
+        raise UserInputError(f"unknown baseline {name!r}; valid baselines: {', '.join(BASELINES)}")
 
 
 def make_baseline(name: str, teacher_path: str | os.PathLike, budget: float, calib: Calib | None = None,
@@ -342,7 +343,7 @@ def make_baseline(name: str, teacher_path: str | os.PathLike, budget: float, cal
     _check_name(name)
     teacher = load_policy(teacher_path, device=device)
     if type(teacher) is not VLAPolicy and not (type(teacher) is StudentPolicy and name in STATIC_OVER_STUDENT):
-        raise ValueError(f"baselines wrap a plain VLA teacher checkpoint (or, for {', '.join(STATIC_OVER_STUDENT)}, "
+        raise UserInputError(f"baselines wrap a plain VLA teacher checkpoint (or, for {', '.join(STATIC_OVER_STUDENT)}, "
                          f"a student's weights), but {str(teacher_path)!r} loads as {type(teacher).__name__} "
                          f"and {name!r} was asked for")
     num_layers = teacher.model.num_layers

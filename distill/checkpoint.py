@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from distill.flops import forward_flops, seq_len
 from distill.vla import VLA, VLAConfig, postprocess_actions
+from tasks.errors import MissingInputError, UserInputError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -55,7 +56,7 @@ LEGACY_LOADERS = {"distill.student:load_student_policy": "routed_student"}  # th
 def check_device(device: str | torch.device) -> None:
     """Raise ``ValueError`` naming ``device`` when it asks for CUDA on a machine without it."""
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; valid here: cpu")
+        raise UserInputError(f"device {str(device)!r} requested but CUDA is not available; valid here: cpu")
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -63,7 +64,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(_DTYPES)}")
+        raise UserInputError(f"unknown dtype {name!r}; valid: {', '.join(_DTYPES)}")
     return _DTYPES[name]
 
 
@@ -161,11 +162,11 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | torch.dtyp
     src, dst = Path(src), Path(dst)
     config = read_config(src)
     if config.get("format") != FORMAT:
-        raise ValueError(f"{src / CONFIG} is not an {FORMAT} checkpoint config (format={config.get('format')!r})")
+        raise UserInputError(f"{src / CONFIG} is not an {FORMAT} checkpoint config (format={config.get('format')!r})")
     if dst.resolve() == src.resolve():
-        raise ValueError(f"--out {str(dst)!r} is the source checkpoint itself; give another folder")
+        raise UserInputError(f"--out {str(dst)!r} is the source checkpoint itself; give another folder")
     if (dst / WEIGHTS).exists() and not overwrite:
-        raise ValueError(f"{str(dst)!r} already holds a checkpoint; pass overwrite (--overwrite) to replace it")
+        raise UserInputError(f"{str(dst)!r} already holds a checkpoint; pass overwrite (--overwrite) to replace it")
     tensors = load_weights(src)  # float32: exact for any stored float16/bfloat16, so converting back loses nothing
     _write_checkpoint(dst, tensors, {**config, "storage": f"{name} copy of {src}'s weights (loads as float32)"},
                       target)
@@ -179,25 +180,25 @@ def read_config(path: str | Path) -> dict:
     """The parsed ``config.json`` of the checkpoint folder ``path``; clear errors when it is missing."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist")
+        raise MissingInputError(f"checkpoint folder {str(path)!r} does not exist")
     file = path / CONFIG
     if not file.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} has no {CONFIG} (expected {file})")
+        raise MissingInputError(f"checkpoint {str(path)!r} has no {CONFIG} (expected {file})")
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{file} is not valid JSON: {exc}") from exc
+        raise UserInputError(f"{file} is not valid JSON: {exc}") from exc
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of ``path/model.safetensors`` as float32 (integers unchanged); names the file on error."""
     file = Path(path) / WEIGHTS
     if not file.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} has no {WEIGHTS} (expected {file})")
+        raise MissingInputError(f"checkpoint {str(path)!r} has no {WEIGHTS} (expected {file})")
     try:
         tensors = load_file(str(file))
     except SafetensorError as exc:
-        raise ValueError(f"{file} is corrupt or truncated ({exc})") from exc
+        raise UserInputError(f"{file} is corrupt or truncated ({exc})") from exc
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
@@ -219,14 +220,14 @@ def check_state_dict(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]
     ]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
-        raise ValueError(f"weights in {source} do not fit its config.json: {shown}")
+        raise UserInputError(f"weights in {source} do not fit its config.json: {shown}")
 
 
 def load_vla(path: str | Path, device: str | torch.device = "cpu") -> tuple[VLA, dict]:
     """The :class:`VLA` in the folder ``path`` (float32, eval mode, on ``device``) and its config.json."""
     config = read_config(path)
     if config.get("format") != FORMAT or "vla" not in config:
-        raise ValueError(
+        raise UserInputError(
             f"{Path(path) / CONFIG} is not an {FORMAT} checkpoint config "
             f"(format={config.get('format')!r}, keys {sorted(config)})"
         )
@@ -320,12 +321,12 @@ def checkpoint_kind(config: Mapping, source: str | Path = CONFIG) -> str:
     """
     loader = config.get("policy_loader")
     if loader is not None and loader not in LEGACY_LOADERS:
-        raise ValueError(f"policy_loader {loader!r} in {source} is not a known loader; checkpoints name their "
+        raise UserInputError(f"policy_loader {loader!r} in {source} is not a known loader; checkpoints name their "
                          f"loader by kind, one of: {', '.join(POLICY_KINDS)}")
     kind = config.get("kind") or LEGACY_LOADERS.get(loader) or DEFAULT_KIND
     kind = LEGACY_KINDS.get(kind, kind)
     if kind not in POLICY_KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r} in {source}; valid kinds: {', '.join(POLICY_KINDS)}")
+        raise UserInputError(f"unknown checkpoint kind {kind!r} in {source}; valid kinds: {', '.join(POLICY_KINDS)}")
     return kind
 
 

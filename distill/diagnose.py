@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tasks.errors import UserInputError
+
 MASKS = ("routed", "all", "first", "last")
 GROUPS = ("suite", "task")
 
@@ -60,16 +62,16 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
     from distill.student import collate, open_dataset
 
     if by not in GROUPS:
-        raise ValueError(f"by={by!r} is not a grouping; valid: {', '.join(GROUPS)}")
+        raise UserInputError(f"by={by!r} is not a grouping; valid: {', '.join(GROUPS)}")
     bad = [m for m in masks if m not in MASKS]
     if bad or not masks:
-        raise ValueError(f"mask(s) {bad or list(masks)!r} not valid; valid: {', '.join(MASKS)}")
+        raise UserInputError(f"mask(s) {bad or list(masks)!r} not valid; valid: {', '.join(MASKS)}")
     if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+        raise UserInputError(f"samples must be >= 1, got {samples}")
     loaded = [(str(p), load_policy(p)) for p in policies]
     chunks = {int(pol.model.config.chunk) for _, pol in loaded}
     if len(chunks) != 1:
-        raise ValueError(f"policies predict different chunk lengths {sorted(chunks)}; compare them separately")
+        raise UserInputError(f"policies predict different chunk lengths {sorted(chunks)}; compare them separately")
     dataset = open_dataset(data, chunks.pop())  # demo folders, or a dataset of their items
     index = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
     items = [dataset[int(i)] for i in index]
@@ -82,7 +84,7 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
         num_layers = model.num_layers
         k = layers if layers is not None else getattr(model, "layers_per_input", None)
         if k is not None and not 1 <= k <= num_layers:
-            raise ValueError(f"layers={k} must be between 1 and {num_layers} (the decoder layers of {path})")
+            raise UserInputError(f"layers={k} must be between 1 and {num_layers} (the decoder layers of {path})")
         modes = [m for m in masks
                  if not (m in ("first", "last") and k is None)  # a teacher has no layer count of its own
                  and not (m == "routed" and not hasattr(model, "route") and "all" in masks)]  # = its full run

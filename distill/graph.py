@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.errors import UserInputError
+
 
 def knn_graph(h: torch.Tensor, phi: nn.Linear, psi: nn.Linear, node_mask: torch.Tensor,
               k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +70,7 @@ class GraphAttentionLayer(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"graph dim {dim} must be divisible by the number of GAT heads {heads}")
+            raise UserInputError(f"graph dim {dim} must be divisible by the number of GAT heads {heads}")
         self.heads, self.head_dim = heads, dim // heads
         self.linear = nn.Linear(dim, dim, bias=False)
         self.att_src = nn.Parameter(torch.empty(heads, self.head_dim))

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks.errors import UserInputError
+
 
 def synthetic_observations(
     policy, batch: int = 1, seed: int = 0, instruction: str | None = None
@@ -319,9 +321,9 @@ def measure_latency(
     :class:`OtherCpuLoad`) and, with ``vs``, ``vs`` (the same fields for it) and ``speedup``.
     """
     if routed_capture not in ROUTED_CAPTURES:
-        raise ValueError(f"routed_capture must be one of {', '.join(ROUTED_CAPTURES)}, got {routed_capture!r}")
+        raise UserInputError(f"routed_capture must be one of {', '.join(ROUTED_CAPTURES)}, got {routed_capture!r}")
     if iters < 1 or warmup < 0 or batch < 1:
-        raise ValueError(
+        raise UserInputError(
             f"need iters >= 1, warmup >= 0, batch >= 1; got iters={iters}, warmup={warmup}, batch={batch}"
         )
     policies = [policy] if vs is None else [policy, vs]

@@ -18,11 +18,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tasks.errors import UserInputError
+
 
 def layer_weights(num_layers: int, gamma: float) -> torch.Tensor:
     """Depth weights (L,) ``w_l = (l / (L-1))^gamma`` normalised to sum 1 (Sec. 3.4); uniform for L = 1."""
     if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        raise UserInputError(f"num_layers must be >= 1, got {num_layers}")
     if num_layers == 1:
         return torch.ones(1)
     w = (torch.arange(num_layers, dtype=torch.float64) / (num_layers - 1)) ** gamma  # (L,)

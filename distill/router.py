@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from distill.vla import Embedded
+from tasks.errors import UserInputError
 
 
 def layers_for_budget(budget: float, num_layers: int) -> int:
@@ -34,14 +35,14 @@ def layers_for_budget(budget: float, num_layers: int) -> int:
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
             or not 1.0 / num_layers - 1e-9 <= budget <= 1.0:
-        raise ValueError(f"budget {budget!r} out of range for {num_layers} layers; valid: "
+        raise UserInputError(f"budget {budget!r} out of range for {num_layers} layers; valid: "
                          f"{1.0 / num_layers:.4g} (one layer) to 1.0 (all layers), e.g. 0.25, 0.5 or 0.75")
     return math.floor(budget * num_layers + 1e-9)
 
 
 def _check_k(k: int, num_layers: int) -> None:
     if not 1 <= k <= num_layers:
-        raise ValueError(f"k={k} layers must be between 1 and the number of layers {num_layers}")
+        raise UserInputError(f"k={k} layers must be between 1 and the number of layers {num_layers}")
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -105,3 +106,15 @@ class Router(nn.Module):
         txt = masked_mean_max(self.text_norm(self.text_proj(h[:, text_start:text_end])),
                               emb.text_mask[:, text_start:text_end])  # (B, 2R)
         return self.gate(torch.cat([vis, txt], dim=-1))  # (B, L)
+
+
+def parse_budgets(text: str) -> list[float]:
+    """``"0.25,0.5,0.75"`` -> ``[0.25, 0.5, 0.75]``; each must be a fraction in (0, 1]."""
+    try:
+        budgets = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise UserInputError(f"--budgets {text!r} must be comma-separated fractions in (0, 1], e.g. 0.25,0.5,0.75") from exc
+    bad = [b for b in budgets if not 0.0 < b <= 1.0]
+    if not budgets or bad:
+        raise UserInputError(f"--budgets {text!r}: every budget must be a fraction in (0, 1], e.g. 0.25,0.5,0.75")
+    return sorted(set(budgets))

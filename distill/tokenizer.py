@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from tasks.errors import UserInputError
+
 PAD = "[PAD]"
 UNK = "[UNK]"
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -33,10 +35,10 @@ class WordTokenizer:
     def __init__(self, vocab: Sequence[str]):
         vocab = list(vocab)
         if vocab[:2] != [PAD, UNK]:
-            raise ValueError(f"vocabulary must start with {[PAD, UNK]}, got {vocab[:2]}")
+            raise UserInputError(f"vocabulary must start with {[PAD, UNK]}, got {vocab[:2]}")
         if len(set(vocab)) != len(vocab):
             dupes = sorted({w for w in vocab if vocab.count(w) > 1})
-            raise ValueError(f"vocabulary has duplicate entries: {dupes}")
+            raise UserInputError(f"vocabulary has duplicate entries: {dupes}")
         self.vocab = vocab
         self._ids = {w: i for i, w in enumerate(vocab)}
 

@@ -39,6 +39,7 @@ import transformers
 from torch import nn
 
 from distill.tokenizer import WordTokenizer
+from tasks.errors import UserInputError
 
 CAMERAS = ("agentview", "wrist")
 ACTION_DIM = 7
@@ -94,11 +95,11 @@ class VLAConfig:
 
     def __post_init__(self) -> None:
         if "model_type" not in self.backbone:
-            raise ValueError(
+            raise UserInputError(
                 f"backbone config needs a 'model_type' (e.g. 'llama'); got keys {sorted(self.backbone)}"
             )
         if self.image_size % (8 * self.vision_grid) != 0:
-            raise ValueError(
+            raise UserInputError(
                 f"image_size {self.image_size} must be divisible by 8 * vision_grid "
                 f"(vision_grid={self.vision_grid}); valid grids: "
                 f"{[g for g in range(1, self.image_size // 8 + 1) if self.image_size % (8 * g) == 0]}"
@@ -109,15 +110,15 @@ class VLAConfig:
         ):
             for key in ("mean", "std"):
                 if key not in stats or len(stats[key]) != dim:
-                    raise ValueError(
+                    raise UserInputError(
                         f"{name}[{key!r}] must be a list of {dim} floats, got {stats.get(key)!r}"
                     )
         if self.chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+            raise UserInputError(f"chunk must be >= 1, got {self.chunk}")
         if self.vision_keypoints < 0:
-            raise ValueError(f"vision_keypoints must be >= 0 (0: off), got {self.vision_keypoints}")
+            raise UserInputError(f"vision_keypoints must be >= 0 (0: off), got {self.vision_keypoints}")
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(
+            raise UserInputError(
                 f"attn_implementation {self.attn_implementation!r} not supported; valid: sdpa, eager"
             )
 
@@ -142,7 +143,7 @@ class VLAConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown VLA config keys {unknown}; valid keys: {sorted(known)}")
+            raise UserInputError(f"unknown VLA config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**copy.deepcopy(dict(data)))
 
 
@@ -182,14 +183,14 @@ def teacher_config(
     intermediate_size, vision_grid, stem_channels) or any other :class:`VLAConfig` field.
     """
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+        raise UserInputError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     sizes = {**PROFILES[profile], "num_kv_heads": None}
     for key in list(overrides):
         if key in sizes:
             sizes[key] = overrides.pop(key)
     heads = sizes["num_heads"]
     if sizes["hidden_size"] % heads or (sizes["hidden_size"] // heads) % 2:
-        raise ValueError(f"hidden_size {sizes['hidden_size']} must split into {heads} heads of even size")
+        raise UserInputError(f"hidden_size {sizes['hidden_size']} must split into {heads} heads of even size")
     llama = transformers.LlamaConfig(
         hidden_size=sizes["hidden_size"],
         num_hidden_layers=sizes["num_layers"],
@@ -375,7 +376,7 @@ class VLA(nn.Module):
     def set_attn_implementation(self, name: str) -> None:
         """Switch every layer's attention kernel (``sdpa`` or ``eager``); results agree up to rounding."""
         if name not in ("sdpa", "eager"):
-            raise ValueError(f"attention implementation {name!r} not supported; valid: sdpa, eager")
+            raise UserInputError(f"attention implementation {name!r} not supported; valid: sdpa, eager")
         for layer in self.layers:
             layer.self_attn.config._attn_implementation = name
         self.backbone_config._attn_implementation = name
@@ -521,7 +522,7 @@ def prepare_observations(cfg: VLAConfig, tokenizer: WordTokenizer, obs_list: Seq
     texts = []
     for i, obs in enumerate(obs_list):
         if "instruction" not in obs or not isinstance(obs["instruction"], str):
-            raise ValueError(
+            raise UserInputError(
                 f"observation {i} needs an 'instruction' string, got {obs.get('instruction')!r}"
             )
         texts.append(obs["instruction"])
@@ -532,9 +533,9 @@ def prepare_observations(cfg: VLAConfig, tokenizer: WordTokenizer, obs_list: Seq
 
 def _as_tensor(obs: Mapping, key: str, shape: tuple[int, ...]) -> torch.Tensor:
     if key not in obs or obs[key] is None:
-        raise ValueError(f"observation is missing {key!r} (expected shape {shape}); got keys {sorted(obs)}")
+        raise UserInputError(f"observation is missing {key!r} (expected shape {shape}); got keys {sorted(obs)}")
     value = obs[key]
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
     if tuple(tensor.shape) != shape:
-        raise ValueError(f"observation {key!r}: got shape {tuple(tensor.shape)}, expected {shape}")
+        raise UserInputError(f"observation {key!r}: got shape {tuple(tensor.shape)}, expected {shape}")
     return tensor

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from tasks.errors import UserInputError
+
 HELP = "median cost of an env step: total, physics, render"
 
 
@@ -40,7 +42,7 @@ def bench_env(suite: str, task: str = "0", variant: str | None = None, steps: in
     from tasks.registry import resolve_task, resolve_variant
 
     if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+        raise UserInputError(f"--steps must be >= 1, got {steps}")
     name = resolve_task(suite, task)
     env = suites.make(suite, name, variant=variant, seed=seed)
     rng = np.random.default_rng(seed)

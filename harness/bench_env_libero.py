@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from tasks.base import ACTION_DIM, IMAGE_KEYS
+from tasks.errors import UserInputError
 
 
 def _timed_run(env, steps: int, seed: int, states: list | None) -> dict:
@@ -55,9 +56,9 @@ def bench_libero(suite: str, task: str | int, render: str = "fast", steps: int =
     from tasks.registry import resolve_task
 
     if render not in RENDER_MODES:
-        raise ValueError(f"unknown render mode {render!r}; valid modes: {', '.join(RENDER_MODES)}")
+        raise UserInputError(f"unknown render mode {render!r}; valid modes: {', '.join(RENDER_MODES)}")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserInputError(f"steps must be >= 1, got {steps}")
     name = resolve_task(suite, task)
     other = next(m for m in RENDER_MODES if m != render)
     env = suites.make(suite, name, seed=seed, render=render)

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from harness.results import read_episodes
+from tasks.errors import UserInputError
 
 HELP = "episodes per minute of the Ray evaluator per worker count (scripted expert)"
 
@@ -44,9 +45,9 @@ def _counts(text: str) -> list[int]:
     try:
         counts = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError as exc:
-        raise ValueError(f"--workers must be comma-separated positive integers, got {text!r}") from exc
+        raise UserInputError(f"--workers must be comma-separated positive integers, got {text!r}") from exc
     if not counts or counts[0] < 1:
-        raise ValueError(f"--workers must be comma-separated positive integers, got {text!r}")
+        raise UserInputError(f"--workers must be comma-separated positive integers, got {text!r}")
     return counts
 
 

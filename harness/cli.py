@@ -1,10 +1,8 @@
-"""``actdistill`` command line. Each verb lives in ``harness/commands/<verb>.py`` and exposes
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; verbs are imported only
-when called, so e.g. ``actdistill report`` never imports a simulator.
+"""``actdistill``: the command line. Each verb is a module with ``HELP``, ``add_arguments`` and ``run``
+(:mod:`harness.commands`); only the chosen verb's module builds its options, so ``--help`` stays fast.
 
-    actdistill eval --policy expert --suite simpler_widowx --episodes 10 --out runs/expert
-    actdistill demos --suite simpler_widowx --episodes 50 --out data/widowx
-    actdistill bench env --suite simpler_google
+Errors in what the user gave (:class:`tasks.errors.UserInputError`) print one line and exit 2; any other
+exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -13,57 +11,77 @@ import argparse
 import importlib
 import sys
 
+from tasks.errors import UserInputError
+
+# verb -> module, in the order --help lists them
 VERBS = {
+    "sweep": "harness.sweep",
     "eval": "harness.commands.eval",
-    "demos": "harness.commands.demos",
-    "bench": "harness.commands.bench",
-    "train-teacher": "harness.commands.train_teacher",
-    "latency": "harness.commands.latency",
-    "distill": "harness.commands.distill",
-    "regress": "harness.commands.regress",
+    "compare": "harness.commands.compare",
     "report": "harness.commands.report",
+    "regress": "harness.commands.regress",
+    "latency": "harness.commands.latency",
+    "demos": "harness.commands.demos",
+    "train-teacher": "harness.commands.train_teacher",
+    "distill": "harness.commands.distill",
     "convert": "harness.commands.convert",
     "fit": "harness.commands.fit",
-    "compare": "harness.commands.compare",
+    "bench": "harness.commands.bench",
+    "gpu-run": "harness.gpu_run",
 }
 
+DESCRIPTION = """\
+Evaluate, distill and compare VLA policies on LIBERO and SIMPLER-style suites (ActDistill, arXiv 2511.18082).
+"""
 
-def _available_verbs() -> dict[str, str]:
-    found = {}
-    for verb, mod in VERBS.items():
-        if importlib.util.find_spec(mod) is not None:
-            found[verb] = mod
-    return found
+EXAMPLES = """\
+examples:
+  actdistill sweep --profile smoke                 # the benchmark in minutes (bash run_all.sh runs --profile default)
+  actdistill eval --policy results/checkpoints/teacher-simpler --suite simpler_google --plan default --workers 2
+  actdistill distill --teacher results/checkpoints/teacher-simpler --data data/simpler --budgets 0.5 --out runs/distill
+  actdistill compare --policy teacher=runs/default/teacher --policy b0.50=runs/default/student-b0.50
+  actdistill report --runs runs/default/teacher runs/default/student-b0.50 --out runs/report
+
+Run 'actdistill VERB --help' for a verb's options and more examples.
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    verbs = _available_verbs()
-    parser = argparse.ArgumentParser(prog="actdistill", description=__doc__,
+def build_parser(chosen: str | None) -> argparse.ArgumentParser:
+    """The parser: every verb listed with its help line; the options of ``chosen`` only (imported lazily)."""
+    parser = argparse.ArgumentParser(prog="actdistill", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    # Only the chosen verb's module is imported; the others are listed by name.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    for verb, mod in verbs.items():
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+    for verb, name in VERBS.items():
+        module = importlib.import_module(name)
         if verb == chosen:
-            module = importlib.import_module(mod)
             p = sub.add_parser(verb, help=module.HELP, description=module.__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
         else:
-            sub.add_parser(verb, add_help=False)
-    if chosen is not None and chosen not in verbs:
-        parser.error(f"unknown verb {chosen!r}; valid verbs: {', '.join(verbs)}")
+            sub.add_parser(verb, help=module.HELP, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``actdistill`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in VERBS else None)
+    if chosen is not None and chosen not in VERBS:
+        parser.error(f"unknown verb {chosen!r}; valid verbs: {', '.join(VERBS)}")
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, OSError) as exc:
+    except UserInputError as exc:
         print(f"actdistill {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"actdistill {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

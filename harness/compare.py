@@ -33,6 +33,7 @@ import pandas as pd
 
 from harness.results import current_rows, read_episodes
 from harness.stats import by_state, clustered, wilson
+from tasks.errors import UserInputError
 
 EPISODE_KEY = ("task", "variant", "episode_index", "seed")
 VM = "visual_matching"
@@ -77,7 +78,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
         name, dirs = "", spec
     folders = [d for d in dirs.split(",") if d]
     if not folders:
-        raise ValueError(f"--policy {spec!r} names no run folder; use NAME=DIR[,DIR...]")
+        raise UserInputError(f"--policy {spec!r} names no run folder; use NAME=DIR[,DIR...]")
     return name or Path(folders[0]).name, folders
 
 
@@ -90,13 +91,13 @@ def load_pooled(folders: Sequence[str | os.PathLike], suite: str) -> list[pd.Dat
         rows = df[df["suite"] == suite]
         if rows.empty:
             found = ", ".join(sorted(set(df["suite"]))) or "none"
-            raise ValueError(f"run folder {str(folder)!r} has no {suite} episodes; its suites: {found}")
+            raise UserInputError(f"run folder {str(folder)!r} has no {suite} episodes; its suites: {found}")
         frames.append(rows)
     seen: dict[tuple, int] = {}
     for i, rows in enumerate(frames):
         for key in set(rows[list(EPISODE_KEY)].itertuples(index=False, name=None)):
             if key in seen:
-                raise ValueError(f"episode {dict(zip(EPISODE_KEY, key))} is in both {str(folders[seen[key]])!r} "
+                raise UserInputError(f"episode {dict(zip(EPISODE_KEY, key))} is in both {str(folders[seen[key]])!r} "
                                  f"and {str(folders[i])!r}: pool different draws (actdistill eval --seed), "
                                  "not one twice")
             seen[key] = i
@@ -113,7 +114,7 @@ def _same_episodes(row: dict, ref: dict) -> None:
     mine, theirs = (set(r["pooled"][list(EPISODE_KEY)].itertuples(index=False, name=None)) for r in (row, ref))
     if mine != theirs:
         only = sorted(mine - theirs) or sorted(theirs - mine)
-        raise ValueError(f"{row['name']!r} and {ref['name']!r} ran different episodes ({len(mine - theirs)} only in "
+        raise UserInputError(f"{row['name']!r} and {ref['name']!r} ran different episodes ({len(mine - theirs)} only in "
                          f"{row['name']!r}, {len(theirs - mine)} only in {ref['name']!r}, e.g. "
                          f"{dict(zip(EPISODE_KEY, only[0]))}): evaluate both with the same plan and seeds")
 
@@ -122,7 +123,7 @@ def compare(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "simpler
     """One dict per policy: name, folders, per-draw Rates, pooled ``all`` / ``vm`` / ``va`` Rates and,
     after the first, ``diff`` (pooled all minus the first policy's, with its interval) per split."""
     if not policies:
-        raise ValueError("compare needs at least one policy")
+        raise UserInputError("compare needs at least one policy")
     rows = []
     for name, folders in policies:
         frames = load_pooled(folders, suite)
@@ -177,7 +178,7 @@ def compare_tasks(policies: Sequence[tuple[str, Sequence[str]]], suite: str = "s
     """Per task, each policy's pooled :class:`Rate` over its draws (all variants):
     ``{task: {policy name: Rate}}``, tasks sorted. Same reading and refusals as :func:`compare`."""
     if not policies:
-        raise ValueError("compare needs at least one policy")
+        raise UserInputError("compare needs at least one policy")
     table: dict[str, dict[str, Rate]] = {}
     for name, folders in policies:
         pooled = pd.concat(load_pooled(folders, suite))

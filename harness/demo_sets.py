@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.errors import UserInputError
+
 
 @dataclass(frozen=True)
 class DemoEntry:
@@ -37,9 +39,9 @@ def recipe(family: str, scale: float = 1.0) -> list[DemoEntry]:
     import tasks as suites
 
     if family not in FAMILIES:
-        raise ValueError(f"unknown demo family {family!r}; valid families: {', '.join(FAMILIES)}")
+        raise UserInputError(f"unknown demo family {family!r}; valid families: {', '.join(FAMILIES)}")
     if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+        raise UserInputError(f"scale must be > 0, got {scale}")
     if family == "libero":
         return [DemoEntry(suite, "sampled_init", max(1, math.ceil(20 * scale)), seed=1) for suite in LIBERO_SUITES]
     entries = []
@@ -64,7 +66,7 @@ def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int,
     """One (suite, variant, task) folder, in a worker process."""
     import torch
 
-    from harness.commands.demos import record_demos
+    from harness.demos import record_demos
 
     torch.set_num_threads(1)
     meta = record_demos(suite, folder, tasks=[task], variant=variant, episodes=episodes, seed=seed, codec=codec,
@@ -89,18 +91,18 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
     """
     import time
 
-    from harness.commands.demos import check_noise
+    from harness.demos import check_noise
     from tasks.datasets import CODECS
 
     check_noise(noise, noise_hold)  # before any worker starts, not once per folder
     if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+        raise UserInputError(f"jobs must be >= 1, got {jobs}")
     if codec not in CODECS:
-        raise ValueError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
+        raise UserInputError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
     t0 = time.monotonic()
     folders: list[Path] = []
     if jobs == 1:
-        from harness.commands.demos import record_demos
+        from harness.demos import record_demos
 
         for entry in recipe(family, scale):
             folder = Path(out) / entry.suite / entry.variant

@@ -35,6 +35,7 @@ from harness.results import ResultsStore, episode_key, format_table, make_row
 from harness.rollout import EpisodeResult, rollout
 from harness.versions import versions
 from harness.videos import write_episode_video
+from tasks.errors import MissingInputError, UserInputError
 from tasks.registry import resolve_task, resolve_variant
 
 
@@ -113,7 +114,7 @@ def policy_source(policy: str) -> PolicySource:
         return PolicySource(policy, build=lambda env: baseline, hash_for=lambda env: digest, meta=meta)
     path = Path(policy)
     if not path.is_dir():
-        raise FileNotFoundError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder")
+        raise MissingInputError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder")
     from distill.checkpoint import checkpoint_kind, load_policy, read_config  # lazy: torch loads only here
 
     loaded = load_policy(path)
@@ -197,7 +198,7 @@ def _refuse_other_plans(store: ResultsStore, planned: set[str], policy_hash: str
     other = mine[~mine["key"].isin(planned)]
     if not other.empty:
         first = other.iloc[0]
-        raise ValueError(f"run folder {str(out)!r} holds {len(other)} episode(s) of this policy on {suite} (seed {seed}) "
+        raise UserInputError(f"run folder {str(out)!r} holds {len(other)} episode(s) of this policy on {suite} (seed {seed}) "
                          f"outside this plan, e.g. {first['task']} / {first['variant']} episode "
                          f"{int(first['episode_index'])}: it was made with another plan or with every variant "
                          "on the same initial states; evaluate into a new --out")
@@ -222,17 +223,17 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+        raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
     if episodes_by_variant is not None:
         if not episodes_by_variant:
-            raise ValueError("episodes_by_variant is empty; give at least one {variant: episodes}")
+            raise UserInputError("episodes_by_variant is empty; give at least one {variant: episodes}")
         counts = {resolve_variant(suite, v): int(n) for v, n in episodes_by_variant.items()}
     else:
         counts = {v: episodes for v in resolve_variants(suite, variant)}
     for v, n in counts.items():
         if n < 1:
-            raise ValueError(f"episodes must be >= 1, got {n} (variant {v!r})")
+            raise UserInputError(f"episodes must be >= 1, got {n} (variant {v!r})")
     variant_names = list(counts)
     source = policy if isinstance(policy, PolicySource) else policy_source(policy)
     env_kwargs = dict(env_kwargs or {})

@@ -1,9 +1,9 @@
 """The reference models in one time-boxed run on a lent GPU machine: demonstrations, teacher, students, latency.
 
-    python -m harness.gpu_run --out OUT                      # on the GPU machine (see results/checkpoints/README.md)
-    python -m harness.gpu_run --out /tmp/g --device cpu --scale 0.02 --demo-s 30 --teacher-s 20 \\
+    actdistill gpu-run --out OUT                             # on the GPU machine
+    actdistill gpu-run --out /tmp/g --device cpu --scale 0.02 --demo-s 30 --teacher-s 20 \\
         --stage1-steps 20 --student-s 10                     # the same pipeline, tiny, on a CPU (a dry run)
-    python -m harness.gpu_run --out OUT --student-s 0 --demo-noise 0.1 \\
+    actdistill gpu-run --out OUT --student-s 0 --demo-noise 0.1 \\
         --teacher-init results/checkpoints/teacher-simpler    # fine-tune the teacher on clean + noisy demos
 
 A lent machine comes for minutes, with torch but without ffmpeg, mujoco or Ray, and sends back at most a
@@ -14,12 +14,8 @@ full cosine decay), measures latency on the device, and packs each checkpoint in
 ``--out`` with a ``manifest.json`` holding every figure, command and timing. Each stage writes its
 results before the next starts, so a run cut short still returns what it finished.
 
-Measured on the lent H100 machine (2026-11-26, 16 cores): the recording ran at 23 episodes/s (2,484
-episodes in 106 s, 15 processes, EGL rendering on the GPU). With the raw frames (25 GB) on the machine's
-disk the teacher then trained at only 1.4 steps/s (batch 256): the loaders read about 11 MB per episode
-while the disk was still writing back the recording. The data now goes to ``/dev/shm`` by default (the
-machine has 128 GiB of memory), and the per-image augmentation loop became one gather. The second run
-(same day, ``--student-s 0``) then trained the teacher at 18.9 steps/s (batch 256), bound by the GPU.
+The demonstrations go to ``/dev/shm`` by default when it has room: raw frames are about 12 MB per
+episode, and data loaders reading them from a disk that is still writing back the recording starve the GPU.
 """
 
 from __future__ import annotations
@@ -71,12 +67,15 @@ class Manifest:
         print(f"[gpu_run] {name}: {json.dumps(info, default=str)[:600]}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "the reference pipeline, time-boxed, on a GPU machine"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The pipeline's options (``actdistill gpu-run``)."""
     p.add_argument("--out", required=True, help="folder for the tar files and manifest.json")
     p.add_argument("--work", default="runs/gpu", help="working folder for checkpoints (default runs/gpu)")
     p.add_argument("--data", default="/dev/shm/simpler-gpu" if Path("/dev/shm").is_dir() else "data/simpler-gpu",
-                   help="demonstration folder (default /dev/shm/simpler-gpu: in memory, see the docstring)")
+                   help="demonstration folder (default /dev/shm/simpler-gpu: in memory, see the description)")
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--scale", type=float, default=2.0, help="demo recipe scale (default 2.0)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="demo processes")
@@ -104,21 +103,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(12, max(0, (os.cpu_count() or 2) - 2)),
                    help="data-loading worker processes")
     p.add_argument("--latency-iters", type=int, default=100)
-    args = p.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
+    """Run the pipeline's stages in order, writing ``OUT/manifest.json`` after each."""
     import torch
 
-    from harness.commands.distill import parse_budgets
+    from distill.router import parse_budgets
 
-    out, work, data = Path(args.out), Path(args.work), Path(args.data)
+    budgets = parse_budgets(args.budgets)  # before anything runs
+    out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     man = Manifest(out / "manifest.json")
     man.stage("start", argv=sys.argv, python=platform.python_version(), torch=torch.__version__,
               device=torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor(),
               cpus=os.cpu_count(), args=vars(args))
+    _render_check(man)
+    dataset = _record_demos(args, man)
+    teacher = _train_teacher(args, dataset, work, out, man)
+    if args.student_s <= 0:
+        man.stage("done", skipped="students and latency (--student-s 0)")
+        return 0
+    _distill_students(args, dataset, teacher, budgets, work, out, man)
+    _latency(args, teacher, budgets, work, man)
+    man.stage("done")
+    return 0
 
-    # 0. fail fast when the simulator cannot render here
+
+def _render_check(man: Manifest) -> None:
+    """Fail fast when the simulator cannot render here."""
     import numpy as np
 
     import tasks as suites
@@ -129,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     man.stage("render_check", agentview=list(np.asarray(obs["agentview"]).shape),
               mean_pixel=float(np.asarray(obs["agentview"]).mean()), mujoco_gl=os.environ.get("MUJOCO_GL"))
 
-    # 1. demonstrations
+
+def _record_demos(args: argparse.Namespace, man: Manifest):
+    """The simpler family's demonstrations (clean, and noisy with ``--demo-noise``) as one dataset."""
+    import tasks as suites
     from harness.demo_sets import recipe, record_family
     from tasks.datasets import DemoDataset
 
     recipe_episodes = sum(e.episodes * len(suites.tasks(e.suite)) for e in recipe("simpler", args.scale))
-    data, why = pick_data_dir(data, Path("data/simpler-gpu"), FRAME_BYTES_PER_EPISODE * recipe_episodes)
+    data, why = pick_data_dir(Path(args.data), Path("data/simpler-gpu"), FRAME_BYTES_PER_EPISODE * recipe_episodes)
     print(f"[gpu_run] demonstrations go to {why}", flush=True)
     t = time.monotonic()
     folders = record_family("simpler", data, scale=args.scale, jobs=args.jobs, codec="npy",
@@ -155,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     man.stage("demos", data_dir=why, seconds=round(time.monotonic() - t, 1), folders=len(folders), samples=len(dataset),
               episodes=sum(per_variant.values()), per_variant=per_variant,
               recipe_episodes=recipe_episodes)
+    return dataset
 
-    # 2. teacher
+
+def _train_teacher(args: argparse.Namespace, dataset, work: Path, out: Path, man: Manifest) -> Path:
+    """The teacher, trained for ``--teacher-s`` seconds, packed as ``OUT/teacher-simpler.tar``."""
     from distill.train import train_teacher
 
     teacher = work / "teacher-simpler"
@@ -168,18 +188,17 @@ def main(argv: list[str] | None = None) -> int:
                             model_overrides={"vision_keypoints": args.teacher_keypoints} if args.teacher_keypoints else None)
     _pack(teacher, out / "teacher-simpler.tar")
     man.stage("teacher", seconds=round(time.monotonic() - t, 1), **summary)
+    return teacher
 
-    if args.student_s <= 0:
-        man.stage("done", skipped="students and latency (--student-s 0)")
-        return 0
 
-    # 3. students
+def _distill_students(args: argparse.Namespace, dataset, teacher: Path, budgets: list[float], work: Path, out: Path,
+                      man: Manifest) -> None:
+    """One student per budget, ``--student-s`` seconds each, packed as ``OUT/student-simpler-bB.BB.tar``."""
     from distill.student import ActDistillConfig, distill
 
     config = ActDistillConfig(steps=100_000, stage1_steps=args.stage1_steps, batch_size=args.student_batch,
                               num_workers=args.workers, time_budget_s=args.student_s, save_every=10_000)
     t = time.monotonic()
-    budgets = parse_budgets(args.budgets)
     result = distill(teacher, dataset, budgets, work / "distill", config=config, device=args.device,
                      progress=False)
     for b in budgets:
@@ -187,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         _pack(folder, out / f"student-simpler-b{b:.2f}.tar")
     man.stage("students", seconds=round(time.monotonic() - t, 1), **result)
 
-    # 4. latency on this device: each student against the teacher, alternating, in its own process
-    runs = sorted([(b, []) for b in budgets], key=lambda r: r[0] != 0.5)  # b0.5 first: the issue's target
+
+def _latency(args: argparse.Namespace, teacher: Path, budgets: list[float], work: Path, man: Manifest) -> None:
+    """Each student against the teacher on this device, alternating calls, each in its own process."""
+    runs = sorted([(b, []) for b in budgets], key=lambda r: r[0] != 0.5)  # b0.5 first
     if args.device == "cuda" and 0.5 in budgets:
         runs.insert(1, (0.5, ["--no-cuda-graph"]))
     for b, extra in runs:
@@ -202,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             res = {"error": "timed out after 120 s"}
         man.stage(name, command=" ".join(cmd), result=res)
-    man.stage("done")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``actdistill gpu-run`` with ``argv`` (for scripts and tests)."""
+    from harness.cli import main as cli
+
+    return cli(["gpu-run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from harness import evaluate as _evaluate
 from harness.evaluate import Job, PolicySource, RunOptions
 from harness.results import RETRY_PREFIX
 from harness.rollout import EpisodeResult, rollout
+from tasks.errors import UserInputError
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -93,7 +94,7 @@ class ServerSpec:
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_wait_ms < 0:
-            raise ValueError(
+            raise UserInputError(
                 f"ServerSpec needs max_batch >= 1 and max_wait_ms >= 0, "
                 f"got max_batch={self.max_batch}, max_wait_ms={self.max_wait_ms}"
             )
@@ -263,9 +264,9 @@ class RayBackend:
         server: ServerSpec | None = None,
     ):
         if num_workers is not None and num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1 (or None for all CPUs), got {num_workers}")
+            raise UserInputError(f"num_workers must be >= 1 (or None for all CPUs), got {num_workers}")
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+            raise UserInputError(f"max_attempts must be >= 1, got {max_attempts}")
         self.num_workers, self.address, self.num_cpus = num_workers, address, num_cpus
         self.worker_setup, self.max_attempts, self.server = worker_setup, max_attempts, server
         env = dict(runtime_env or {})

@@ -33,6 +33,7 @@ import pandas as pd
 
 from harness.results import current_rows, read_episodes
 from harness.stats import wilson
+from tasks.errors import MissingInputError, UserInputError
 
 TESTS = ("fisher", "binomial")
 CORRECTIONS = ("holm", "none")
@@ -43,7 +44,7 @@ def _episodes(run_dir: str | os.PathLike) -> pd.DataFrame:
     try:
         return current_rows(read_episodes(run_dir))  # only the latest weights' rows
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no results in run folder {run_dir!r} (expected {Path(run_dir) / 'episodes.parquet'})"
         ) from None
 
@@ -91,12 +92,12 @@ def load_baseline(path: str | os.PathLike) -> dict[str, Any]:
     """Read a baseline file; raise ``ValueError`` naming the file when it is not one."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"baseline file {str(path)!r} does not exist (write one with --save-baseline)"
         )
     data = json.loads(path.read_text())
     if data.get("format") != BASELINE_FORMAT or not isinstance(data.get("per_task"), dict):
-        raise ValueError(
+        raise UserInputError(
             f"{path} is not a baseline file of format {BASELINE_FORMAT} "
             f"(found format={data.get('format')!r}); write one with --save-baseline"
         )
@@ -112,7 +113,7 @@ def one_sided_p(k_run: int, n_run: int, k_base: int, n_base: int, test: str = "f
         return float(stats.fisher_exact(table, alternative="less").pvalue)
     if test == "binomial":
         return float(stats.binomtest(k_run, n_run, k_base / n_base, alternative="less").pvalue)
-    raise ValueError(f"unknown test {test!r}; valid tests: {', '.join(TESTS)}")
+    raise UserInputError(f"unknown test {test!r}; valid tests: {', '.join(TESTS)}")
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -141,11 +142,11 @@ def check(
     (after ``correction``) and ``worse`` (``p_adj < alpha``).
     """
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise UserInputError(f"alpha must be in (0, 1), got {alpha}")
     if test not in TESTS:
-        raise ValueError(f"unknown test {test!r}; valid tests: {', '.join(TESTS)}")
+        raise UserInputError(f"unknown test {test!r}; valid tests: {', '.join(TESTS)}")
     if correction not in CORRECTIONS:
-        raise ValueError(f"unknown correction {correction!r}; valid corrections: {', '.join(CORRECTIONS)}")
+        raise UserInputError(f"unknown correction {correction!r}; valid corrections: {', '.join(CORRECTIONS)}")
     base = baseline if isinstance(baseline, dict) else load_baseline(baseline)
     counts = run_counts(run_dir)
     rows = []

@@ -53,6 +53,7 @@ import pandas as pd
 
 from harness.results import current_rows, read_episodes
 from harness.stats import wilson
+from tasks.errors import UserInputError
 
 KINDS = ("teacher", "student", "baseline", "expert", "policy")
 _STYLE = {  # kind -> (colour, marker)
@@ -87,9 +88,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+        raise UserInputError(f"{path} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")  # noqa: TRY004 - CLI reports ValueError
+        raise UserInputError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
 
 
@@ -136,7 +137,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     name = str(meta.get("policy") or (policies[0] if len(policies) == 1 else path.name))
     kind = str(meta.get("kind") or ("expert" if policies == ["expert"] else "policy"))
     if kind not in KINDS:
-        raise ValueError(f"{path / 'meta.json'}: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        raise UserInputError(f"{path / 'meta.json'}: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     flops = _float(meta.get("flops_per_call"))
     if flops is None and len(df):
         pooled = _pooled_mean(_info(df), "flops")
@@ -381,7 +382,7 @@ def merge_runs(runs: list[Run]) -> list[Run]:
         shared = sorted(set(first.episodes["suite"]) & set(run.episodes["suite"]))
         if shared or first.kind != run.kind:
             why = f"both hold suite(s) {shared}" if shared else f"kinds {first.kind!r} and {run.kind!r}"
-            raise ValueError(f"run folders {str(first.dir)!r} and {str(run.dir)!r} are both named {run.name!r} "
+            raise UserInputError(f"run folders {str(first.dir)!r} and {str(run.dir)!r} are both named {run.name!r} "
                              f"and {why}; set distinct 'policy' names in their meta.json")
         first.episodes = pd.concat([first.episodes, run.episodes], ignore_index=True)
     return list(merged.values())
@@ -395,7 +396,7 @@ def build_report(
 
     matplotlib.use("Agg")
     if not run_dirs:
-        raise ValueError("no run folders given")
+        raise UserInputError("no run folders given")
     runs = merge_runs([load_run(d) for d in run_dirs])
     names = [r.name for r in runs]
     out = Path(out)

@@ -42,6 +42,7 @@ from typing import Any
 import pandas as pd
 
 from harness.stats import by_state, clustered, wilson
+from tasks.errors import MissingInputError, UserInputError
 
 COLUMNS = ("key", "policy", "policy_hash", "suite", "task", "variant", "episode_index", "seed",
            "render_mode", "success", "steps", "wall_s", "policy_calls", "policy_ms_mean",
@@ -85,7 +86,7 @@ def read_episodes(run_dir: str | os.PathLike) -> pd.DataFrame:
     Raises ``FileNotFoundError`` when the folder holds no results at all.
     """
     if not has_results(run_dir):
-        raise FileNotFoundError(f"run folder {str(run_dir)!r} has no episodes.parquet")
+        raise MissingInputError(f"run folder {str(run_dir)!r} has no episodes.parquet")
     return ResultsStore(run_dir).frame()
 
 
@@ -141,7 +142,7 @@ class ResultsStore:
         try:
             return pd.read_parquet(path)
         except Exception as exc:
-            raise ValueError(f"results file {path} is unreadable ({type(exc).__name__}: {exc}); "
+            raise UserInputError(f"results file {path} is unreadable ({type(exc).__name__}: {exc}); "
                              f"move it away to start this run folder afresh") from exc
 
     def frame(self) -> pd.DataFrame:

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from tasks.errors import UserInputError
+
 Z95 = 1.959963984540054
 STATE_KEY = ("task", "seed", "episode_index")  # an initial state: the same under every variant of a draw
 BOOTSTRAP = 2000  # resamples of the bootstrap over initial states (seeded: tables are reproducible)
@@ -50,7 +52,7 @@ def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = B
     if sb is not None:
         shared = sa.index.intersection(sb.index)
         if shared.empty:
-            raise ValueError("the two policies share no initial state (task, seed, episode index): "
+            raise UserInputError("the two policies share no initial state (task, seed, episode index): "
                              "evaluate them on the same draws to compare them")
         sa, sb = sa.loc[shared], sb.loc[shared]
     weights = np.random.default_rng(seed).multinomial(len(sa), np.full(len(sa), 1.0 / len(sa)), size=resamples)

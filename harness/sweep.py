@@ -1,9 +1,9 @@
-"""The main sweep that ``bash run_all.sh`` runs: a list of stages over a profile, resumable.
+"""The main sweep that ``bash run_all.sh`` runs (``actdistill sweep``): a list of stages over a profile, resumable.
 
-    python -m harness.sweep --profile smoke      # minutes: 2 episodes on 2 tasks per suite
-    python -m harness.sweep --profile default    # 10 episodes per task + a sample of every variant
-    python -m harness.sweep --profile full       # 50 episodes per task on every variant
-    python -m harness.sweep --stages policy_eval,report   # only these stages
+    actdistill sweep --profile smoke      # minutes: 1 episode on 2 tasks per suite, the 0.5 student
+    actdistill sweep --profile default    # 5 episodes per task on visual matching + 1 per other variant
+    actdistill sweep --profile full       # 50 episodes per task on every variant, every baseline
+    actdistill sweep --stages policy_eval,report   # only these stages
 
 Stages: ``expert_eval`` (the scripted experts over the SIMPLER-style suites: the upper bound
 of every table), ``models`` (the reference teacher and the students at each budget under
@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from tasks.errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def simpler_suites() -> list[str]:
     return [s for s in suites.suites() if s.startswith("simpler_")]
 
 
-def _plan(profile: Profile, suite: str, policies: bool = False) -> tuple[list[str], dict[str, int]]:
+def plan(profile: Profile, suite: str, policies: bool = False) -> tuple[list[str], dict[str, int]]:
     """(tasks, {variant: episodes}) of ``suite`` under ``profile`` (for the expert, or with
     ``policies`` for the teacher, students and baselines): one ``evaluate`` call per suite."""
     import tasks as suites
@@ -148,7 +150,7 @@ def _expert_estimate(ctx: Context) -> float:
     total = 0.0
     stored = ResultsStore(_expert_dir(ctx)).frame()  # read once, not per suite
     for suite in simpler_suites():
-        task_names, counts = _plan(ctx.profile, suite)
+        task_names, counts = plan(ctx.profile, suite)
         done = stored[stored["suite"] == suite] if len(stored) else stored
         left = len(task_names) * sum(counts.values()) - len(done)
         if left > 0:
@@ -162,7 +164,7 @@ def _expert_run(ctx: Context) -> None:
 
     summary = None
     for suite in simpler_suites():
-        task_names, counts = _plan(ctx.profile, suite)
+        task_names, counts = plan(ctx.profile, suite)
         summary = evaluate("expert", suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
                            seed=ctx.seed, out=_expert_dir(ctx), table=False)
     if summary is not None:
@@ -239,7 +241,7 @@ def _policy_estimate(ctx: Context) -> float:
     total = 0.0
     workers = max(1, ctx.profile.workers)
     for suite in simpler_suites():
-        task_names, counts = _plan(ctx.profile, suite, policies=True)
+        task_names, counts = plan(ctx.profile, suite, policies=True)
         episodes = len(task_names) * sum(counts.values())
         left = builds = 0
         for name, _ in policy_specs(ctx.profile):
@@ -275,7 +277,7 @@ def _policy_run(ctx: Context) -> None:
         write_meta(ctx.root / name, {"policy": name})  # the short name the report shows
         summary = None
         for suite in simpler_suites():
-            task_names, counts = _plan(ctx.profile, suite, policies=True)
+            task_names, counts = plan(ctx.profile, suite, policies=True)
             summary = evaluate(spec, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
                                seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend)
         if summary is not None:
@@ -438,26 +440,39 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
+HELP = "the whole benchmark, resumable (bash run_all.sh runs it)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sweep's options (``actdistill sweep``)."""
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                        help="how much to run: smoke (minutes), default, full (default: default)")
     parser.add_argument("--out", default="runs", help="root folder (default runs); results go to OUT/<profile>")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation initial states")
     parser.add_argument("--stages", default=None,
-                        help="comma-separated stages to run (default: all, in order)")
-    args = parser.parse_args(argv)
+                        help="comma-separated stages to run (default: all, in order: "
+                             f"{', '.join(stage.name for stage in stages())})")
+
+
+def select_stages(text: str | None) -> list[Stage]:
+    """The stages named in ``text`` (comma-separated; all when empty), in sweep order."""
+    todo = stages()
+    if not text:
+        return todo
+    wanted = [name.strip() for name in text.split(",") if name.strip()]
+    valid = [stage.name for stage in todo]
+    unknown = [name for name in wanted if name not in valid]
+    if unknown:
+        raise UserInputError(f"unknown stage(s) {', '.join(unknown)}; valid stages: {', '.join(valid)}")
+    return [stage for stage in todo if stage.name in wanted]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep: print each stage's time estimate, then run the stages in order and print the tables."""
     from harness.results import format_table
 
     ctx = Context(PROFILES[args.profile], Path(args.out) / args.profile, seed=args.seed)
-    todo = stages()
-    if args.stages:
-        wanted = [name.strip() for name in args.stages.split(",") if name.strip()]
-        valid = [stage.name for stage in todo]
-        unknown = [name for name in wanted if name not in valid]
-        if unknown:
-            parser.error(f"unknown stage(s) {', '.join(unknown)}; valid stages: {', '.join(valid)}")
-        todo = [stage for stage in todo if stage.name in wanted]
+    todo = select_stages(args.stages)
     print(f"[sweep] profile {args.profile} -> {ctx.root}; stages: {', '.join(s.name for s in todo)}")
     estimates = {}
     for stage in todo:
@@ -474,6 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[sweep] {title}\n{format_table(summary)}")
     print(f"\n[sweep] finished in {_fmt_s(time.perf_counter() - start)}; results under {ctx.root}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``actdistill sweep`` with ``argv`` (for scripts and tests)."""
+    from harness.cli import main as cli
+
+    return cli(["sweep", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

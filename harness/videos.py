@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tasks.errors import UserInputError
+
 GREEN = (60, 200, 90)
 RED = (230, 70, 60)
 WHITE = (235, 235, 235)
@@ -40,7 +42,7 @@ def annotate_frames(
     ``policy_ms[t]``, received; ``None`` entries (unrendered steps) are skipped.
     """
     if scale < 1:
-        raise ValueError(f"scale must be >= 1, got {scale}")
+        raise UserInputError(f"scale must be >= 1, got {scale}")
     font = ImageFont.load_default(size=12)
     outcome = "SUCCESS" if success else "FAILURE" + (f": {failure_reason}" if failure_reason else "")
     colour = GREEN if success else RED

@@ -12,6 +12,15 @@ Quick use::
 The environment contract every suite follows is documented in :mod:`tasks.base`.
 """
 
-from tasks.registry import expert, make, suites, tasks, variants
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["expert", "make", "suites", "tasks", "variants"]
+
+
+def __getattr__(name: str):
+    """The registry's functions, imported on first use: ``tasks.errors`` alone imports no simulator code."""
+    if name in __all__:
+        return getattr(importlib.import_module("tasks.registry"), name)
+    raise AttributeError(f"module 'tasks' has no attribute {name!r}")

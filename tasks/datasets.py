@@ -62,6 +62,7 @@ import pyarrow.parquet as pq
 import torch
 
 from tasks.base import ACTION_DIM, PROPRIO_DIM
+from tasks.errors import ExistingOutputError, UserInputError
 
 FORMAT = "actdistill-demos/1"
 DATASET_FILES = ("meta.json", "episodes.parquet", "steps.parquet", "videos")
@@ -134,13 +135,13 @@ class DemoWriter:
     def __init__(self, out: str | os.PathLike, *, suite: str, variant: str, crf: int = 0,
                  overwrite: bool = False, versions: dict[str, Any] | None = None, codec: str = "h264"):
         if codec not in CODECS:
-            raise ValueError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
+            raise UserInputError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
         self.codec = codec
         self.dir = Path(out)
         present = [name for name in DATASET_FILES if (self.dir / name).exists()]
         if present and not overwrite:
             state = "a dataset" if "meta.json" in present else "an unfinished recording"
-            raise FileExistsError(f"{self.dir} already holds {state} ({', '.join(present)}); "
+            raise ExistingOutputError(f"{self.dir} already holds {state} ({', '.join(present)}); "
                                   f"pass --overwrite to replace it or choose another --out")
         for name in present:
             target = self.dir / name
@@ -193,7 +194,7 @@ class DemoWriter:
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``episodes.parquet``, ``steps.parquet`` and finally ``meta.json``; return the meta."""
         if not self.episodes:
-            raise ValueError(f"no episodes were added to {self.dir}; nothing to write")
+            raise UserInputError(f"no episodes were added to {self.dir}; nothing to write")
         lengths = [e["length"] for e in self.episodes]
         pq.write_table(pa.Table.from_pylist(self.episodes), self.dir / "episodes.parquet")
         proprio = np.concatenate([p for p, _ in self.steps])  # (N, 8)
@@ -319,10 +320,10 @@ class DemoDataset(torch.utils.data.Dataset):
     def __init__(self, dirs: str | os.PathLike | list[str | os.PathLike], chunk: int = 8,
                  cache_episodes: int = 32, preload: bool = False):
         if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
+            raise UserInputError(f"chunk must be >= 1, got {chunk}")
         paths = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
         if not paths:
-            raise ValueError("DemoDataset needs at least one dataset folder")
+            raise UserInputError("DemoDataset needs at least one dataset folder")
         paths = expand_dataset_dirs(paths)
         self.dirs = [str(p) for p in paths]
         self.folders = [_Folder(p) for p in paths]

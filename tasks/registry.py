@@ -8,6 +8,8 @@ from functools import cache
 
 import gymnasium
 
+from tasks.errors import UserInputError
+
 # suite family -> module implementing: suite_names(), task_names(suite), variant_names(suite),
 # make_env(suite, task, variant, seed, **kwargs), make_expert(env)
 _FAMILIES = {
@@ -20,7 +22,7 @@ def _family_of(suite: str) -> str:
     for family in _FAMILIES:
         if suite.startswith(family + "_"):
             return family
-    raise ValueError(f"unknown suite {suite!r}; valid suites: {', '.join(suites())}")
+    raise UserInputError(f"unknown suite {suite!r}; valid suites: {', '.join(suites())}")
 
 
 def _module(family: str):
@@ -42,14 +44,14 @@ def suites(family: str | None = None) -> list[str]:
     if family is None:
         return list(_suite_list())
     if family not in _FAMILIES:
-        raise ValueError(f"unknown suite family {family!r}; valid families: {', '.join(_FAMILIES)}")
+        raise UserInputError(f"unknown suite family {family!r}; valid families: {', '.join(_FAMILIES)}")
     return list(_family_suites(family))
 
 
 def _check_suite(suite: str) -> str:
     family = _family_of(suite)
     if suite not in _family_suites(family):
-        raise ValueError(f"unknown suite {suite!r}; valid suites: {', '.join(suites())}")
+        raise UserInputError(f"unknown suite {suite!r}; valid suites: {', '.join(suites())}")
     return family
 
 
@@ -70,10 +72,10 @@ def resolve_task(suite: str, task: str | int) -> str:
         idx = int(task)
         if 0 <= idx < len(names):
             return names[idx]
-        raise ValueError(f"task index {idx} out of range for suite {suite!r} (0..{len(names) - 1}); "
+        raise UserInputError(f"task index {idx} out of range for suite {suite!r} (0..{len(names) - 1}); "
                          f"valid tasks: {', '.join(names)}")
     if task not in names:
-        raise ValueError(f"unknown task {task!r} for suite {suite!r}; valid tasks: {', '.join(names)}")
+        raise UserInputError(f"unknown task {task!r} for suite {suite!r}; valid tasks: {', '.join(names)}")
     return task
 
 
@@ -82,7 +84,7 @@ def resolve_variant(suite: str, variant: str | None) -> str:
     if variant is None:
         return names[0]
     if variant not in names:
-        raise ValueError(f"unknown variant {variant!r} for suite {suite!r}; valid variants: {', '.join(names)}")
+        raise UserInputError(f"unknown variant {variant!r} for suite {suite!r}; valid variants: {', '.join(names)}")
     return variant
 
 

@@ -73,8 +73,7 @@ def test_bench_env_prints_one_json_line(suite, capsys):
 
 def test_sweep_smoke_runs_and_resumes(suite, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "simpler_suites", lambda: [suite])
-    with pytest.raises(SystemExit):
-        sweep.main(["--profile", "smoke", "--out", str(tmp_path), "--stages", "expert_eval,bogus"])
+    assert sweep.main(["--profile", "smoke", "--out", str(tmp_path), "--stages", "expert_eval,bogus"]) == 2
     assert "unknown stage(s) bogus; valid stages: expert_eval, models" in capsys.readouterr().err
     assert sweep.main(["--profile", "smoke", "--out", str(tmp_path), "--stages", "expert_eval"]) == 0
     out = capsys.readouterr().out
@@ -188,3 +187,63 @@ def test_eval_plan_gives_each_variant_episode_its_own_initial_state(suite, tmp_p
                      "--episodes", "2", "--out", str(folder), "--no-progress", "--videos", "0", *extra]) == 0
     assert sorted(pd.read_parquet(shared / "episodes.parquet")["episode_index"]) == [0, 0, 1, 1]
     assert sorted(pd.read_parquet(distinct / "episodes.parquet")["episode_index"]) == [0, 1, 2, 3]
+
+
+def test_help_lists_every_verb_with_its_help_line_and_examples(capsys):
+    import importlib
+
+    from harness.cli import VERBS
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
+    for verb, module in VERBS.items():
+        assert f"{verb} {importlib.import_module(module).HELP}" in text
+    assert "examples: actdistill sweep --profile smoke" in text
+
+
+@pytest.mark.parametrize("verb", ["sweep", "eval", "compare", "report", "regress", "latency", "demos",
+                                  "train-teacher", "distill", "convert", "fit", "gpu-run"])
+def test_every_verb_help_keeps_its_examples_on_their_own_lines(verb, capsys):
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"    actdistill {verb} ") for line in lines), lines[:12]
+
+
+def test_bench_target_help_keeps_its_examples_on_their_own_lines(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "env", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "    actdistill bench env --suite simpler_google" in lines
+
+
+def test_an_out_path_that_is_a_file_is_one_clear_line(suite, tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--policy", "expert", "--suite", suite, "--out", str(blocker / "run")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --out: '{blocker / 'run'}' cannot be a folder: '{blocker}' is a file" in err
+    assert "Traceback" not in err and "Errno" not in err
+
+
+def test_bugs_show_their_traceback_and_user_errors_do_not(monkeypatch, capsys):
+    from harness.commands import eval as eval_verb
+    from tasks.errors import UserInputError
+
+    def broken(args):
+        raise ValueError("an internal invariant failed")
+
+    monkeypatch.setattr(eval_verb, "run", broken)
+    with pytest.raises(ValueError, match="an internal invariant failed"):
+        main(["eval", "--policy", "expert", "--suite", "x"])
+
+    def refuses(args):
+        raise UserInputError("--suite 'x' is unknown; valid suites: a, b")
+
+    monkeypatch.setattr(eval_verb, "run", refuses)
+    assert main(["eval", "--policy", "expert", "--suite", "x"]) == 2
+    assert capsys.readouterr().err == "actdistill eval: error: --suite 'x' is unknown; valid suites: a, b\n"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from fake_env import FakeEnv, FakeExpert, register
 
-from harness.commands.demos import record_demos
+from harness.demos import record_demos
 from harness.rollout import rollout
 from tasks.datasets import DatasetError, DemoDataset, DemoWriter
 

@@ -362,7 +362,7 @@ def test_expert_puts_a_mug_in_a_microwave_and_swings_its_door_shut():
 
 def test_demos_record_libero_in_the_common_dataset_format(env, tmp_path):
     """``actdistill demos`` on a LIBERO suite: expert episodes stored like the SIMPLER-style ones."""
-    from harness.commands.demos import record_demos
+    from harness.demos import record_demos
     from tasks.datasets import DemoDataset
 
     meta = record_demos(SUITE, str(tmp_path / "demos"), tasks=[str(TASK)], episodes=1, progress=False)

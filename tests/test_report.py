@@ -202,8 +202,8 @@ def test_report_verb_imports_no_ray_simulator_or_torch(runs, tmp_path):
     code = (
         "import sys; from harness.cli import main\n"
         f"rc = main(['report', '--runs', *{[str(r) for r in runs]!r}, '--out', {str(tmp_path / 'f')!r}])\n"
-        "heavy = sorted(m for m in ('ray', 'torch', 'mujoco', 'robosuite', 'libero', 'tasks', 'distill')\n"
-        "               if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('ray', 'torch', 'mujoco', 'robosuite', 'libero', 'gymnasium', 'tasks.registry',\n"
+        "                            'distill') if m in sys.modules)\n"
         "print('HEAVY', heavy, 'RC', rc)\n"
     )
     proc = subprocess.run(

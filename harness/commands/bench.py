@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 HELP = "benchmarks: env step cost, Ray scaling"
@@ -23,7 +24,8 @@ def add_arguments(parser) -> None:
         if importlib.util.find_spec(mod) is None:
             continue
         module = importlib.import_module(mod)
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_bench=module.run)
 

@@ -18,7 +18,9 @@ With --by task the table has a row per task (all variants pooled) and a column p
 
 from __future__ import annotations
 
-HELP = "pool success over evaluation draws per policy, with intervals and the gap to a reference"
+from harness.commands import out_file
+
+HELP = "success of policies over draws, with gaps by state"
 
 
 def add_arguments(parser) -> None:
@@ -27,7 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--suite", default="simpler_google", help="suite to compare (default simpler_google)")
     parser.add_argument("--by", default="split", choices=["split", "task"],
                         help="split: VM, VA and all per policy (default); task: a row per task, a column per policy")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--json", default=None, type=out_file, help="also write the rows to this JSON file")
 
 
 def run(args) -> int:

@@ -10,12 +10,14 @@ along. An existing checkpoint in --out is replaced only with --overwrite.
 
 from __future__ import annotations
 
-HELP = "store a checkpoint in float16/bfloat16 (halves the file; loads as float32)"
+from harness.commands import out_folder
+
+HELP = "store a checkpoint in float16 or bfloat16"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--policy", required=True, help="checkpoint folder to convert")
-    parser.add_argument("--out", required=True, help="folder to write (created)")
+    parser.add_argument("--out", required=True, type=out_folder, help="folder to write (created)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                         help="storage dtype of floating tensors (default float16)")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")

@@ -17,19 +17,10 @@ the teacher's final chunks); give it its own --out.
 
 from __future__ import annotations
 
-HELP = "distill a teacher into routed students at several compute budgets (ActDistill)"
+from harness.commands import out_folder
+from tasks.errors import UserInputError
 
-
-def parse_budgets(text: str) -> list[float]:
-    """``"0.25,0.5,0.75"`` -> ``[0.25, 0.5, 0.75]``; each must be a fraction in (0, 1]."""
-    try:
-        budgets = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise ValueError(f"--budgets {text!r} must be comma-separated fractions in (0, 1], e.g. 0.25,0.5,0.75") from exc
-    bad = [b for b in budgets if not 0.0 < b <= 1.0]
-    if not budgets or bad:
-        raise ValueError(f"--budgets {text!r}: every budget must be a fraction in (0, 1], e.g. 0.25,0.5,0.75")
-    return sorted(set(budgets))
+HELP = "distill a teacher into routed students (ActDistill)"
 
 
 def add_arguments(parser) -> None:
@@ -37,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, help="demonstration folders (from actdistill demos)")
     parser.add_argument("--budgets", default="0.25,0.5,0.75",
                         help="comma-separated fractions of decoder layers run per input (default 0.25,0.5,0.75)")
-    parser.add_argument("--out", required=True, help="output folder (created; resumed when it exists)")
+    parser.add_argument("--out", required=True, type=out_folder, help="output folder (created; resumed when it exists)")
     parser.add_argument("--steps", type=int, default=None, help="stage-2 steps per budget (default 3000)")
     parser.add_argument("--minutes-per-budget", type=float, default=None,
                         help="fit each budget's stage-2 step count to this many minutes (--steps is the upper bound)")
@@ -88,12 +79,13 @@ def run(args) -> int:
     import json
 
     from distill.checkpoint import read_config
+    from distill.router import parse_budgets
     from distill.student import ActDistillConfig, distill
 
     budgets = parse_budgets(args.budgets)
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise UserInputError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)

@@ -14,7 +14,10 @@ variant, overall; 95% Wilson intervals), then prints the table.
 
 from __future__ import annotations
 
-HELP = "evaluate a policy (scripted expert or checkpoint) on a suite"
+from harness.commands import out_folder
+from tasks.errors import UserInputError
+
+HELP = "evaluate a policy on a suite (resumable, Ray-parallel)"
 
 
 def add_arguments(parser) -> None:
@@ -32,7 +35,7 @@ def add_arguments(parser) -> None:
                              "variant comparison); 'distinct': each variant gets its own block of episode "
                              "indices, so no initial state runs twice (default: distinct with --plan, else shared)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial states (default 0)")
-    parser.add_argument("--out", default=None, help="run folder (default runs/eval/<policy>)")
+    parser.add_argument("--out", default=None, type=out_folder, help="run folder (default runs/eval/<policy>)")
     parser.add_argument("--videos", type=int, default=2,
                         help="save agentview videos of the first N episodes per task and variant")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode (default: suite's)")
@@ -51,15 +54,15 @@ def run(args) -> int:
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     counts = None
     if args.plan is not None:
-        from harness.sweep import PROFILES, _plan
+        from harness.sweep import PROFILES, plan
 
         if args.plan not in PROFILES:
-            raise ValueError(f"unknown plan {args.plan!r}; valid plans: {', '.join(sorted(PROFILES))}")
+            raise UserInputError(f"unknown plan {args.plan!r}; valid plans: {', '.join(sorted(PROFILES))}")
         if task_list or args.variant:
-            raise ValueError("--plan chooses the tasks and variants; drop --tasks and --variant")
-        task_list, counts = _plan(PROFILES[args.plan], args.suite, policies=True)
+            raise UserInputError("--plan chooses the tasks and variants; drop --tasks and --variant")
+        task_list, counts = plan(PROFILES[args.plan], args.suite, policies=True)
     if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        raise UserInputError(f"--workers must be >= 0, got {args.workers}")
     backend = "sequential"
     if args.workers or args.address:
         from harness.ray_backend import register

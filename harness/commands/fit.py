@@ -13,7 +13,10 @@ This reads training data: it measures fit, not success (use actdistill eval for 
 
 from __future__ import annotations
 
-HELP = "offline action error per suite/task under the router and static layer masks (router check)"
+from harness.commands import out_file
+from tasks.errors import UserInputError
+
+HELP = "offline action error under the router and static masks"
 
 
 def add_arguments(parser) -> None:
@@ -29,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=None,
                         help="k of the first/last masks (default: the student's layers per input)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--json", default=None, type=out_file, help="also write the rows to this JSON file")
 
 
 def run(args) -> int:
@@ -42,7 +45,7 @@ def run(args) -> int:
 
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise UserInputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     masks = [m.strip() for m in args.masks.split(",") if m.strip()]
     rows = offline_fit(args.policy, args.data, samples=args.samples, by=args.by, masks=masks, layers=args.layers)

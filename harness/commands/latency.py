@@ -11,7 +11,7 @@ With --vs both checkpoints are timed in one run with alternating calls; speedup 
 
 from __future__ import annotations
 
-HELP = "time a checkpoint's model call (median/p90, breakdown), optionally against another"
+HELP = "time a model call, optionally against another"
 
 
 def add_arguments(parser) -> None:

@@ -14,7 +14,9 @@ worse, 1 at least one is, 2 bad arguments or files.
 
 from __future__ import annotations
 
-HELP = "compare a run's per-task success with a baseline (exit 1 on a significant drop)"
+from harness.commands import out_file
+
+HELP = "per-task regression check against a baseline"
 
 
 def add_arguments(parser) -> None:
@@ -22,7 +24,7 @@ def add_arguments(parser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--baseline", help="baseline JSON to compare the run with")
     what.add_argument(
-        "--save-baseline", metavar="FILE", help="write the run's baseline JSON to FILE and exit"
+        "--save-baseline", metavar="FILE", type=out_file, help="write the run's baseline JSON to FILE and exit"
     )
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     parser.add_argument(

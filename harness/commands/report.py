@@ -1,7 +1,7 @@
 """Figures and tables from stored run folders (reads result files only: no Ray, simulator or torch).
 
-    actdistill report --runs runs/teacher runs/student_50 runs/first_k_50 runs/expert --out results/figures
-    actdistill report --runs runs/*/ --out results/figures --base-variant visual_matching
+    actdistill report --runs runs/teacher runs/student_50 runs/first_k_50 runs/expert --out runs/report
+    actdistill report --runs runs/*/ --out runs/report --base-variant visual_matching
 
 Each run folder holds episodes.parquet and optionally meta.json (policy, kind, budget, method,
 flops_per_call, latency_ms, ...) and latency.json; see harness/report.py for the format. Writes
@@ -11,12 +11,14 @@ tables (markdown and CSV), SIMPLER-style variant aggregation, routing heatmaps a
 
 from __future__ import annotations
 
-HELP = "figures and tables (PNG, PDF, markdown, CSV) from stored run folders"
+from harness.commands import out_folder
+
+HELP = "figures and tables from stored run folders"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="run folders (one policy each)")
-    parser.add_argument("--out", default="results/figures", help="output folder (default results/figures)")
+    parser.add_argument("--out", default="runs/report", type=out_folder, help="output folder (default runs/report)")
     parser.add_argument(
         "--base-variant",
         default="visual_matching",

@@ -13,6 +13,8 @@ train_log.json and loss.png every --ckpt-every steps and at the end.
 
 from __future__ import annotations
 
+from harness.commands import out_folder
+
 HELP = "train the reference teacher VLA on demonstrations"
 
 
@@ -20,7 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--data", nargs="+", required=True, help="demonstration folders (from actdistill demos)"
     )
-    parser.add_argument("--out", required=True, help="checkpoint folder (created; resumed if it has a state)")
+    parser.add_argument("--out", required=True, type=out_folder, help="checkpoint folder (created; resumed if it has a state)")
     parser.add_argument(
         "--profile",
         default="small",

@@ -26,6 +26,7 @@ import os
 from functools import cache
 from pathlib import Path
 
+from tasks.errors import UserInputError
 from tasks.libero.render import RENDER_MODES, cache_dir
 
 NUM_INIT_STATES = 50
@@ -113,7 +114,7 @@ def suite_names() -> list[str]:
 def _records(suite: str) -> tuple:
     table = _task_table()
     if suite not in table:
-        raise ValueError(f"unknown LIBERO suite {suite!r}; valid suites: {', '.join(sorted(table))}")
+        raise UserInputError(f"unknown LIBERO suite {suite!r}; valid suites: {', '.join(sorted(table))}")
     return table[suite]
 
 
@@ -144,7 +145,7 @@ def task_files(suite: str, task: str) -> tuple[str, str, str]:
             bddl = Path(libero_root.get_libero_path("bddl_files")) / t.problem_folder / t.bddl_file
             init = Path(libero_root.get_libero_path("init_states")) / t.problem_folder / t.init_states_file
             return str(bddl), str(init), t.language
-    raise ValueError(
+    raise UserInputError(
         f"unknown task {task!r} for suite {suite!r}; valid tasks: {', '.join(task_names(suite))}"
     )
 
@@ -155,7 +156,7 @@ def make_env(suite: str, task: str, variant: str, seed: int, **kwargs):
     from tasks.libero.env import LiberoEnv
 
     if variant not in variant_names(suite):
-        raise ValueError(
+        raise UserInputError(
             f"unknown variant {variant!r} for suite {suite!r}; valid variants: {', '.join(VARIANTS)}"
         )
     return LiberoEnv(suite, task, variant=variant, seed=seed, **kwargs)

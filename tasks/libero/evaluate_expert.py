@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from tasks.errors import UserInputError
+
 FIELDS = [
     "suite",
     "task_index",
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = out / "per_task.csv"
     held = {r.get("variant") or "default" for r in _read(csv_path)} - {args.variant}
     if held:
-        raise ValueError(f"{csv_path} holds variant {min(held)!r}, not {args.variant!r}; pass another --out")
+        raise UserInputError(f"{csv_path} holds variant {min(held)!r}, not {args.variant!r}; pass another --out")
     for suite in args.suites:
         names = tasks.tasks(suite)
         indices = args.tasks if args.tasks is not None else range(len(names))

@@ -45,6 +45,8 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
+from tasks.errors import UserInputError
+
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
 MAX_OPENING = 0.075  # widest object the Panda gripper can close on, m
 FINGERTIP_BELOW_SITE = 0.013  # fingertips reach this far below the grip site, m
@@ -378,7 +380,7 @@ class LiberoExpert:
             return bool(states[goal[1]].turn_on())
         if name == "turnoff":
             return bool(states[goal[1]].turn_off())
-        raise ValueError(
+        raise UserInputError(
             f"expert has no strategy for predicate {goal!r}; known: On, In, Open, Close, TurnOn, TurnOff"
         )
 

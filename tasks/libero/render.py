@@ -30,6 +30,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from tasks.errors import UserInputError
+
 RENDER_MODES = ("fast", "faithful")
 
 # Meshes with fewer vertices than this are left as they are in fast mode.
@@ -219,7 +221,7 @@ class SceneRenderer:
 
     def __init__(self, model: mujoco.MjModel, mode: str, height: int, width: int) -> None:
         if mode not in RENDER_MODES:
-            raise ValueError(f"unknown render mode {mode!r}; valid modes: {', '.join(RENDER_MODES)}")
+            raise UserInputError(f"unknown render mode {mode!r}; valid modes: {', '.join(RENDER_MODES)}")
         self.mode = mode
         self.model = fast_render_model(model) if mode == "fast" else copy.copy(model)
         self.model.vis.global_.offwidth = max(int(self.model.vis.global_.offwidth), width)

@@ -21,6 +21,7 @@ import mujoco
 import numpy as np
 
 from tasks.base import ACTION_DIM, PROPRIO_DIM
+from tasks.errors import UserInputError
 from tasks.simpler.robots import ARMS, ArmSpec, arm_xml
 
 VARIANTS = (
@@ -168,9 +169,9 @@ class SimplerEnv(gymnasium.Env):
     def __init__(self, suite: str, task: Task, arm: str, variant: str = "visual_matching", seed: int = 0,
                  image_size: int = 128):
         if variant not in LOOKS:
-            raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+            raise UserInputError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
         if arm not in ARMS:
-            raise ValueError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
+            raise UserInputError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
         self.suite = suite
         self.task_spec = task
         self.task = task.name
