@@ -59,20 +59,18 @@ from distill.checkpoint import (
     read_config,
     save_checkpoint,
 )
+from distill.data import ItemCollate, random_shift, step_generator
 from distill.graph import GraphEncapsulation
-from distill.losses import budget_loss, hierarchical_loss, layer_weights, masked_mse
-from distill.router import Router, centered_gates, layers_for_budget, topk_mask
-from distill.train import (
+from distill.loop import (
     GROUP_EPISODES,
     EpisodeGroupedBatches,
-    ItemCollate,
     TimeBudget,
     episode_ids,
     lr_factor,
-    random_shift,
-    step_generator,
     steps_per_s,
 )
+from distill.losses import budget_loss, hierarchical_loss, layer_weights, masked_mse
+from distill.router import Router, centered_gates, layers_for_budget, topk_mask
 from distill.vla import VLA, Embedded, VLAConfig
 
 STUDENT_KIND = "routed_student"  # the registry name of distill.checkpoint.POLICY_KINDS

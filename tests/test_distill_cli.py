@@ -117,3 +117,17 @@ def test_method_flags_reach_the_student_config(setup, capsys):
     assert cli.main(one[:one.index("--out") + 1] + [str(tmp_path / "bad")] + one[one.index("--out") + 2:]
                     + ["--shift-pad", "-1"]) == 2
     assert "shift_pad" in capsys.readouterr().err
+
+
+def test_time_boxed_distillation_records_steps(setup, capsys):
+    tmp_path, args, _ = setup
+    args = [a for a in args]
+    args[args.index("--steps") + 1] = "100000"
+    assert cli.main([*args, "--minutes-per-budget", "0.03"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["budgets"]) == {"0.25", "0.5"}
+    for b in ("0.25", "0.5"):
+        config = json.loads((tmp_path / "out" / f"student-b{b}" / "config.json").read_text())
+        steps = config["training"]["steps_total"]
+        assert 20 < steps < 100_000 and config["training"]["steps_done"] == steps
+        assert config["training"]["time_budget_s"] == pytest.approx(1.8)

@@ -1,4 +1,5 @@
-"""Teacher training: loss goes down, outputs written, a crashed run resumes exactly, CLI on demo folders."""
+"""Teacher training (distill.train): loss goes down, outputs written, a crashed run resumes exactly, settings a
+resume may not change, fine-tuning, snapshots, EMA, time-boxed runs, loader workers, CLI on demo folders."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from test_vla import TINY, SyntheticDemos
 
 from distill import load_policy
 from distill.checkpoint import load_vla
-from distill.train import EpisodeGroupedBatches, chunk_loss, lr_factor, train_teacher
+from distill.loop import lr_factor
+from distill.train import chunk_loss, train_teacher
 from distill.vla import VLA
 
 FAST = {
@@ -30,7 +32,7 @@ def fixed_batch_loss(model: VLA, dataset: SyntheticDemos) -> float:
         pred = model(model.prepare(items))
         target = model.normalize_actions(torch.stack([it["actions"] for it in items]))
         mask = torch.stack([it["action_mask"] for it in items])
-        return float(chunk_loss(pred, target, mask))
+        return float(chunk_loss(pred, target, mask, "mse"))
 
 
 def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
@@ -41,7 +43,7 @@ def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
     torch.manual_seed(0)  # train_teacher seeds the initialisation with its seed (0)
     initial = VLA(trained.config).eval()
     before, after = fixed_batch_loss(initial, data), fixed_batch_loss(trained, data)
-    assert after < 0.8 * before, (before, after)  # measured: 0.92 -> 0.65; predicting the mean gives 0.92
+    assert after < 0.8 * before, (before, after)  # measured (MSE): 1.04 -> 0.49; the mean gives about 1
     for name in ("model.safetensors", "config.json", "training_state.pt", "train_log.json", "loss.png"):
         assert (tmp_path / "ckpt" / name).is_file(), name
     assert config["training"]["step"] == 80 and config["data"]["suites"] == ["synthetic"]
@@ -103,23 +105,6 @@ def test_a_resume_refuses_a_different_model_size(tmp_path):
         train_teacher(data, tmp_path / "c", steps=2, **{**FAST, "model_overrides": {"depth": 2}})
     assert train_teacher(data, tmp_path / "c", steps=2, **{**FAST, "model_overrides": {**TINY, "num_kv_heads": None}})[
         "step"] == 2  # the same model, said another way, resumes
-
-
-def test_grouped_batches_cover_each_item_once_per_epoch_and_resume():
-    episodes = np.repeat(np.arange(10), 7)  # 10 episodes of 7 items
-    full = list(EpisodeGroupedBatches(episodes, 5, seed=3, start=0, stop=28, group=3))
-    flat = np.concatenate(full)
-    assert sorted(flat[:70].tolist()) == list(range(70))  # first epoch: every item once
-    for batch in full[:13]:  # within an epoch a batch spans at most two groups = 6 episodes
-        assert len(set(episodes[batch])) <= 6
-    assert list(EpisodeGroupedBatches(episodes, 5, seed=3, start=17, stop=28, group=3)) == full[17:]
-
-
-def test_lr_schedule():
-    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
-    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
-    assert lr_factor(100, 10, 100) == pytest.approx(0.1)
-    assert 0.1 < lr_factor(55, 10, 100) < 1.0
 
 
 def test_cli_trains_on_a_demo_folder(capsys, tmp_path):
@@ -266,3 +251,25 @@ def test_ema_saves_the_weight_average_and_resumes_exactly(tmp_path, monkeypatch)
         train_teacher(data, tmp_path / "resumed", steps=8, ema=0.0, **FAST)
     with pytest.raises(ValueError, match="ema decay must be 0 .off. or in .0, 1."):
         train_teacher(data, tmp_path / "bad", steps=1, ema=1.0, **FAST)
+
+
+def test_time_boxed_teacher_ends_on_its_schedule_and_records_the_total(tmp_path):
+    data = SyntheticDemos(n=48)
+    summary = train_teacher(data, tmp_path / "t", steps=100_000, ckpt_every=10_000, time_budget_s=4.0, **FAST)
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert 20 < summary["step"] < 100_000
+    assert config["training"]["steps"] == summary["step"] == config["training"]["step"]
+    assert config["training"]["time_budget_s"] == 4.0
+    log = json.loads((tmp_path / "t" / "train_log.json").read_text())["history"]
+    total, warmup = summary["step"], FAST["warmup"]  # the last step's rate is on the fitted schedule's cosine
+    assert log[-1]["lr"] == pytest.approx(FAST["lr"] * lr_factor(total - 1, warmup, total))
+    assert lr_factor(total - 1, warmup, total) < 0.11  # which ends at its floor
+
+
+def test_batches_built_in_loader_workers_train_exactly_like_the_main_process(tmp_path):
+    data = SyntheticDemos(n=40)
+    train_teacher(data, tmp_path / "main", steps=4, ckpt_every=100, num_workers=0, **FAST)
+    train_teacher(data, tmp_path / "workers", steps=4, ckpt_every=100, num_workers=2, **FAST)
+    losses = [[h["loss"] for h in json.loads((tmp_path / name / "train_log.json").read_text())["history"]]
+              for name in ("main", "workers")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
