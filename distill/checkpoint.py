@@ -15,13 +15,10 @@ without breaking stored checkpoints; :func:`load_policy` opens every kind.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -35,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from distill.flops import forward_flops, seq_len
 from distill.vla import VLA, VLAConfig, postprocess_actions
 from tasks.errors import MissingInputError, UserInputError
+from tasks.provenance import code_version, file_hash, package_versions
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -68,43 +66,9 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     return _DTYPES[name]
 
 
-def file_hash(path: str | Path) -> str:
-    """First 16 hex digits of the sha256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def code_version() -> dict:
-    """Git commit of this checkout (``None`` outside git) and whether tracked files were modified."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
-
-
-def package_versions() -> dict:
+def checkpoint_versions() -> dict:
     """Versions of python and the packages that change a checkpoint's numbers."""
-    import safetensors
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "safetensors": safetensors.__version__,
-        "numpy": np.__version__,
-    }
+    return package_versions(("torch", "transformers", "safetensors", "numpy"))
 
 
 def save_checkpoint(
@@ -126,7 +90,7 @@ def save_checkpoint(
         "kind": DEFAULT_KIND,
         "vla": model.config.to_dict(),
         **dict(meta or {}),
-        "versions": package_versions(),
+        "versions": checkpoint_versions(),
         "code": code_version(),
     }
     return _write_checkpoint(path, model.state_dict(), config, dtype)
@@ -246,7 +210,7 @@ class VLAPolicy:
     every model call (left in place while queued actions are served)::
 
         {"executed_layers": [0, 1, ...],   # layer indices run by the last model call
-         "layer_executed": [1.0, ...],      # (L,) 1.0 where the layer ran: its mean is the per-layer rate
+         "layer_mask": [1.0, ...],          # the same as an (L,) 0/1 vector: its mean is the per-layer rate
          "executed_fraction": 1.0,          # fraction of the L layers that ran
          "flops": 3.9e8,                    # analytic FLOPs of the call for one row (distill.flops)
          "model_ms": 4.2}                   # wall time of the model call (device synchronised)
@@ -299,7 +263,7 @@ class VLAPolicy:
         ran[executed[0]] = 1.0
         self.last_info = {
             "executed_layers": list(executed[0]),
-            "layer_executed": ran.tolist(),
+            "layer_mask": ran.tolist(),
             "executed_fraction": len(executed[0]) / num_layers,
             "flops": forward_flops(self.model, 1, seq_len(self.model, batch), executed[0])["total"],
             "model_ms": model_ms,

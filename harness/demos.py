@@ -30,8 +30,8 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
     """
     import tasks as suites
     from harness.rollout import rollout
-    from harness.versions import versions
     from tasks.datasets import DemoWriter
+    from tasks.provenance import versions
     from tasks.registry import resolve_task, resolve_variant
 
     if episodes < 1:

@@ -33,9 +33,9 @@ from typing import Any
 import tasks as suites
 from harness.results import ResultsStore, episode_key, format_table, make_row
 from harness.rollout import EpisodeResult, rollout
-from harness.versions import versions
 from harness.videos import write_episode_video
 from tasks.errors import MissingInputError, UserInputError
+from tasks.provenance import files_hash, versions
 from tasks.registry import resolve_task, resolve_variant
 
 
@@ -71,26 +71,16 @@ class RunOptions:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _hash_files(paths: list[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(str(path.relative_to(root)).encode())
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def weights_hash(folder: Path) -> str:
     """Hash of a checkpoint folder's ``config.json`` and ``*.safetensors`` (not its logs or plots)."""
     files = [p for p in folder.glob("*") if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")]
-    return _hash_files(files, folder)
+    return files_hash(files, folder)
 
 
 def _expert_hash(env) -> str:
     """Hash of the Python sources in the expert's package folder (expert and env code)."""
     folder = Path(inspect.getsourcefile(type(suites.expert(env)))).parent
-    return "expert-" + _hash_files(list(folder.glob("*.py")), folder)
+    return "expert-" + files_hash(list(folder.glob("*.py")), folder)
 
 
 def policy_source(policy: str) -> PolicySource:
@@ -146,21 +136,42 @@ def write_meta(out: Path, meta: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
+class EnvSlot:
+    """One environment and the policy built for it, reused while jobs need the same environment.
+
+    ``run(job)`` rolls out one episode; a job for another (suite, task, variant, seed) first closes the
+    environment and builds the next one and its policy (``build_policy(env)``). Used by every backend.
+    """
+
+    def __init__(self, build_policy: Callable[[Any], Any], options: RunOptions):
+        self.build_policy, self.options = build_policy, options
+        self.env, self.key, self.policy = None, None, None
+
+    def run(self, job: Job) -> EpisodeResult:
+        """The episode ``job`` in the (possibly new) environment it needs."""
+        key = (job.suite, job.task, job.variant, job.seed)
+        if key != self.key:
+            self.close()
+            self.env = suites.make(job.suite, job.task, variant=job.variant, seed=job.seed, **self.options.env_kwargs)
+            self.key, self.policy = key, self.build_policy(self.env)
+        return rollout(self.policy, self.env, episode_index=job.episode_index, seed=job.seed,
+                       max_steps=self.options.max_steps, videos=job.video)
+
+    def close(self) -> None:
+        """Close the environment held (if any)."""
+        if self.env is not None:
+            self.env.close()
+        self.env, self.key, self.policy = None, None, None
+
+
 def run_sequential(jobs: list[Job], source: PolicySource, options: RunOptions) -> Iterator[tuple[Job, EpisodeResult]]:
-    """Run ``jobs`` one after another in this process, one environment per (task, variant)."""
-    env, env_id, policy = None, None, None
+    """Run ``jobs`` one after another in this process, one environment at a time (:class:`EnvSlot`)."""
+    slot = EnvSlot(source.build, options)
     try:
         for job in jobs:
-            if (job.task, job.variant) != env_id:
-                if env is not None:
-                    env.close()
-                env = suites.make(job.suite, job.task, variant=job.variant, seed=job.seed, **options.env_kwargs)
-                env_id, policy = (job.task, job.variant), source.build(env)
-            yield job, rollout(policy, env, episode_index=job.episode_index, seed=job.seed,
-                               max_steps=options.max_steps, videos=job.video)
+            yield job, slot.run(job)
     finally:
-        if env is not None:
-            env.close()
+        slot.close()
 
 
 Backend = Callable[[list[Job], PolicySource, RunOptions], Iterator[tuple[Job, EpisodeResult]]]

@@ -43,11 +43,10 @@ from typing import Any
 import numpy as np
 import ray
 
-import tasks as suites
 from harness import evaluate as _evaluate
-from harness.evaluate import Job, PolicySource, RunOptions
+from harness.evaluate import EnvSlot, Job, PolicySource, RunOptions
 from harness.results import RETRY_PREFIX
-from harness.rollout import EpisodeResult, rollout
+from harness.rollout import EpisodeResult
 from tasks.errors import UserInputError
 
 THREAD_ENV = {
@@ -194,32 +193,11 @@ class _EpisodeWorkerImpl:
         if worker_setup is not None:
             worker_setup()
         pin_threads()  # again: the source or the set-up may have imported torch
-        self.source, self.options, self.server = source, options, server
-        self.env, self.env_id, self.policy = None, None, None
+        self.slot = EnvSlot((lambda env: ServedPolicy(server)) if server is not None else source.build, options)
 
     def run(self, job: Job) -> tuple[Job, EpisodeResult]:
         """Run one episode (building the environment first if the job needs another one)."""
-        env_id = (job.suite, job.task, job.variant, job.seed)
-        if env_id != self.env_id:
-            if self.env is not None:
-                self.env.close()
-                self.env, self.env_id = None, None
-            self.env = suites.make(
-                job.suite, job.task, variant=job.variant, seed=job.seed, **self.options.env_kwargs
-            )
-            self.policy = (
-                ServedPolicy(self.server) if self.server is not None else self.source.build(self.env)
-            )
-            self.env_id = env_id
-        result = rollout(
-            self.policy,
-            self.env,
-            episode_index=job.episode_index,
-            seed=job.seed,
-            max_steps=self.options.max_steps,
-            videos=job.video,
-        )
-        return job, result
+        return job, self.slot.run(job)
 
     def pid(self) -> int:
         """The worker's process id (tests kill it)."""

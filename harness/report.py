@@ -1,7 +1,7 @@
 """Paper figures and tables from stored run folders; reads result files only.
 
     from harness.report import build_report
-    written = build_report(["runs/teacher", "runs/student_50", "runs/first_k_50"], "results/figures")
+    written = build_report(["runs/teacher", "runs/student_50", "runs/first_k_50"], "runs/report")
 
 This module never imports Ray, a simulator or torch (``tests/test_report.py`` checks it): only
 pandas, numpy and matplotlib (Agg).
@@ -25,8 +25,9 @@ One policy's run: ``episodes.parquet`` (see :mod:`harness.results`; required), o
 Without ``latency_ms`` in meta.json, ``latency.json`` (the JSON printed by ``actdistill latency``:
 ``median_ms``, ``p90_ms``) is used; latency is never inferred from rollout wall time, so a run with
 neither is left out of the latency plot (the report says so). Routing heatmaps use the episodes'
-``info["layer_executed"]`` (per call a 0/1 vector over decoder layers; the rollout stores its
-mean/sum/n per episode), pooled over all model calls of a task.
+``info["layer_mask"]`` (per call a 0/1 vector over decoder layers; the rollout stores its
+mean/sum/n per episode; runs stored before the name changed hold it as ``layer_executed``), pooled over
+all model calls of a task.
 
 Outputs (under ``out``)
 -----------------------
@@ -246,7 +247,10 @@ def routing_matrix(run: Run) -> tuple[list[str], np.ndarray] | None:
     """``(task names, (T, L) fraction of model calls that ran each layer)``, or ``None`` without records."""
     tasks, rows = [], []
     for (suite, task), g in run.episodes.groupby(["suite", "task"], sort=True):
-        frac = _pooled_mean(_info(g), "layer_executed")
+        infos = _info(g)
+        frac = _pooled_mean(infos, "layer_mask")
+        if frac is None:
+            frac = _pooled_mean(infos, "layer_executed")  # the name in runs stored before 2026-12
         if frac is not None and frac.ndim == 1:
             tasks.append(f"{suite}/{task}")
             rows.append(frac)
@@ -463,7 +467,7 @@ def build_report(
             )
         routing = routing_matrix(run)
         if routing is None:
-            notes.append(f"{run.name}: no info['layer_executed'] records: no routing heatmap")
+            notes.append(f"{run.name}: no info['layer_mask'] records: no routing heatmap")
         else:
             written += _heatmap(run, *routing, out)
 

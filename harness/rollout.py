@@ -20,8 +20,8 @@ Optional:
   open-loop and the next action is already queued), so the environment steps with
   ``render=False`` and that observation's image entries are ``None``. Without the method
   every step renders. Recording (``record=True``) and videos always render.
-- ``last_info: dict``: read after every ``act`` call, e.g. ``{"executed_layers": [...],
-  "flops": 1.2e9}``. Set it to a *new* dict each time the model actually runs (a call served
+- ``last_info: dict``: read after every ``act`` call, e.g. ``{"executed_layers": [0, 2],
+  "layer_mask": [1.0, 0.0, 1.0], "flops": 1.2e9}``. Set it to a *new* dict each time the model actually runs (a call served
   from a queued chunk may leave the previous dict in place or set ``{}``): each distinct dict
   is aggregated once. Numbers and equal-shaped numeric arrays are averaged over the model calls
   (``{"flops": {"mean": ..., "sum": ..., "n": ...}}``, arrays element-wise, e.g. the fraction of

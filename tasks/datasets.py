@@ -47,7 +47,6 @@ evaluation) and is still 2-7x smaller than PNG or zlib: 100 such episodes of one
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -63,6 +62,7 @@ import torch
 
 from tasks.base import ACTION_DIM, PROPRIO_DIM
 from tasks.errors import ExistingOutputError, UserInputError
+from tasks.provenance import file_hash
 
 FORMAT = "actdistill-demos/1"
 DATASET_FILES = ("meta.json", "episodes.parquet", "steps.parquet", "videos")
@@ -74,14 +74,6 @@ _MAX_DATASET_ID = 1 << 22
 
 class DatasetError(ValueError):
     """A dataset folder or file is missing, truncated or corrupted; the message names the file."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_video(path: Path, frames: np.ndarray, crf: int = 0, fps: int = 10) -> None:
@@ -186,7 +178,7 @@ class DemoWriter:
             "episode": episode, "suite": self.suite, "task": task, "variant": self.variant,
             "seed": int(seed), "episode_index": int(episode_index), "instruction": record["instruction"],
             "length": length, "video": rel, "video_bytes": path.stat().st_size,
-            "video_sha256": _sha256(path), "image_max_abs_error": max_err,
+            "video_sha256": file_hash(path, digits=64), "image_max_abs_error": max_err,
         })
         self.steps.append((proprio, actions))
         return episode
@@ -271,7 +263,7 @@ class _Folder:
         path = self.path / row["video"]
         if not path.exists():
             raise DatasetError(f"video {path} is missing")
-        if path.stat().st_size != row["video_bytes"] or _sha256(path) != row["video_sha256"]:
+        if path.stat().st_size != row["video_bytes"] or file_hash(path, digits=64) != row["video_sha256"]:
             raise DatasetError(f"video {path} is truncated or corrupted (size or sha256 differs from "
                                f"{self.path / 'episodes.parquet'})")
         frames = read_frames(path)

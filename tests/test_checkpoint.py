@@ -69,7 +69,7 @@ def test_policy_executes_chunks_open_loop(ckpt):
     assert np.array_equal(np.stack(actions[:8]), chunk)
     assert np.all(np.abs(chunk) <= 1) and set(np.unique(chunk[:, -1])) <= {-1.0, 1.0}
     info = policy.last_info
-    assert info["executed_layers"] == [0, 1, 2] and info["layer_executed"] == [1.0, 1.0, 1.0]
+    assert info["executed_layers"] == [0, 1, 2] and info["layer_mask"] == [1.0, 1.0, 1.0]
     assert info["executed_fraction"] == 1.0 and info["model_ms"] > 0
     policy.act(obs)
     assert policy.last_info is info  # served from the queue: the dict of the model call stays in place

@@ -38,6 +38,7 @@ def write_run(
     *,
     meta: dict | None = None,
     layers: list[float] | None = None,
+    layers_key: str = "layer_mask",
     flops: float | None = None,
     n: int = 4,
     suite: str = "simpler_google",
@@ -53,7 +54,7 @@ def write_run(
                 info = {}
                 if layers is not None:
                     calls = 3
-                    info["layer_executed"] = {"mean": layers, "sum": [calls * x for x in layers], "n": calls}
+                    info[layers_key] = {"mean": layers, "sum": [calls * x for x in layers], "n": calls}
                 if flops is not None:
                     info["flops"] = {"mean": flops, "sum": 3 * flops, "n": 3}
                 result = EpisodeResult(
@@ -146,6 +147,13 @@ def test_report_writes_every_figure_and_table(runs, tmp_path):
 
     report = (out / "report.md").read_text()
     assert "expert" in report and "success_vs_flops.pdf" in report
+
+
+def test_routing_heatmap_reads_runs_stored_under_the_old_name(tmp_path):
+    write_run(tmp_path / "old", "old", {"pick_can": 0.5}, layers=[1.0, 0.0, 0.5], layers_key="layer_executed")
+    tasks, matrix = routing_matrix(load_run(tmp_path / "old"))
+    assert tasks == ["simpler_google/pick_can"]
+    np.testing.assert_allclose(matrix, [[1.0, 0.0, 0.5]])
 
 
 def test_routing_variant_and_pareto_helpers(runs):

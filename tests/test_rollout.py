@@ -42,7 +42,7 @@ class ChunkPolicy(FakeExpert):
     def act(self, obs):
         self.seen_images.append(obs["agentview"] is not None)
         if self.t % self.k == 0:
-            self.last_info = {"executed_layers": [1, 0, 1], "flops": 10.0, "backend": "eager"}
+            self.last_info = {"layer_mask": [1, 0, 1], "flops": 10.0, "backend": "eager"}
         self.t += 1
         return super().act(obs)
 
@@ -124,7 +124,7 @@ def test_chunked_policy_renders_only_when_asked_and_info_aggregates():
     assert env.render_calls == 1 + 3  # reset, then the steps that feed act calls 4, 8 and 12
     flops = result.info["flops"]
     assert flops == {"mean": 10.0, "sum": 30.0, "n": 3}  # three model calls, one per chunk
-    assert result.info["executed_layers"]["mean"] == [1.0, 0.0, 1.0]
+    assert result.info["layer_mask"]["mean"] == [1.0, 0.0, 1.0]
     assert result.info["backend"] == "eager"
 
 
