@@ -27,7 +27,7 @@ the same per-episode outcomes.
 - :class:`PolicyServer` is a shared policy actor (meant for one GPU) that batches ``act``
   requests arriving within ``max_wait_ms`` from all workers; with ``server=ServerSpec(...)`` the
   workers talk to it through :class:`ServedPolicy` instead of loading the policy themselves.
-  It is tested here on CPU only (the development machine has no GPU).
+  Its tests run on the CPU.
 """
 
 from __future__ import annotations

@@ -42,12 +42,57 @@ boundary.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mujoco
 import numpy as np
 
 from tasks.errors import UserInputError
 
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
+
+
+@dataclass
+class Move:
+    """Servo the grip site to ``pos`` with the hand closing along ``closing`` (None: level, pointing down),
+    the gripper at ``gripper``; done within ``tol`` metres (and turned), on a stall, or after 60 steps.
+    ``speed`` caps each translation action component."""
+
+    pos: np.ndarray
+    closing: np.ndarray | None
+    gripper: float
+    tol: float
+    speed: float = 1.0
+
+
+@dataclass
+class Grip:
+    """Hold the pose and set the gripper to ``gripper`` for ``steps`` steps."""
+
+    gripper: float
+    steps: int
+
+
+@dataclass
+class Release:
+    """Hold the pose with the gripper open for ``steps`` steps."""
+
+    steps: int
+
+
+@dataclass
+class Carry:
+    """After a grasp of ``obj``: expands, when it is reached, into the moves that lift it, carry it over
+    ``target``, lower it (``below``: how far the object hangs below the grip site; ``inside``: into a
+    container) and release it."""
+
+    obj: str
+    target: str
+    below: float
+    inside: bool
+
+
+Stage = Move | Grip | Release | Carry
 MAX_OPENING = 0.075  # widest object the Panda gripper can close on, m
 FINGERTIP_BELOW_SITE = 0.013  # fingertips reach this far below the grip site, m
 POS_UNIT, ROT_UNIT = 0.05, 0.5  # OSC_POSE output_max: metres / radians per unit action
@@ -196,7 +241,7 @@ class _Scene:
         lo, hi = pts.min(axis=1), pts.max(axis=1)
         return (lo[:, :2] + hi[:, :2]) / 2.0, (hi[:, :2] - lo[:, :2]) / 2.0, hi[:, 2]
 
-    def _geom_boxes(
+    def geom_boxes(
         self, body: int, fixed: bool = False
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]]:
         """Per collision geom under ``body`` (only those on no jointed part, a door, when ``fixed``):
@@ -230,7 +275,7 @@ class _Scene:
         (a bowl, a mug; not a moka pot)."""
         lo, hi = self.box(body)
         mid = (lo[:2] + hi[:2]) / 2.0
-        for c, axes, half, bottom, top in self._geom_boxes(body):
+        for c, axes, half, bottom, top in self.geom_boxes(body):
             if top > (lo[2] + hi[2]) / 2.0 and np.all(np.abs(axes @ (mid - c)) <= half):
                 return False
         return True
@@ -240,7 +285,7 @@ class _Scene:
         point (3,) and closing direction (3,), or None. A part qualifies when it is thin enough
         along its narrow horizontal axis and the open fingers can come down on both sides of it
         without landing on another geom of the object; the highest such part wins."""
-        boxes = self._geom_boxes(body)
+        boxes = self.geom_boxes(body)
         best, best_z = None, -np.inf
         for c, axes, half, bottom, top in boxes:
             k = int(np.argmin(half))
@@ -558,7 +603,7 @@ class LiberoExpert:
 
     def _roofed(self, parent: str, point: np.ndarray) -> bool:
         """Whether a collision geom of ``parent`` covers ``point`` (3,) from above."""
-        for c, axes, half, bottom, top in self.scene._geom_boxes(self.scene.body_id(parent)):
+        for c, axes, half, bottom, top in self.scene.geom_boxes(self.scene.body_id(parent)):
             if bottom > point[2] + 0.01 and np.all(np.abs(axes @ (point[:2] - c)) <= half):
                 return True
         return False
@@ -620,7 +665,7 @@ class LiberoExpert:
                 best, best_slack = np.array([c[0], c[1], 0.0]), slack(c)
         return best
 
-    def _pick_place(self, obj: str, target: str, inside: bool) -> list:
+    def _pick_place(self, obj: str, target: str, inside: bool) -> list[Stage]:
         point, closing = self._grasp(obj)
         sc = self.scene
         obj_lo = sc.box(sc.body_id(obj))[0][2]
@@ -630,12 +675,12 @@ class LiberoExpert:
         safe = self._path_top(eef[:2], point[:2], {obj}, fixtures=True) + FINGERTIP_BELOW_SITE + 0.03
         rise = []
         if eef[2] < safe - 0.01:
-            rise = [("move", np.array([eef[0], eef[1], safe]), closing, GRIPPER_OPEN, 0.02)]
+            rise = [Move(np.array([eef[0], eef[1], safe]), closing, GRIPPER_OPEN, 0.02)]
         return rise + [
-            ("move", np.array([point[0], point[1], max(point[2] + 0.12, safe)]), closing, GRIPPER_OPEN, 0.02),
-            ("move", point - [0, 0, 0.008], closing, GRIPPER_OPEN, 0.01),  # aim low: P control stops short
-            ("grip", GRIPPER_CLOSE, 12),
-            ("lift", obj, target, below, inside),
+            Move(np.array([point[0], point[1], max(point[2] + 0.12, safe)]), closing, GRIPPER_OPEN, 0.02),
+            Move(point - [0, 0, 0.008], closing, GRIPPER_OPEN, 0.01),  # aim low: P control stops short
+            Grip(GRIPPER_CLOSE, 12),
+            Carry(obj, target, below, inside),
         ]
 
     def _entry(self, target: str) -> np.ndarray | None:
@@ -652,7 +697,7 @@ class LiberoExpert:
         point = sc.site_pos(target)
         if not self._roofed(parent, point):
             return None
-        walls = [b for b in sc._geom_boxes(sc.body_id(parent), fixed=True) if b[3] < point[2] < b[4]]
+        walls = [b for b in sc.geom_boxes(sc.body_id(parent), fixed=True) if b[3] < point[2] < b[4]]
         sid = mujoco.mj_name2id(sc.model, mujoco.mjtObj.mjOBJ_SITE, target)
         mat = sc.data.site_xmat[sid].reshape(3, 3)
         steps = np.arange(0.01, 0.4, 0.01)
@@ -672,7 +717,7 @@ class LiberoExpert:
         body = sc.body_id(obj)
         if not sc.hollow(body):
             return None
-        boxes = sc._geom_boxes(body)
+        boxes = sc.geom_boxes(body)
         centres = np.array([b[0] for b in boxes])  # (G, 2)
         axis = centres.mean(axis=0)
         dist = np.linalg.norm(centres - axis, axis=1)
@@ -701,7 +746,7 @@ class LiberoExpert:
                 best, best_score = mat, score
         return best
 
-    def _insert(self, obj: str, target: str) -> list:
+    def _insert(self, obj: str, target: str) -> list[Stage]:
         """Put ``obj`` into a region entered from the side (a microwave): take it by its handle with
         the hand leaning out, turn the handle towards the opening, carry the object in level just
         above the floor, the hand stopping short of the roof's front edge, set it down and back
@@ -714,7 +759,7 @@ class LiberoExpert:
         entry = self._entry(target)
         point = sc.site_pos(target)
         parent = sc.body_id(se.object_states_dict[target].parent_name)
-        walls = sc._geom_boxes(parent, fixed=True)
+        walls = sc.geom_boxes(parent, fixed=True)
         covering = [b for b in walls if np.all(np.abs(b[1] @ (point[:2] - b[0])) <= b[2])]
         floor = max(b[4] for b in covering if b[4] <= point[2])
         roof = [b for b in covering if b[3] > point[2]]
@@ -746,22 +791,22 @@ class LiberoExpert:
         eef = sc.eef_pos()
         safe = self._path_top(eef[:2], pre[:2], {obj}, fixtures=True) + FINGERTIP_BELOW_SITE + 0.03
         stages = [
-            ("move", np.array([pre[0], pre[1], max(safe, eef[2], pre[2] + 0.05)]), None, GRIPPER_OPEN, 0.02),
-            ("move", pre, take, GRIPPER_OPEN, 0.015),
-            ("move", grip + approach * 0.004, take, GRIPPER_OPEN, 0.008, 0.5),
-            ("grip", GRIPPER_CLOSE, 12),
-            ("move", np.array([grip[0], grip[1], max(carry_z, grip[2] + 0.04)]), take, GRIPPER_CLOSE, 0.02),
+            Move(np.array([pre[0], pre[1], max(safe, eef[2], pre[2] + 0.05)]), None, GRIPPER_OPEN, 0.02),
+            Move(pre, take, GRIPPER_OPEN, 0.015),
+            Move(grip + approach * 0.004, take, GRIPPER_OPEN, 0.008, 0.5),
+            Grip(GRIPPER_CLOSE, 12),
+            Move(np.array([grip[0], grip[1], max(carry_z, grip[2] + 0.04)]), take, GRIPPER_CLOSE, 0.02),
         ]
         place = self._lean(-entry)
         back = place[:, 2] * -0.08
         return stages + [
-            ("move", put - entry * 0.12, place, GRIPPER_CLOSE, 0.015),
-            ("move", put, place, GRIPPER_CLOSE, 0.01, 0.5),
-            ("move", put - [0, 0, 0.015], place, GRIPPER_CLOSE, 0.008, 0.5),
-            ("release", 10),
-            ("move", put + back, place, GRIPPER_OPEN, 0.02),
+            Move(put - entry * 0.12, place, GRIPPER_CLOSE, 0.015),
+            Move(put, place, GRIPPER_CLOSE, 0.01, 0.5),
+            Move(put - [0, 0, 0.015], place, GRIPPER_CLOSE, 0.008, 0.5),
+            Release(10),
+            Move(put + back, place, GRIPPER_OPEN, 0.02),
             # point the hand down again before the next primitive
-            ("move", put + back + [0, 0, 0.06], None, GRIPPER_OPEN, 0.02),
+            Move(put + back + [0, 0, 0.06], None, GRIPPER_OPEN, 0.02),
         ]
 
     def _path_top(
@@ -817,7 +862,7 @@ class LiberoExpert:
         sign = np.sign(np.mean(art["default_open_ranges"]) - np.mean(art["default_close_ranges"]))
         return ids[0], sign * sc.data.xaxis[ids[0]].copy()
 
-    def _articulate(self, name: str, open_: bool) -> list:
+    def _articulate(self, name: str, open_: bool) -> list[Stage]:
         """Pull a drawer open by its handle, or push it shut; swing a hinged door shut."""
         sc = self.scene
         m, d = sc.model, sc.data
@@ -849,18 +894,18 @@ class LiberoExpert:
             eef = sc.eef_pos()
             hover = pre + [0, 0, 0.03]
             hover[2] = max(hover[2], self._path_top(eef[:2], pre[:2], set()) + FINGERTIP_BELOW_SITE + 0.03)
-            stages = [("move", hover + [0, 0, 0.07], None, GRIPPER_OPEN, 0.03)] if hover[2] > pre[2] + 0.03 else []
+            stages = [Move(hover + [0, 0, 0.07], None, GRIPPER_OPEN, 0.03)] if hover[2] > pre[2] + 0.03 else []
             return stages + [
-                ("move", pre + [0, 0, 0.03], side, GRIPPER_OPEN, 0.02),
-                ("move", handle + open_dir * 0.12, side, GRIPPER_OPEN, 0.01),
-                ("move", handle - open_dir * 0.006, side, GRIPPER_OPEN, 0.006),  # pads on the bar, tips off the front
-                ("grip", GRIPPER_CLOSE, 10),
-                ("move", pulled, side, GRIPPER_CLOSE, 0.01, 0.6),
-                ("release", 8),
-                ("move", pulled + open_dir * 0.05, side, GRIPPER_OPEN, 0.02),
+                Move(pre + [0, 0, 0.03], side, GRIPPER_OPEN, 0.02),
+                Move(handle + open_dir * 0.12, side, GRIPPER_OPEN, 0.01),
+                Move(handle - open_dir * 0.006, side, GRIPPER_OPEN, 0.006),  # pads on the bar, tips off the front
+                Grip(GRIPPER_CLOSE, 10),
+                Move(pulled, side, GRIPPER_CLOSE, 0.01, 0.6),
+                Release(8),
+                Move(pulled + open_dir * 0.05, side, GRIPPER_OPEN, 0.02),
                 # point the hand down again clear of the drawer before the next primitive, coming
                 # back towards the robot (the arm is stretched out after a pull)
-                ("move", pulled + open_dir * 0.05 + homeward * 0.06 + [0, 0, 0.08], None, GRIPPER_OPEN, 0.02),
+                Move(pulled + open_dir * 0.05 + homeward * 0.06 + [0, 0, 0.08], None, GRIPPER_OPEN, 0.02),
             ]
         # push the handle home pointing down, closed fingers just in front of its bar and
         # closing sideways: the hand reaches only HAND_HALF[1] along the push, so it stops short
@@ -877,15 +922,15 @@ class LiberoExpert:
         if np.linalg.norm(_axis_angle_from_matrix(tilted @ sc.eef_mat().T)) > np.pi / 2:
             tilted = tilted @ np.diag([-1.0, -1.0, 1.0])  # the same grasp, the nearer yaw
         return [
-            ("grip", GRIPPER_CLOSE, 6),
-            ("move", touch + open_dir * 0.04 + [0, 0, 0.1], tilted, GRIPPER_CLOSE, 0.02),
-            ("move", touch + open_dir * 0.04, tilted, GRIPPER_CLOSE, 0.008),
-            ("move", home, tilted, GRIPPER_CLOSE, 0.006, 0.5),
-            ("move", home + open_dir * 0.06, tilted, GRIPPER_CLOSE, 0.02),
-            ("move", home + open_dir * 0.06 + [0, 0, 0.1], None, GRIPPER_CLOSE, 0.02),
+            Grip(GRIPPER_CLOSE, 6),
+            Move(touch + open_dir * 0.04 + [0, 0, 0.1], tilted, GRIPPER_CLOSE, 0.02),
+            Move(touch + open_dir * 0.04, tilted, GRIPPER_CLOSE, 0.008),
+            Move(home, tilted, GRIPPER_CLOSE, 0.006, 0.5),
+            Move(home + open_dir * 0.06, tilted, GRIPPER_CLOSE, 0.02),
+            Move(home + open_dir * 0.06 + [0, 0, 0.1], None, GRIPPER_CLOSE, 0.02),
         ]
 
-    def _swing_shut(self, jid: int, owner) -> list:
+    def _swing_shut(self, jid: int, owner) -> list[Stage]:
         """Push a door on a vertical hinge shut: closed fingers pointing down press its outer face
         near the top at three quarters of its width from the hinge, then sweep along the arc a
         little past the closed angle (the hinge's limit stops the door)."""
@@ -900,7 +945,7 @@ class LiberoExpert:
         q = float(d.qpos[m.jnt_qposadr[jid]])
         turn = np.sign(closed - q) * np.sign(axis[2])  # world rotation sense about +z
         hinge = d.xanchor[jid].copy()
-        boxes = sc._geom_boxes(m.jnt_bodyid[jid])
+        boxes = sc.geom_boxes(m.jnt_bodyid[jid])
         c, axes, half, _, top = max(boxes, key=lambda b: b[2].max())  # the door panel
         k = int(np.argmax(half))
         u = axes[k] if axes[k] @ (c - hinge[:2]) >= 0 else -axes[k]  # along the panel, away from the hinge
@@ -921,21 +966,21 @@ class LiberoExpert:
         eef = sc.eef_pos()
         over = top + FINGERTIP_BELOW_SITE + 0.05  # fingertips clear the door's top edge on the way
         stages = [
-            ("grip", GRIPPER_CLOSE, 6),
-            ("move", np.array([eef[0], eef[1], max(eef[2], over)]), None, GRIPPER_CLOSE, 0.02),
-            ("move", np.array([start[0], start[1], max(eef[2], over)]), along, GRIPPER_CLOSE, 0.02),
-            ("move", start, along, GRIPPER_CLOSE, 0.01),
+            Grip(GRIPPER_CLOSE, 6),
+            Move(np.array([eef[0], eef[1], max(eef[2], over)]), None, GRIPPER_CLOSE, 0.02),
+            Move(np.array([start[0], start[1], max(eef[2], over)]), along, GRIPPER_CLOSE, 0.02),
+            Move(start, along, GRIPPER_CLOSE, 0.01),
         ]
         for angle in angles[1:]:
             target, along = pose(angle, FINGER_HALF[1] + 0.002)
-            stages.append(("move", target, along, GRIPPER_CLOSE, 0.01, 0.6))
+            stages.append(Move(target, along, GRIPPER_CLOSE, 0.01, 0.6))
         end, along = pose(total, 0.06)
         return stages + [
-            ("move", end, along, GRIPPER_CLOSE, 0.02),
-            ("move", end + [0, 0, 0.1], None, GRIPPER_CLOSE, 0.02),
+            Move(end, along, GRIPPER_CLOSE, 0.02),
+            Move(end + [0, 0, 0.1], None, GRIPPER_CLOSE, 0.02),
         ]
 
-    def _press(self, name: str, on: bool) -> list:
+    def _press(self, name: str, on: bool) -> list[Stage]:
         """Turn a knob (hinge about z) by pushing its lever end tangentially with closed fingers."""
         sc = self.scene
         m, d = sc.model, sc.data
@@ -960,11 +1005,11 @@ class LiberoExpert:
         start = lever - tangent * 0.035
         start[2] = top + FINGERTIP_BELOW_SITE - 0.012
         return [
-            ("grip", GRIPPER_CLOSE, 6),
-            ("move", start + [0, 0, 0.08], tangent, GRIPPER_CLOSE, 0.02),
-            ("move", start, tangent, GRIPPER_CLOSE, 0.008),
-            ("move", start + tangent * 0.09, tangent, GRIPPER_CLOSE, 0.01),
-            ("move", start + tangent * 0.09 + [0, 0, 0.08], tangent, GRIPPER_CLOSE, 0.02),
+            Grip(GRIPPER_CLOSE, 6),
+            Move(start + [0, 0, 0.08], tangent, GRIPPER_CLOSE, 0.02),
+            Move(start, tangent, GRIPPER_CLOSE, 0.008),
+            Move(start + tangent * 0.09, tangent, GRIPPER_CLOSE, 0.01),
+            Move(start + tangent * 0.09 + [0, 0, 0.08], tangent, GRIPPER_CLOSE, 0.02),
         ]
 
     # ------------------------------------------------------------------ control
@@ -1055,41 +1100,35 @@ class LiberoExpert:
         """Action for the head stage of the queue, or None when it is complete."""
         stage = self.queue[0]
         sc = self.scene
-        kind = stage[0]
-        if kind == "lift":
-            _, obj, target, below, inside = stage
-            self.queue[0:1] = self._carry(obj, target, below, inside)
+        if isinstance(stage, Carry):
+            self.queue[0:1] = self._carry(stage.obj, stage.target, stage.below, stage.inside)
             return self._step_stage()
         if self.stage_steps == 0:  # stage start: fix the orientation and the hold position
-            if kind == "move":
-                self.stage_mat = self._orientation(stage[2])
+            if isinstance(stage, Move):
+                self.stage_mat = self._orientation(stage.closing)
             elif self.stage_mat is None:
                 self.stage_mat = sc.eef_mat()  # grip / release keep the previous stage's orientation
             self.stage_pos = sc.eef_pos()
             self.dists: list[float] = []
-        if kind == "move":
-            pos, grip, tol = stage[1], stage[3], stage[4]
-            speed = stage[5] if len(stage) > 5 else 1.0
-            dist = float(np.linalg.norm(pos - sc.eef_pos()))
+        if isinstance(stage, Move):
+            dist = float(np.linalg.norm(stage.pos - sc.eef_pos()))
             self.dists.append(dist)
             stalled = len(self.dists) > 12 and self.dists[-6] - dist < 0.002
             # a re-levelling stage (orientation None) also waits for the hand to point down
-            turned = stage[2] is not None or np.linalg.norm(
+            turned = stage.closing is not None or np.linalg.norm(
                 _axis_angle_from_matrix(self.stage_mat @ sc.eef_mat().T)
             ) < 0.1
-            if (dist < tol and turned) or stalled or self.stage_steps > 60:
+            if (dist < stage.tol and turned) or stalled or self.stage_steps > 60:
                 return None
-            action = self._servo(pos, self.stage_mat, grip)
-            action[:3] = np.clip(action[:3], -speed, speed)
+            action = self._servo(stage.pos, self.stage_mat, stage.gripper)
+            action[:3] = np.clip(action[:3], -stage.speed, stage.speed)
             return action
-        if kind in ("grip", "release"):
-            grip, steps = (stage[1], stage[2]) if kind == "grip" else (GRIPPER_OPEN, stage[1])
-            if self.stage_steps >= steps:
-                return None
-            return self._servo(self.stage_pos, self.stage_mat, grip)
-        raise ValueError(f"unknown stage {kind!r}")
+        grip = stage.gripper if isinstance(stage, Grip) else GRIPPER_OPEN
+        if self.stage_steps >= stage.steps:
+            return None
+        return self._servo(self.stage_pos, self.stage_mat, grip)
 
-    def _carry(self, obj: str, target: str, below: float, inside: bool) -> list:
+    def _carry(self, obj: str, target: str, below: float, inside: bool) -> list[Stage]:
         """Stages after the grasp: lift, move over the target, lower, release, retreat."""
         sc = self.scene
         eef = sc.eef_pos()
@@ -1108,9 +1147,9 @@ class LiberoExpert:
         carry = max(eef[2] + 0.10, clear + 0.03, passing)
         place_z = top + (0.03 if inside else 0.015) + below
         return [
-            ("move", np.array([eef[0], eef[1], carry]), hold, GRIPPER_CLOSE, 0.02),
-            ("move", np.array([goal_xy[0], goal_xy[1], carry]), hold, GRIPPER_CLOSE, 0.01),
-            ("move", np.array([goal_xy[0], goal_xy[1], place_z]), hold, GRIPPER_CLOSE, 0.008),
-            ("release", 10),
-            ("move", np.array([goal_xy[0], goal_xy[1], carry]), hold, GRIPPER_OPEN, 0.02),
+            Move(np.array([eef[0], eef[1], carry]), hold, GRIPPER_CLOSE, 0.02),
+            Move(np.array([goal_xy[0], goal_xy[1], carry]), hold, GRIPPER_CLOSE, 0.01),
+            Move(np.array([goal_xy[0], goal_xy[1], place_z]), hold, GRIPPER_CLOSE, 0.008),
+            Release(10),
+            Move(np.array([goal_xy[0], goal_xy[1], carry]), hold, GRIPPER_OPEN, 0.02),
         ]
