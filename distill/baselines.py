@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 
 from distill.checkpoint import VLAPolicy, load_policy, read_config
+from distill.routed import StudentPolicy
 from distill.router import layers_for_budget
-from distill.student import StudentPolicy
 from distill.vla import VLA
 from tasks.errors import UserInputError
 

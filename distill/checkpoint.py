@@ -44,7 +44,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # imported only when a checkpoint of that kind is opened.
 POLICY_KINDS = {
     "vla": "distill.checkpoint:load_vla_policy",
-    "routed_student": "distill.student:load_student_policy",
+    "routed_student": "distill.routed:load_student_policy",
 }
 DEFAULT_KIND = "vla"  # checkpoints without a kind field are plain VLAs
 LEGACY_KINDS = {"student": "routed_student"}  # kind values written before the registry

@@ -59,7 +59,7 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
     naming a bad ``by``, mask, ``samples`` or ``layers``.
     """
     from distill import load_policy
-    from distill.student import collate, open_dataset
+    from distill.data import collate, open_dataset
 
     if by not in GROUPS:
         raise UserInputError(f"by={by!r} is not a grouping; valid: {', '.join(GROUPS)}")

@@ -1,7 +1,7 @@
 """Cost of one environment step, split into physics and rendering; prints one JSON line.
 
     actdistill bench env --suite simpler_google
-    actdistill bench env --suite simpler_widowx --task carrot_on_plate --steps 200
+    actdistill bench env --suite simpler_widowx --task put_carrot_on_plate --steps 200
     actdistill bench env --suite libero_spatial --render fast
 
 SIMPLER-style and other suites: ``--steps`` steps with rendering give ``ms_per_step``, then as

@@ -1,31 +1,16 @@
 """One episode of a policy in an environment: plain Python, no Ray.
 
     from harness.rollout import rollout
-    env = tasks.make("simpler_widowx", "carrot_on_plate")
+    env = tasks.make("simpler_widowx", "put_carrot_on_plate")
     result = rollout(tasks.expert(env), env, episode_index=3, seed=0)
     result.success, result.steps, result.policy_ms_mean
 
-The policy protocol
--------------------
-Required:
-
-- ``reset()``: called once per episode, after the environment's reset.
-- ``act(obs) -> (7,) float array``: called once per environment step with the observation of
-  :mod:`tasks.base`; returns the action for this step.
-
-Optional:
-
-- ``needs_obs_next() -> bool``: asked after every ``act`` call. ``False`` means the next
-  ``act`` call will not look at the camera images (e.g. the policy executes an action chunk
-  open-loop and the next action is already queued), so the environment steps with
-  ``render=False`` and that observation's image entries are ``None``. Without the method
-  every step renders. Recording (``record=True``) and videos always render.
-- ``last_info: dict``: read after every ``act`` call, e.g. ``{"executed_layers": [0, 2],
-  "layer_mask": [1.0, 0.0, 1.0], "flops": 1.2e9}``. Set it to a *new* dict each time the model actually runs (a call served
-  from a queued chunk may leave the previous dict in place or set ``{}``): each distinct dict
-  is aggregated once. Numbers and equal-shaped numeric arrays are averaged over the model calls
-  (``{"flops": {"mean": ..., "sum": ..., "n": ...}}``, arrays element-wise, e.g. the fraction of
-  steps each layer ran); any other value keeps its last value.
+The policy protocol is :class:`tasks.base.Policy` (``reset()``, ``act(obs)``; optional
+``needs_obs_next()`` and ``last_info``). Without ``needs_obs_next`` every step renders; recording
+(``record=True``) and videos always render. ``last_info`` is aggregated once per distinct dict:
+numbers and equal-shaped numeric arrays are averaged over the model calls
+(``{"flops": {"mean": ..., "sum": ..., "n": ...}}``, arrays element-wise, e.g. ``layer_mask`` gives
+the fraction of calls each layer ran); any other value keeps its last value.
 
 Failures never escape: a policy that raises or returns a non-finite or wrongly shaped action,
 or an environment that raises in ``reset`` or ``step``, ends the episode as failed with
@@ -42,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.base import ACTION_DIM, IMAGE_KEYS
+from tasks.base import ACTION_DIM, IMAGE_KEYS, Policy
 
 
 @dataclass
@@ -145,7 +130,7 @@ def _check_action(action: Any) -> tuple[np.ndarray | None, str | None]:
     return arr, None
 
 
-def rollout(policy, env, *, episode_index: int, seed: int, max_steps: int | None = None,
+def rollout(policy: Policy, env, *, episode_index: int, seed: int, max_steps: int | None = None,
             record: bool = False, videos: bool = False,
             perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> EpisodeResult:
     """Run one episode and return its :class:`EpisodeResult`.

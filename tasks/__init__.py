@@ -4,7 +4,7 @@ Quick use::
 
     import tasks
     tasks.suites()                                   # ['libero_10', ..., 'simpler_google', 'simpler_widowx']
-    env = tasks.make("simpler_widowx", "carrot_on_plate", variant="visual_matching", seed=0)
+    env = tasks.make("simpler_widowx", "put_carrot_on_plate", variant="visual_matching", seed=0)
     obs, info = env.reset(options={"episode_index": 3})
     expert = tasks.expert(env)
     obs, reward, terminated, truncated, info = env.step(expert.act(obs))

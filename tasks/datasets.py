@@ -3,7 +3,7 @@
 Recording (``actdistill demos`` drives this)::
 
     writer = DemoWriter("data/widowx", suite="simpler_widowx", variant="visual_matching")
-    writer.add(record, task="carrot_on_plate", seed=1, episode_index=7)   # record from rollout(..., record=True)
+    writer.add(record, task="put_carrot_on_plate", seed=1, episode_index=7)   # record from rollout(..., record=True)
     writer.close(extra={"expert_success": {...}})
 
 Loading::

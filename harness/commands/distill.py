@@ -70,7 +70,7 @@ def add_arguments(parser) -> None:
 
 def _open_dataset(dirs: list[str], chunk: int):
     """The training dataset of ``dirs`` (a seam for tests)."""
-    from distill.student import open_dataset
+    from distill.data import open_dataset
 
     return open_dataset(dirs, chunk)
 
