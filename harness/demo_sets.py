@@ -100,29 +100,45 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
     if codec not in CODECS:
         raise UserInputError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
     t0 = time.monotonic()
-    folders: list[Path] = []
     if jobs == 1:
-        from harness.demos import record_demos
+        return _record_serial(family, Path(out), scale, progress, codec, deadline_s, noise, noise_hold, t0)
+    return _record_parallel(family, Path(out), scale, progress, jobs, codec, deadline_s, strict, noise,
+                            noise_hold, t0)
 
-        for entry in recipe(family, scale):
-            folder = Path(out) / entry.suite / entry.variant
-            if (folder / "meta.json").exists():
-                print(f"[demos] {folder}: done already, skipped")
-                folders.append(folder)
-                continue
-            if deadline_s is not None and time.monotonic() - t0 > deadline_s:
-                print(f"[demos] {folder}: not started (deadline of {deadline_s:.0f} s passed)")
-                continue
-            record_demos(entry.suite, str(folder), variant=entry.variant, episodes=entry.episodes, seed=entry.seed,
-                         codec=codec, overwrite=folder.exists(), progress=progress, noise=noise,
-                         noise_hold=noise_hold)
+
+def _record_serial(family: str, out: Path, scale: float, progress: bool, codec: str, deadline_s: float | None,
+                   noise: float, noise_hold: int, t0: float) -> list[Path]:
+    """:func:`record_family` with one job: one folder per recipe entry, in order."""
+    import time
+
+    from harness.demos import record_demos
+
+    folders: list[Path] = []
+    for entry in recipe(family, scale):
+        folder = Path(out) / entry.suite / entry.variant
+        if (folder / "meta.json").exists():
+            print(f"[demos] {folder}: done already, skipped")
             folders.append(folder)
-        return folders
+            continue
+        if deadline_s is not None and time.monotonic() - t0 > deadline_s:
+            print(f"[demos] {folder}: not started (deadline of {deadline_s:.0f} s passed)")
+            continue
+        record_demos(entry.suite, str(folder), variant=entry.variant, episodes=entry.episodes, seed=entry.seed,
+                     codec=codec, overwrite=folder.exists(), progress=progress, noise=noise,
+                     noise_hold=noise_hold)
+        folders.append(folder)
+    return folders
 
+
+def _record_parallel(family: str, out: Path, scale: float, progress: bool, jobs: int, codec: str,
+                     deadline_s: float | None, strict: bool, noise: float, noise_hold: int, t0: float) -> list[Path]:
+    """:func:`record_family` with ``jobs`` processes: one folder per (entry, task), largest first."""
+    import time
     from concurrent.futures import FIRST_COMPLETED, wait
 
     import tasks as suites
 
+    folders: list[Path] = []
     shards = []
     for entry in recipe(family, scale):
         if (Path(out) / entry.suite / entry.variant / "meta.json").exists():  # recorded with jobs=1 before

@@ -215,6 +215,36 @@ def _refuse_other_plans(store: ResultsStore, planned: set[str], policy_hash: str
                          "on the same initial states; evaluate into a new --out")
 
 
+def _episode_counts(suite: str, variant: str | None, episodes: int,
+                    episodes_by_variant: Mapping[str, int] | None) -> dict[str, int]:
+    """``{variant: episodes}`` of an :func:`evaluate` call, names resolved; raises on an empty or bad count."""
+    if episodes_by_variant is not None:
+        if not episodes_by_variant:
+            raise UserInputError("episodes_by_variant is empty; give at least one {variant: episodes}")
+        counts = {resolve_variant(suite, v): int(n) for v, n in episodes_by_variant.items()}
+    else:
+        counts = {v: episodes for v in resolve_variants(suite, variant)}
+    for v, n in counts.items():
+        if n < 1:
+            raise UserInputError(f"episodes must be >= 1, got {n} (variant {v!r})")
+    return counts
+
+
+def _plan_shape(counts: Mapping[str, int], distinct_states: bool) -> str:
+    """The plan line's "variants x episodes" part, e.g. ``(visual_matching x 5 + 10 variants x 1) episode(s)``."""
+    if len(set(counts.values())) == 1:
+        shape = f"{len(counts)} variant(s) x {next(iter(counts.values()))} episode(s)"
+    else:
+        groups: dict[int, list[str]] = {}
+        for v, n in counts.items():
+            groups.setdefault(n, []).append(v)
+        shape = "(" + " + ".join(f"{names[0] if len(names) == 1 else f'{len(names)} variants'} x {n}"
+                                 for n, names in groups.items()) + ") episode(s)"
+    if distinct_states and len(counts) > 1:
+        shape += f", each on its own initial state (indices 0-{sum(counts.values()) - 1})"
+    return shape
+
+
 def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None = None,
              variant: str | None = None, episodes: int = 10, seed: int = 0, out: str | os.PathLike,
              videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
@@ -236,15 +266,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
-    if episodes_by_variant is not None:
-        if not episodes_by_variant:
-            raise UserInputError("episodes_by_variant is empty; give at least one {variant: episodes}")
-        counts = {resolve_variant(suite, v): int(n) for v, n in episodes_by_variant.items()}
-    else:
-        counts = {v: episodes for v in resolve_variants(suite, variant)}
-    for v, n in counts.items():
-        if n < 1:
-            raise UserInputError(f"episodes must be >= 1, got {n} (variant {v!r})")
+    counts = _episode_counts(suite, variant, episodes, episodes_by_variant)
     variant_names = list(counts)
     source = policy if isinstance(policy, PolicySource) else policy_source(policy)
     env_kwargs = dict(env_kwargs or {})
@@ -268,17 +290,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     again = sum(key in lost for _, key in keyed)
     total = len(task_names) * sum(counts.values())
     if not quiet:
-        if len(set(counts.values())) == 1:
-            shape = f"{len(variant_names)} variant(s) x {next(iter(counts.values()))} episode(s)"
-        else:
-            groups: dict[int, list[str]] = {}
-            for v, n in counts.items():
-                groups.setdefault(n, []).append(v)
-            shape = "(" + " + ".join(f"{names[0] if len(names) == 1 else f'{len(names)} variants'} x {n}"
-                                     for n, names in groups.items()) + ") episode(s)"
-        if distinct_states and len(variant_names) > 1:
-            shape += f", each on its own initial state (indices 0-{sum(counts.values()) - 1})"
-        print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {shape}; "
+        print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {_plan_shape(counts, distinct_states)}; "
               f"{total - len(jobs)} already done, {len(jobs)} to run"
               + (f" ({again} of them again: their worker died)" if again else "") + f" -> {out}")
     run_versions = versions()

@@ -402,55 +402,13 @@ def build_report(
     if not run_dirs:
         raise UserInputError("no run folders given")
     runs = merge_runs([load_run(d) for d in run_dirs])
-    names = [r.name for r in runs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     notes: list[str] = []
-
-    tasks = per_task_table(runs)
-    tasks.to_csv(out / "per_task_success.csv", index=False)
-    wide = tasks.assign(cell=[f"{_pct(r.rate, r.ci_low, r.ci_high)} n={r.n}" for r in tasks.itertuples()])
-    wide = wide.pivot(index=["suite", "task"], columns="run", values="cell").reindex(columns=names)
-    (out / "per_task_success.md").write_text(_markdown(wide.reset_index().fillna("-")))
-    written += [out / "per_task_success.csv", out / "per_task_success.md"]
-
+    written = _per_task_tables(runs, out)
     suites = suite_table(runs)
-    suites.to_csv(out / "suite_summary.csv", index=False)
-    shown = suites.assign(success=[_pct(r.rate, r.ci_low, r.ci_high) for r in suites.itertuples()])
-    cols = [
-        "suite",
-        "run",
-        "kind",
-        "budget",
-        "success",
-        "n",
-        "tasks",
-        "flops_per_call",
-        "latency_ms",
-        "rollout_policy_ms",
-    ]
-    (out / "suite_summary.md").write_text(_markdown(shown.sort_values(["suite", "run"])[cols]))
-    written += [out / "suite_summary.csv", out / "suite_summary.md"]
-
-    variants = variant_table(runs, base_variant)
-    if variants.empty:
-        notes.append(f"no run has a '{base_variant}' variant next to others: no variant aggregation table")
-    else:
-        variants.to_csv(out / "variant_aggregation.csv", index=False)
-        keep = [
-            "run",
-            "suite",
-            "task",
-            "visual_matching",
-            "vm_n",
-            "variant_aggregation",
-            "va_variants",
-            "va_n",
-        ]
-        (out / "variant_aggregation.md").write_text(_markdown(variants[keep]))
-        written += [out / "variant_aggregation.csv", out / "variant_aggregation.md"]
-
+    written += _suite_tables(suites, out)
+    written += _variant_tables(runs, out, base_variant, notes)
     written += _tradeoff(suites, "flops_per_call", "FLOPs per model call", out, "success_vs_flops")
     written += _tradeoff(
         suites, "latency_ms", "latency per model call (ms, batch 1)", out, "success_vs_latency"
@@ -479,3 +437,36 @@ def build_report(
     (out / "report.md").write_text("\n".join(lines) + "\n")
     written.append(out / "report.md")
     return written
+
+
+def _per_task_tables(runs: list[Run], out: Path) -> list[Path]:
+    """``per_task_success.{csv,md}``: success per (suite, task) and run; returns the paths written."""
+    tasks = per_task_table(runs)
+    tasks.to_csv(out / "per_task_success.csv", index=False)
+    wide = tasks.assign(cell=[f"{_pct(r.rate, r.ci_low, r.ci_high)} n={r.n}" for r in tasks.itertuples()])
+    wide = wide.pivot(index=["suite", "task"], columns="run", values="cell").reindex(columns=[r.name for r in runs])
+    (out / "per_task_success.md").write_text(_markdown(wide.reset_index().fillna("-")))
+    return [out / "per_task_success.csv", out / "per_task_success.md"]
+
+
+def _suite_tables(suites: pd.DataFrame, out: Path) -> list[Path]:
+    """``suite_summary.{csv,md}`` from :func:`suite_table`; returns the paths written."""
+    suites.to_csv(out / "suite_summary.csv", index=False)
+    shown = suites.assign(success=[_pct(r.rate, r.ci_low, r.ci_high) for r in suites.itertuples()])
+    cols = ["suite", "run", "kind", "budget", "success", "n", "tasks", "flops_per_call", "latency_ms",
+            "rollout_policy_ms"]
+    (out / "suite_summary.md").write_text(_markdown(shown.sort_values(["suite", "run"])[cols]))
+    return [out / "suite_summary.csv", out / "suite_summary.md"]
+
+
+def _variant_tables(runs: list[Run], out: Path, base_variant: str, notes: list[str]) -> list[Path]:
+    """``variant_aggregation.{csv,md}`` (SIMPLER's visual matching vs the other variants), or a note in
+    ``notes`` when no run has the base variant beside others; returns the paths written."""
+    variants = variant_table(runs, base_variant)
+    if variants.empty:
+        notes.append(f"no run has a '{base_variant}' variant next to others: no variant aggregation table")
+        return []
+    variants.to_csv(out / "variant_aggregation.csv", index=False)
+    keep = ["run", "suite", "task", "visual_matching", "vm_n", "variant_aggregation", "va_variants", "va_n"]
+    (out / "variant_aggregation.md").write_text(_markdown(variants[keep]))
+    return [out / "variant_aggregation.csv", out / "variant_aggregation.md"]

@@ -133,7 +133,8 @@ def _check_action(action: Any) -> tuple[np.ndarray | None, str | None]:
 def rollout(policy: Policy, env, *, episode_index: int, seed: int, max_steps: int | None = None,
             record: bool = False, videos: bool = False,
             perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> EpisodeResult:
-    """Run one episode and return its :class:`EpisodeResult`.
+    """Run one episode and return its :class:`EpisodeResult`. (One function of about 80 lines on purpose: the
+    step loop reads top to bottom, with rendering, recording and every failure path in the order they happen.)
 
     Resets ``env`` with ``seed`` and ``options={"episode_index": episode_index}``, calls
     ``policy.reset()``, then alternates ``policy.act(obs)`` and ``env.step`` until the env
