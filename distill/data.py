@@ -44,7 +44,7 @@ def dataset_dirs(data: Data) -> list[str]:
 
 class ItemCollate:
     """DataLoader collate: dataset items -> CPU tensors (model inputs, raw action chunks (B, K, 7), masks
-    (B, K), sample ids), built in the loader workers (a GPU run was bound by this in the main process)."""
+    (B, K), sample ids); it runs in the loader workers, so a GPU run does not wait on the main process for it."""
 
     def __init__(self, vla):
         self.config, self.tokenizer = vla.config, vla.tokenizer
@@ -88,7 +88,7 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image of (B, H, W, 3) uint8 by up to ``pad`` pixels (replicate padding, random crop, DrQ).
 
-    One gather for the whole batch (a per-image loop cost 512 small copies per batch of 256 on a GPU).
+    One gather for the whole batch rather than one small copy per image.
     """
     if pad == 0:
         return images

@@ -169,6 +169,7 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, step: int) -> None:
+        """Move :attr:`model` towards ``source``'s weights after optimiser step ``step`` (0-based)."""
         d = min(self.decay, (1 + step) / (10 + step))
         avg = self.model.state_dict()
         for name, value in self.source.state_dict().items():
@@ -346,9 +347,9 @@ class _Run:
 
 
 def save_loss_plot(history: Sequence[Mapping], file: str | os.PathLike, title: str, ylabel: str = "loss") -> None:
-    """Plot ``history`` (one dict per step) to ``file`` (PNG, log y): ``loss`` per step, faint, and the running
-    mean (over 1/50 of the run) of every logged term but ``step`` and ``lr``. Nothing is written without history.
-    """
+    """Plot ``history`` (one dict per step) to ``file`` (PNG, log y): the running mean (over 1/50 of the run) of
+    every logged term but ``step`` and ``lr``, and ``loss`` per step, faint, behind its mean. Nothing is written
+    without history."""
     if not history:
         return
     import matplotlib
@@ -359,8 +360,8 @@ def save_loss_plot(history: Sequence[Mapping], file: str | os.PathLike, title: s
     steps = np.array([h["step"] for h in history])
     width = max(1, len(history) // 50)
     fig, ax = plt.subplots(figsize=(7, 4))
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
-    ax.plot(steps, np.maximum([h["loss"] for h in history], 1e-8), lw=0.6, alpha=0.3, color="C0")
+    if width > 1:
+        ax.plot(steps, np.maximum([h["loss"] for h in history], 1e-8), lw=0.6, alpha=0.3, color="C0")
     for i, key in enumerate(k for k in history[0] if k not in ("step", "lr")):
         values = np.array([h[key] for h in history])
         smooth = np.convolve(values, np.ones(width) / width, mode="valid")
@@ -371,5 +372,6 @@ def save_loss_plot(history: Sequence[Mapping], file: str | os.PathLike, title: s
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
     fig.savefig(file, dpi=120)
     plt.close(fig)

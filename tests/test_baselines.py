@@ -255,7 +255,7 @@ def test_calibration_observations_subsample_evenly_and_reject_junk(teacher_path,
 def test_static_baselines_run_over_a_students_weights_and_others_refuse(tmp_path, teacher_path):
     """first_k over a student: the student's own weights on a fixed route, its router ignored."""
     from distill.checkpoint import load_policy
-    from distill.student import StudentVLA, export_student
+    from distill.routed import StudentVLA, export_student
 
     teacher = load_policy(teacher_path).model
     student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8).eval()

@@ -10,7 +10,7 @@ from test_student import SyntheticDemos, tiny_teacher
 
 from distill.checkpoint import save_checkpoint
 from distill.diagnose import format_fit, offline_fit
-from distill.student import StudentVLA, export_student
+from distill.routed import StudentVLA, export_student
 from harness import cli
 
 
@@ -34,7 +34,7 @@ def test_offline_fit_matches_a_hand_computed_error_and_masks(checkpoints):
     assert {m for (p, _, m) in by if p == "student"} == {"routed", "all", "first", "last"}
     assert {g for (_, g, _) in by} == {"task0", "task1", "task2"}
     # hand computation for the teacher on task0 (items 0, 3, 6, 9)
-    from distill.student import collate
+    from distill.data import collate
     items = [data[i] for i in range(12) if i % 3 == 0]
     with torch.no_grad():
         batch = collate(teacher, items)
@@ -63,8 +63,8 @@ def test_offline_fit_bad_input_names_the_choices(checkpoints):
 
 def test_fit_command_prints_table_and_writes_json(checkpoints, tmp_path, monkeypatch, capsys):
     root, _, _ = checkpoints
-    import distill.student
-    monkeypatch.setattr(distill.student, "open_dataset", lambda data, chunk: SyntheticDemos(n=9))
+    import distill.data
+    monkeypatch.setattr(distill.data, "open_dataset", lambda data, chunk: SyntheticDemos(n=9))
     out = tmp_path / "fit.json"
     assert cli.main(["fit", "--policy", str(root / "student"), "--data", str(tmp_path), "--masks", "routed,first",
                      "--json", str(out)]) == 0

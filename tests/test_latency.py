@@ -127,7 +127,7 @@ def test_routed_graph_call_splits_like_model_call_and_caches_routes():
     from test_student import tiny_teacher
 
     from distill.latency import RoutedGraphCall
-    from distill.student import StudentPolicy, StudentVLA
+    from distill.routed import StudentPolicy, StudentVLA
 
     torch.manual_seed(3)
     student = StudentVLA.from_teacher(tiny_teacher(num_layers=6), 0.5).eval()
@@ -187,7 +187,7 @@ def test_conditional_graph_call_body_matches_model_call_and_counts_on_device():
     from test_student import tiny_teacher
 
     from distill.latency import ConditionalGraphCall
-    from distill.student import StudentPolicy, StudentVLA
+    from distill.routed import StudentPolicy, StudentVLA
 
     torch.manual_seed(3)
     student = StudentVLA.from_teacher(tiny_teacher(num_layers=6), 0.5).eval()
