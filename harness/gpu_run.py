@@ -9,7 +9,7 @@
 A lent machine comes for minutes, with torch but without ffmpeg, mujoco or Ray, and sends back at most a
 few files of 16 MiB. So this records the simpler family's demonstrations there, in parallel and as raw
 frames (``--codec npy``), trains the teacher and distills the students under wall-clock budgets
-(:class:`distill.train.TimeBudget` fits each step count to its budget, so every schedule still ends on a
+(:class:`distill.loop.TimeBudget` fits each step count to its budget, so every schedule still ends on a
 full cosine decay), measures latency on the device, and packs each checkpoint into one tar file under
 ``--out`` with a ``manifest.json`` holding every figure, command and timing. Each stage writes its
 results before the next starts, so a run cut short still returns what it finished.

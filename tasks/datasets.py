@@ -72,7 +72,7 @@ _EP_SHIFT, _DS_SHIFT = 20, 40
 _MAX_DATASET_ID = 1 << 22
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError):
     """A dataset folder or file is missing, truncated or corrupted; the message names the file."""
 
 

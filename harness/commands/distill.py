@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
                         help="weight of the relational-structure term inside the semantic term (default 0.5)")
     method.add_argument("--gamma", type=float, default=None, help="depth-weight exponent (default 2.0)")
     method.add_argument("--lr", type=float, default=None,
-                        help="student backbone learning rate (default 3e-4; 1e-3 was better still at b0.50)")
+                        help="student backbone learning rate (default 3e-4; the committed b0.50 student used 1e-3)")
     method.add_argument("--router-lr", type=float, default=None, help="router learning rate (default 1e-3)")
     method.add_argument("--shift-pad", type=int, default=None,
                         help="stage-2 random-shift image augmentation in pixels, 0 = off (default 0)")
