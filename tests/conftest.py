@@ -17,3 +17,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """A tiny random teacher VLA (``test_student.tiny_teacher``), one per test module."""
+    from test_student import tiny_teacher
+
+    return tiny_teacher()
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Synthetic demonstrations for the tiny teacher (``test_student.SyntheticDemos``), one per test module."""
+    from test_student import SyntheticDemos
+
+    return SyntheticDemos()

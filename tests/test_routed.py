@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_student import SyntheticDemos, tiny_config, tiny_teacher
+from test_student import SyntheticDemos, tiny_config
 
 from distill import load_policy
 from distill.checkpoint import save_checkpoint
@@ -15,16 +15,6 @@ from distill.routed import StudentPolicy, StudentVLA, export_student
 from distill.router import centered_gates, layers_for_budget, topk_mask
 from distill.student import build_encapsulation, routed_states
 from distill.vla import VLA
-
-
-@pytest.fixture(scope="module")
-def teacher() -> VLA:
-    return tiny_teacher()
-
-
-@pytest.fixture(scope="module")
-def data() -> SyntheticDemos:
-    return SyntheticDemos()
 
 
 def test_all_gates_open_equals_teacher_exactly(teacher, data):

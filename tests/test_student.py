@@ -84,16 +84,6 @@ def tiny_config(**overrides) -> ActDistillConfig:
     return ActDistillConfig(**{**base, **overrides})
 
 
-@pytest.fixture(scope="module")
-def teacher() -> VLA:
-    return tiny_teacher()
-
-
-@pytest.fixture(scope="module")
-def data() -> SyntheticDemos:
-    return SyntheticDemos()
-
-
 # -- stage-2 training forward -------------------------------------------------------------------------
 
 

@@ -5,22 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_student import SyntheticDemos, tiny_config, tiny_teacher
+from test_student import SyntheticDemos, tiny_config
 
 from distill.data import collate
 from distill.student import build_encapsulation
 from distill.teacher_cache import TeacherCache, build_teacher_cache, teacher_states
-from distill.vla import VLA
-
-
-@pytest.fixture(scope="module")
-def teacher() -> VLA:
-    return tiny_teacher()
-
-
-@pytest.fixture(scope="module")
-def data() -> SyntheticDemos:
-    return SyntheticDemos()
 
 
 def test_teacher_cache_is_invariant_to_data_order(teacher, data):
