@@ -12,6 +12,11 @@ the models are trained on. Masks say which decoder layers run:
 - ``first`` / ``last``: the first / last ``k`` layers, ``k`` the student's layers per input (or ``layers``).
 
 A router that picks worse layers than a static choice shows up as ``routed`` above ``first`` for a group.
+
+``images`` asks whether a policy reads its cameras at all: ``real`` (the recorded frames), ``zero`` (every
+camera black) or ``swap`` (each sample's frames replaced by those of another episode of the same task, at
+the nearest step: same phase, other layout). A policy that places its actions from what it sees loses fit
+under ``zero`` and ``swap``; one that replays a mean trajectory indexed by its proprio does not.
 For students the rows also carry how often each layer ran under the router (``layer_freq``). This reads
 training demonstrations, so it measures fit, not generalisation; closed-loop success comes from
 ``actdistill eval``.
@@ -30,7 +35,38 @@ from tasks.errors import UserInputError
 
 MASKS = ("routed", "all", "first", "last")
 GROUPS = ("suite", "task")
+IMAGES = ("real", "zero", "swap")
+_EPISODE_BITS = 20  # sample_id = dataset_id * 2**40 + episode * 2**20 + t (tasks.datasets)
 
+
+def perturb_images(items: Sequence[dict], mode: str) -> list[dict]:
+    """``items`` with their camera frames as ``mode`` says (:data:`IMAGES`; see the module docstring).
+
+    ``swap`` pairs each item with the item of another episode of the same task whose step is nearest
+    (ties: the next episode in order); a task with a single episode keeps its own frames.
+    """
+    if mode == "real":
+        return list(items)
+    cams = [k for k in ("agentview", "wrist") if k in items[0]]
+    if mode == "zero":
+        return [{**it, **{c: np.zeros_like(np.asarray(it[c])) for c in cams}} for it in items]
+    by_task: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_task.setdefault(str(it["task"]), []).append(i)
+    out = list(items)
+    for members in by_task.values():
+        ids = [int(items[i]["sample_id"]) for i in members]
+        episode = [sid >> _EPISODE_BITS for sid in ids]  # dataset and episode
+        step = [sid & ((1 << _EPISODE_BITS) - 1) for sid in ids]
+        order = sorted(set(episode))
+        for j, i in enumerate(members):
+            others = [m for m in range(len(members)) if episode[m] != episode[j]]
+            if not others:
+                continue
+            nxt = order[(order.index(episode[j]) + 1) % len(order)]
+            pick = min(others, key=lambda m: (abs(step[m] - step[j]), episode[m] != nxt, episode[m]))
+            out[i] = {**items[i], **{c: items[members[pick]][c] for c in cams}}
+    return out
 
 def _mask(model, emb, mode: str, k: int | None) -> torch.Tensor:
     batch, num_layers = emb.hidden.shape[0], model.num_layers
@@ -51,15 +87,15 @@ def _mask(model, emb, mode: str, k: int | None) -> torch.Tensor:
 def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.PathLike] | Dataset, *,
                 samples: int = 256,
                 by: str = "suite", masks: Sequence[str] = MASKS, layers: int | None = None,
-                batch_size: int = 32) -> list[dict]:
-    """Rows ``{policy, group, mask, n, mse, layer_freq}`` (see the module docstring).
+                batch_size: int = 32, images: Sequence[str] = ("real",)) -> list[dict]:
+    """Rows ``{policy, group, mask, images, n, mse, layer_freq}`` (see the module docstring).
 
     ``samples`` evenly spaced samples of the demonstrations in ``data`` are read once and shared by every
     policy. ``first``/``last`` are skipped for a teacher unless ``layers`` is given. Raises ``ValueError``
     naming a bad ``by``, mask, ``samples`` or ``layers``.
     """
     from distill import load_policy
-    from distill.data import collate, open_dataset
+    from distill.data import open_dataset
 
     if by not in GROUPS:
         raise UserInputError(f"by={by!r} is not a grouping; valid: {', '.join(GROUPS)}")
@@ -68,6 +104,9 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
         raise UserInputError(f"mask(s) {bad or list(masks)!r} not valid; valid: {', '.join(MASKS)}")
     if samples < 1:
         raise UserInputError(f"samples must be >= 1, got {samples}")
+    bad = [m for m in images if m not in IMAGES]
+    if bad or not images:
+        raise UserInputError(f"image mode(s) {bad or list(images)!r} not valid; valid: {', '.join(IMAGES)}")
     loaded = [(str(p), load_policy(p)) for p in policies]
     chunks = {int(pol.model.config.chunk) for _, pol in loaded}
     if len(chunks) != 1:
@@ -75,38 +114,49 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
     dataset = open_dataset(data, chunks.pop())  # demo folders, or a dataset of their items
     index = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
     items = [dataset[int(i)] for i in index]
-    groups: dict[str, list[dict]] = {}
-    for item in items:
-        groups.setdefault(str(item[by]), []).append(item)
     rows = []
-    for path, policy in loaded:
-        model = policy.model.eval()
-        num_layers = model.num_layers
-        k = layers if layers is not None else getattr(model, "layers_per_input", None)
-        if k is not None and not 1 <= k <= num_layers:
-            raise UserInputError(f"layers={k} must be between 1 and {num_layers} (the decoder layers of {path})")
-        modes = [m for m in masks
-                 if not (m in ("first", "last") and k is None)  # a teacher has no layer count of its own
-                 and not (m == "routed" and not hasattr(model, "route") and "all" in masks)]  # = its full run
-        for group in sorted(groups):
-            err_sum = dict.fromkeys(modes, 0.0)
-            used = {m: torch.zeros(num_layers) for m in modes}
-            count = 0.0
-            with torch.inference_mode():
-                for start in range(0, len(groups[group]), batch_size):
-                    batch = collate(model, groups[group][start:start + batch_size])
-                    emb = model.embed(batch.inputs)  # once per batch, shared by every mask
-                    count += float(batch.mask.sum())
-                    for mode in modes:
-                        mask = _mask(model, emb, mode, k)
-                        chunk = model.head(model.run_layers(emb.hidden, emb, mask), emb)
-                        err = ((chunk - batch.actions) ** 2).mean(-1) * batch.mask  # (B, K)
-                        err_sum[mode] += float(err.sum())
-                        used[mode] += mask.float().sum(0).cpu()
-            n = len(groups[group])
-            rows += [{"policy": path, "group": group, "mask": mode, "n": n,
-                      "mse": err_sum[mode] / max(count, 1.0),
-                      "layer_freq": [round(float(u) / n, 3) for u in used[mode]]} for mode in modes]
+    for mode in images:
+        grouped: dict[str, list[dict]] = {}
+        for item in perturb_images(items, mode):
+            grouped.setdefault(str(item[by]), []).append(item)
+        for path, policy in loaded:
+            rows += [{**row, "images": mode} for row in _fit_policy(path, policy, grouped, masks, layers, batch_size)]
+    return rows
+
+
+def _fit_policy(path: str, policy, groups: dict[str, list[dict]], masks: Sequence[str], layers: int | None,
+                batch_size: int) -> list[dict]:
+    """:func:`offline_fit`'s rows for one loaded policy over prepared groups of items."""
+    from distill.data import collate
+
+    rows = []
+    model = policy.model.eval()
+    num_layers = model.num_layers
+    k = layers if layers is not None else getattr(model, "layers_per_input", None)
+    if k is not None and not 1 <= k <= num_layers:
+        raise UserInputError(f"layers={k} must be between 1 and {num_layers} (the decoder layers of {path})")
+    modes = [m for m in masks
+             if not (m in ("first", "last") and k is None)  # a teacher has no layer count of its own
+             and not (m == "routed" and not hasattr(model, "route") and "all" in masks)]  # = its full run
+    for group in sorted(groups):
+        err_sum = dict.fromkeys(modes, 0.0)
+        used = {m: torch.zeros(num_layers) for m in modes}
+        count = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(groups[group]), batch_size):
+                batch = collate(model, groups[group][start:start + batch_size])
+                emb = model.embed(batch.inputs)  # once per batch, shared by every mask
+                count += float(batch.mask.sum())
+                for mode in modes:
+                    mask = _mask(model, emb, mode, k)
+                    chunk = model.head(model.run_layers(emb.hidden, emb, mask), emb)
+                    err = ((chunk - batch.actions) ** 2).mean(-1) * batch.mask  # (B, K)
+                    err_sum[mode] += float(err.sum())
+                    used[mode] += mask.float().sum(0).cpu()
+        n = len(groups[group])
+        rows += [{"policy": path, "group": group, "mask": mode, "n": n,
+                  "mse": err_sum[mode] / max(count, 1.0),
+                  "layer_freq": [round(float(u) / n, 3) for u in used[mode]]} for mode in modes]
     return rows
 
 
@@ -116,17 +166,21 @@ def _freq_string(freq: Sequence[float]) -> str:
 
 
 def format_fit(rows: Sequence[dict]) -> str:
-    """A markdown table: one row per (policy, group), one MSE column per mask, and the routed layer usage."""
-    masks = [m for m in MASKS if any(r["mask"] == m for r in rows)]
+    """A markdown table: one row per (policy, group), one MSE column per mask (and per image mode other than
+    ``real``), and the routed layer usage."""
+    columns = [(m, i) for i in IMAGES for m in MASKS if any(r["mask"] == m and r.get("images", "real") == i
+                                                             for r in rows)]
     keyed: dict[tuple[str, str], dict] = {}
     for r in rows:
-        keyed.setdefault((r["policy"], r["group"]), {"n": r["n"]})[r["mask"]] = r
-    head = ["policy", "group", "n"] + [f"mse {m}" for m in masks] + ["routed layers (# always, . never)"]
+        keyed.setdefault((r["policy"], r["group"]), {"n": r["n"]})[(r["mask"], r.get("images", "real"))] = r
+    head = ["policy", "group", "n"] + [f"mse {m}" + ("" if i == "real" else f", images {i}") for m, i in columns]
+    head.append("routed layers (# always, . never)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (policy, group), by_mask in keyed.items():
-        cells = [policy, group, str(by_mask["n"])]
-        cells += [f"{by_mask[m]['mse']:.3f}" if m in by_mask else "" for m in masks]
-        routed = by_mask.get("routed") or by_mask.get("all")
+    for (policy, group), by_col in keyed.items():
+        cells = [policy, group, str(by_col["n"])]
+        cells += [f"{by_col[c]['mse']:.3f}" if c in by_col else "" for c in columns]
+        routed = next((by_col[c] for c in [("routed", i) for i in IMAGES] + [("all", i) for i in IMAGES]
+                       if c in by_col), None)
         cells.append(f"`{_freq_string(routed['layer_freq'])}`" if routed else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_student import SyntheticDemos, tiny_teacher
@@ -73,3 +74,37 @@ def test_fit_command_prints_table_and_writes_json(checkpoints, tmp_path, monkeyp
     assert [r["mask"] for r in json.loads(out.read_text())] == ["routed", "first"]
     assert cli.main(["fit", "--policy", str(root / "student"), "--data", str(tmp_path), "--masks", "bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def _item(task: str, dataset: int, episode: int, t: int, value: int) -> dict:
+    sid = (dataset << 40) + (episode << 20) + t
+    frame = np.full((4, 4, 3), value, dtype=np.uint8)
+    return {"task": task, "sample_id": torch.tensor(sid), "agentview": frame, "wrist": frame + 1, "proprio": t}
+
+
+def test_images_zero_and_swap_take_frames_of_another_episode_of_the_same_task():
+    from distill.diagnose import perturb_images
+
+    items = [_item("a", 0, 0, 0, 10), _item("a", 0, 0, 5, 15), _item("a", 0, 1, 4, 24), _item("a", 1, 0, 1, 31),
+             _item("b", 0, 2, 3, 43)]
+    zero = perturb_images(items, "zero")
+    assert all(not it["agentview"].any() and not it["wrist"].any() for it in zero)
+    assert [it["proprio"] for it in zero] == [0, 5, 4, 1, 3]  # only the cameras change
+    swapped = perturb_images(items, "swap")
+    # each frame comes from the nearest step of another episode of task "a" (dataset 1 counts as its own)
+    assert [int(it["agentview"][0, 0, 0]) for it in swapped] == [31, 24, 15, 10, 43]
+    assert all(int(s["wrist"][0, 0, 0]) == int(s["agentview"][0, 0, 0]) + 1 for s in swapped)
+    assert int(swapped[4]["agentview"][0, 0, 0]) == 43  # a task with one episode keeps its frames
+    assert perturb_images(items, "real") == items
+
+
+def test_offline_fit_with_black_frames_changes_the_error_and_labels_rows(checkpoints):
+    root, _, _ = checkpoints
+    data = SyntheticDemos(n=6)
+    rows = offline_fit([root / "teacher"], data, samples=6, images=["real", "zero"])
+    real = [r for r in rows if r["images"] == "real"]
+    zero = [r for r in rows if r["images"] == "zero"]
+    assert len(real) == len(zero) == 1 and real[0]["mse"] != zero[0]["mse"]
+    assert "mse all, images zero" in format_fit(rows)
+    with pytest.raises(ValueError, match="valid: real, zero, swap"):
+        offline_fit([root / "teacher"], data, images=["blurred"])

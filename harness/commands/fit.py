@@ -1,6 +1,8 @@
 """Offline fit of checkpoints on demonstrations, per suite or task, with the router and with static layers.
 
     actdistill fit --policy results/checkpoints/student-libero-b0.50 --data data/libero
+    actdistill fit --policy results/checkpoints/teacher-simpler --data data/simpler-s1 --by task \\
+        --images real,zero,swap                      # does the policy read its cameras at all?
     actdistill fit --policy results/checkpoints/teacher-simpler results/checkpoints/student-simpler-b0.50 \\
         --data data/simpler-s1 --by task --samples 512 --json runs/fit.json
 
@@ -20,7 +22,7 @@ HELP = "offline action error under the router and static masks"
 
 
 def add_arguments(parser) -> None:
-    from distill.diagnose import GROUPS, MASKS
+    from distill.diagnose import GROUPS, IMAGES, MASKS
 
     parser.add_argument("--policy", nargs="+", required=True, help="checkpoint folder(s), teacher or student")
     parser.add_argument("--data", nargs="+", required=True, help="demonstration folder(s) (from actdistill demos)")
@@ -29,6 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--by", default="suite", choices=list(GROUPS), help="grouping (default suite)")
     parser.add_argument("--masks", default=",".join(MASKS),
                         help=f"comma-separated layer masks (default {','.join(MASKS)})")
+    parser.add_argument("--images", default="real",
+                        help=f"comma-separated camera inputs: {', '.join(IMAGES)} (zero: black frames; swap: "
+                             "another episode's frames of the same task at the nearest step; default real)")
     parser.add_argument("--layers", type=int, default=None,
                         help="k of the first/last masks (default: the student's layers per input)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -48,7 +53,9 @@ def run(args) -> int:
             raise UserInputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     masks = [m.strip() for m in args.masks.split(",") if m.strip()]
-    rows = offline_fit(args.policy, args.data, samples=args.samples, by=args.by, masks=masks, layers=args.layers)
+    images = [m.strip() for m in args.images.split(",") if m.strip()]
+    rows = offline_fit(args.policy, args.data, samples=args.samples, by=args.by, masks=masks, layers=args.layers,
+                       images=images)
     print(format_fit(rows))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
