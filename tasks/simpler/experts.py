@@ -43,6 +43,9 @@ class WaypointExpert:
     internal target and then zeros while the hand caught up; those actions depended on a state no
     observation shows, and a cloned policy could only learn the median (zero) action from them.
     Phases time out after ``timeout_scale * Waypoint.max_steps`` steps.
+
+    ``target_bias`` (metres, world frame, default zero) is added to every waypoint's position: an expert
+    that misplaces its targets by a constant offset, to measure how much error each task tolerates.
     """
 
     def __init__(self, env: SimplerEnv, plan: Callable[[SimplerEnv], list[Waypoint]], gain: float = 0.6,
@@ -56,6 +59,7 @@ class WaypointExpert:
         self.gain = gain
         self.max_speed = max_speed
         self.timeout_scale = timeout_scale
+        self.target_bias = np.zeros(3)
         self.reset()
 
     def reset(self) -> None:
@@ -67,7 +71,7 @@ class WaypointExpert:
 
     def _resolve(self, wp: Waypoint) -> tuple[np.ndarray, np.ndarray]:
         env = self.env
-        pos = wp.pos(env) if callable(wp.pos) else np.asarray(wp.pos, dtype=float)
+        pos = (wp.pos(env) if callable(wp.pos) else np.asarray(wp.pos, dtype=float)) + self.target_bias
         if wp.quat is None:
             quat = env.target_quat.copy()
         else:
