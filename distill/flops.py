@@ -1,19 +1,20 @@
 """Analytic FLOPs of one VLA forward, counted from the parts actually executed.
 
-    from distill.flops import flops_for_batch, forward_flops, measured_flops
+    from distill.flops import flops_for_batch, forward_flops, measured_flops, routed_share
     batch = vla.prepare([obs])
     forward_flops(vla, batch_size=1, seq_len=seq_len(vla, batch), executed_layers=[0, 2, 5])
     # {"embed": ..., "per_layer": [L ints, 0 where skipped], "layers": ..., "head": ..., "total": ...}
     flops_for_batch(vla, batch, layer_mask)       # (B,) int64: per-row totals, rows may run different layers
     measured_flops(vla, batch, layer_mask)        # the same forward under torch.utils.flop_counter
+    routed_share(vla, batch)                      # decoder layers (routable) vs vision, embedding, head
 
 Conventions (the same as ``torch.utils.flop_counter.FlopCounterMode``, so the two agree exactly):
 
 - One multiply-add is 2 FLOPs. Only matrix products are counted: linear layers (``mm``/``addmm``),
   convolutions, batched matmuls and the two products of attention (``Q K^T`` and ``softmax(.) V``).
-  Bias additions, activations, softmax, RMSNorm, rotary embedding, residual adds and the instruction
-  embedding lookup are elementwise or gathers and count 0; for the reference sizes they are well under
-  1% of the total.
+  Bias additions, activations, softmax, RMSNorm and the vision encoder's GroupNorm and average pooling,
+  rotary embedding, residual adds and the instruction embedding lookup are elementwise or gathers and
+  count 0; for the reference sizes they are well under 1% of the total.
 - Attention is counted over the whole padded sequence of N tokens, queries x keys, because that is what
   the kernel computes (padding keys are masked by an additive bias, not removed). With grouped-query
   attention the key/value projections are smaller (``num_key_value_heads``), while the score and weighted
@@ -76,28 +77,48 @@ def seq_len(model: VLA, batch: Mapping[str, torch.Tensor]) -> int:
     return len(cfg.cameras) * cfg.tokens_per_camera + 1 + int(batch["input_ids"].shape[1]) + cfg.chunk
 
 
-def embed_flops(model: VLA, batch_size: int) -> int:
-    """FLOPs of :meth:`VLA.embed` for ``batch_size`` rows: patch-encoder convs of every camera + proprio MLP.
-
-    Read off the modules themselves (every ``Conv2d`` of the stem with its output size, every ``Linear``
-    of the proprio projection), so the count follows the architecture.
-    """
-    cfg = model.config
-    size = cfg.image_size
-    per_image = 0
-    for conv in model.vision.stem.modules():
+def _conv_flops(stack: nn.Module, size: int) -> tuple[int, int]:
+    """FLOPs of the ``Conv2d`` modules of ``stack`` on one square ``size`` x ``size`` input, taken in module
+    order as a chain (each conv's output size feeds the next; a stride-1 padded conv keeps the size, so a
+    residual block's two convs chain too). Returns (FLOPs, output side)."""
+    flops = 0
+    for conv in stack.modules():
         if isinstance(conv, nn.Conv2d):
             k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
             size = (size + 2 * pad - k) // stride + 1  # square images, square kernels
-            per_image += 2 * size * size * conv.out_channels * (conv.in_channels // conv.groups) * k * k
-    if model.vision.keypoints:  # 1x1 conv on the second conv's map, soft-argmax (2 MACs per cell), projection
-        cells = model.vision.cell_xy.shape[0]
-        maps, proj = model.vision.keypoint_maps, model.vision.keypoint_proj
+            flops += 2 * size * size * conv.out_channels * (conv.in_channels // conv.groups) * k * k
+    return flops, size
+
+
+def vision_flops(model: VLA, batch_size: int) -> int:
+    """FLOPs of the vision encoder (:class:`distill.vla.PatchEncoder` or :class:`distill.vla.DeepEncoder`)
+    on every camera of ``batch_size`` rows.
+
+    Read off the modules themselves: every ``Conv2d`` of the stem with its output size; for the deep encoder
+    the projection of the G*G pooled cells (C -> D each); with keypoints, the 1x1 heat-map conv on the
+    keypoint map's S*S cells, the soft-argmax (one (K, S*S) x (S*S, 2) product) and the 2K -> D projection.
+    GroupNorm, activations, average pooling, the softmax and the residual add are elementwise and count 0,
+    as RMSNorm does in the decoder; on the deep stem of the small profile (GroupNorm at about 8 FLOPs per
+    element) they would add about 4% to the stem's count, under 1% of a call.
+    """
+    cfg = model.config
+    enc = model.vision
+    per_image, _ = _conv_flops(enc.stem, cfg.image_size)
+    if hasattr(enc, "grid_proj"):  # DeepEncoder: pooled cells -> tokens
+        per_image += 2 * cfg.vision_grid ** 2 * enc.grid_proj.in_features * enc.grid_proj.out_features
+    if enc.keypoints:
+        cells = enc.cell_xy.shape[0]
+        maps, proj = enc.keypoint_maps, enc.keypoint_proj
         per_image += 2 * cells * maps.out_channels * maps.in_channels + 2 * 2 * cells * maps.out_channels
         per_image += 2 * proj.in_features * proj.out_features
+    return batch_size * len(cfg.cameras) * per_image
+
+
+def embed_flops(model: VLA, batch_size: int) -> int:
+    """FLOPs of :meth:`VLA.embed` for ``batch_size`` rows: :func:`vision_flops` + the proprio MLP."""
     proprio = sum(2 * lin.in_features * lin.out_features for lin in model.proprio_proj.modules()
                   if isinstance(lin, nn.Linear))
-    return batch_size * (len(cfg.cameras) * per_image + proprio)
+    return vision_flops(model, batch_size) + batch_size * proprio
 
 
 def layer_flops(model: VLA, batch_size: int, n_tokens: int) -> int:
@@ -139,6 +160,24 @@ def forward_flops(model: VLA, batch_size: int, seq_len: int, executed_layers: It
     embed, head = embed_flops(model, batch_size), head_flops(model, batch_size)
     return {"embed": embed, "per_layer": per_layer, "layers": sum(per_layer), "head": head,
             "total": embed + sum(per_layer) + head}
+
+
+def routed_share(model: VLA, batch: Mapping[str, torch.Tensor]) -> dict:
+    """How one full forward of ``batch`` (every decoder layer on) splits between the decoder layers, which
+    a router can skip, and the fixed rest (vision, the other embeddings, the head), which always runs.
+
+    Returns ``{"vision", "embed_other", "head", "routed", "total"}`` in FLOPs (ints, for the whole batch)
+    and ``"routed_share"``, ``"fixed_share"`` (floats summing to 1). The fixed share bounds a router's
+    savings: at a budget of a fraction b of the layers, the call costs ``fixed_share + b * routed_share``.
+    """
+    b = int(batch["input_ids"].shape[0])
+    out = forward_flops(model, b, seq_len(model, batch), model.num_layers)
+    vision = vision_flops(model, b)
+    result = {"vision": vision, "embed_other": out["embed"] - vision, "head": out["head"],
+              "routed": out["layers"], "total": out["total"]}
+    result["routed_share"] = out["layers"] / out["total"]
+    result["fixed_share"] = 1.0 - result["routed_share"]
+    return result
 
 
 def flops_for_batch(model: VLA, batch: Mapping[str, torch.Tensor],

@@ -20,16 +20,18 @@ encoded once per query, not generated token by token, so causality buys nothing;
 attention lets vision tokens condition on the instruction and the action queries sit anywhere. Padding
 keys are masked by an additive bias, so padded rows give the same result as unpadded ones.
 
-The reference teacher is ``VLA(teacher_config(...))``: a conv-stem patch encoder over both 128x128
-cameras, a word-level instruction tokenizer built locally (:mod:`distill.tokenizer`), an MLP proprio
-token, K=8 action queries, and Llama decoder layers (RMSNorm, rotary positions, SwiGLU) built from a
-``LlamaConfig``. :func:`distill.adapter.from_transformers` puts any Llama/Qwen2/Mistral-family decoder
+The reference teacher is ``VLA(teacher_config(...))``: a conv vision encoder over both 128x128 cameras
+(``vision_encoder``: ``"patch"``, a patchify stem, or ``"deep"``, overlapping normalised convolutions to a
+16x16 map pooled to the grid, see :class:`DeepEncoder`), a word-level instruction tokenizer built locally
+(:mod:`distill.tokenizer`), an MLP proprio token, K=8 action queries, and Llama decoder layers (RMSNorm,
+rotary positions, SwiGLU) built from a ``LlamaConfig``. :func:`distill.adapter.from_transformers` puts any Llama/Qwen2/Mistral-family decoder
 stack in the same frame.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -46,6 +48,7 @@ ACTION_DIM = 7
 PROPRIO_DIM = 8
 IMAGE_SIZE = 128
 _STD_FLOOR = 1e-2  # normalisation never divides by less than this (e.g. an action dim that is always 0)
+VISION_ENCODERS = ("patch", "deep")  # VLAConfig.vision_encoder: PatchEncoder, DeepEncoder
 
 # Reference-teacher sizes. "small" trains on a 2-core CPU; "full" is for a GPU.
 PROFILES: dict[str, dict] = {
@@ -88,6 +91,7 @@ class VLAConfig:
     cameras: list[str] = field(default_factory=lambda: list(CAMERAS))
     vision_grid: int = 4
     stem_channels: int = 32
+    vision_encoder: str = "patch"  # "patch": PatchEncoder; "deep": DeepEncoder (see VISION_ENCODERS)
     vision_coords: bool = False  # CoordConv: two pixel-coordinate channels enter the conv stem with RGB
     vision_keypoints: int = 0  # spatial-softmax keypoints per camera, one extra vision token each (0: off)
     max_text_len: int = 32
@@ -115,6 +119,12 @@ class VLAConfig:
                     )
         if self.chunk < 1:
             raise UserInputError(f"chunk must be >= 1, got {self.chunk}")
+        if self.vision_encoder not in VISION_ENCODERS:
+            raise UserInputError(
+                f"unknown vision_encoder {self.vision_encoder!r}; valid: {', '.join(VISION_ENCODERS)}"
+            )
+        if self.stem_channels < 1:
+            raise UserInputError(f"stem_channels must be >= 1, got {self.stem_channels}")
         if self.vision_keypoints < 0:
             raise UserInputError(f"vision_keypoints must be >= 0 (0: off), got {self.vision_keypoints}")
         if self.attn_implementation not in ("sdpa", "eager"):
@@ -252,6 +262,33 @@ class Embedded:
         )
 
 
+def _to_unit(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) in [-1, 1] of ``dtype``."""
+    return images.permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0
+
+
+def _pixel_coords(size: int) -> torch.Tensor:
+    """CoordConv channels: x and y of every pixel in [-1, 1], (1, 2, size, size)."""
+    axis = torch.linspace(-1.0, 1.0, size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xx, yy])[None]
+
+
+def _cell_centres(cells: int) -> torch.Tensor:
+    """(x, y) in [-1, 1] of the centre of each cell of a cells x cells map, row-major: (cells*cells, 2)."""
+    axis = (torch.arange(cells, dtype=torch.float32) + 0.5) / cells * 2.0 - 1.0
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], 1)
+
+
+def soft_argmax(logits: torch.Tensor, cell_xy: torch.Tensor) -> torch.Tensor:
+    """Spatial soft-argmax: heat-map logits (B, K, S, S) -> (B, 2K) float32, the expected (x, y) of each
+    map under the softmax over its S*S cells (x0, y0, x1, y1, ...); ``cell_xy`` (S*S, 2) from
+    :func:`_cell_centres`. Finer than a cell: a peak between two cells lands between their centres."""
+    heat = logits.flatten(2).float().softmax(-1)  # (B, K, S*S)
+    return (heat @ cell_xy.float()).flatten(1)  # (B, 2K); cell_xy follows the model to bfloat16
+
+
 class PatchEncoder(nn.Module):
     """Conv stem: (B, H, W, 3) uint8 -> (B, G*G, D) patch tokens with learned patch positions.
 
@@ -273,9 +310,7 @@ class PatchEncoder(nn.Module):
         last = image_size // 8 // grid  # kernel/stride of the last conv, after strides 4 and 2
         self.coords = coords
         if coords:
-            axis = torch.linspace(-1.0, 1.0, image_size)
-            yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-            self.register_buffer("coord_grid", torch.stack([xx, yy])[None], persistent=False)  # (1, 2, H, W)
+            self.register_buffer("coord_grid", _pixel_coords(image_size), persistent=False)  # (1, 2, H, W)
         self.stem = nn.Sequential(
             nn.Conv2d(5 if coords else 3, channels, 4, stride=4),
             nn.GELU(),
@@ -287,26 +322,103 @@ class PatchEncoder(nn.Module):
         self.keypoints = keypoints
         if keypoints:
             cells = image_size // 8  # the map after strides 4 and 2
-            axis = (torch.arange(cells, dtype=torch.float32) + 0.5) / cells * 2.0 - 1.0  # cell centres
-            yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-            self.register_buffer("cell_xy", torch.stack([xx.flatten(), yy.flatten()], 1), persistent=False)
+            self.register_buffer("cell_xy", _cell_centres(cells), persistent=False)  # (S*S, 2)
             self.keypoint_maps = nn.Conv2d(2 * channels, keypoints, 1)
             self.keypoint_proj = nn.Linear(2 * keypoints, hidden_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        dtype = self.pos.dtype
-        x = images.permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
+        x = _to_unit(images, self.pos.dtype)  # (B, 3, H, W) in [-1, 1]
         if self.coords:
-            grid = self.coord_grid.to(dtype).expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W)
+            grid = self.coord_grid.to(x.dtype).expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W)
             x = torch.cat([x, grid], dim=1)  # (B, 5, H, W)
         if not self.keypoints:
             x = self.stem(x)  # (B, D, G, G)
             return x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
         feats = self.stem[:4](x)  # (B, 2C, S, S): S = image_size / 8
         grid = self.stem[4](feats).flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
-        heat = self.keypoint_maps(feats).flatten(2).float().softmax(-1)  # (B, K, S*S)
-        xy = (heat @ self.cell_xy).flatten(1).to(grid.dtype)  # (B, 2K): expected x, y of each map
+        xy = soft_argmax(self.keypoint_maps(feats), self.cell_xy).to(grid.dtype)  # (B, 2K)
         return torch.cat([grid, self.keypoint_proj(xy)[:, None]], dim=1)  # (B, G*G + 1, D)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 4 groups (fewer when ``channels`` is not a multiple of 4): its statistics are per
+    sample, so one observation at inference is normalised as in training."""
+    return nn.GroupNorm(math.gcd(channels, 4), channels)
+
+
+def _conv_norm(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """3x3 conv (padding 1, so stride 2 halves the map) -> GroupNorm -> ReLU."""
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)  # no bias: the norm removes it
+    return nn.Sequential(conv, _group_norm(cout), nn.ReLU())
+
+
+class ResidualBlock(nn.Module):
+    """Basic ResNet block at stride 1: ReLU(x + GN(conv3x3(ReLU(GN(conv3x3(x)))))); (B, C, S, S) -> same."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = _group_norm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = _group_norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.conv1(x)))  # (B, C, S, S)
+        return torch.relu(x + self.norm2(self.conv2(h)))  # (B, C, S, S)
+
+
+class DeepEncoder(nn.Module):
+    """Overlapping-conv encoder: (B, H, W, 3) uint8 -> (B, G*G, D) grid tokens (+ one keypoint token).
+
+    Three 3x3 stride-2 convs with GroupNorm and ReLU (channels C/2, 3C/4, C for ``channels`` C; ReLU, as in
+    ResNets, is the cheaper activation on a CPU at these map sizes) and one stride-1 residual block give a
+    deep C x S x S map, S = H/8 (16 for 128 px cameras): every cell sees a 3x3 neighbourhood at each
+    scale, so a feature can say where inside its 8 px cell an edge lies, which the patch stem's
+    non-overlapping strides cannot. The map is average-pooled to the G x G grid and projected
+    to D, plus learned positions: the token layout is :class:`PatchEncoder`'s.
+
+    With ``keypoints`` K > 0, a 1x1 conv on the deep map gives K heat maps, read by a spatial soft-argmax
+    (:func:`soft_argmax`, as robomimic's SpatialSoftmax) with a learned temperature, into one more token.
+    ``coords`` adds CoordConv channels to the input as in :class:`PatchEncoder`.
+    """
+
+    def __init__(self, hidden_size: int, grid: int, channels: int, image_size: int, coords: bool = False,
+                 keypoints: int = 0):
+        super().__init__()
+        widths = (max(1, channels // 2), max(1, 3 * channels // 4), channels)
+        self.coords = coords
+        if coords:
+            self.register_buffer("coord_grid", _pixel_coords(image_size), persistent=False)  # (1, 2, H, W)
+        self.stem = nn.Sequential(
+            _conv_norm(5 if coords else 3, widths[0], 2),
+            _conv_norm(widths[0], widths[1], 2),
+            _conv_norm(widths[1], widths[2], 2),
+            ResidualBlock(widths[2]),
+        )
+        self.cells = image_size // 8  # S: side of the deep map
+        self.pool = self.cells // grid  # average-pooling window and stride down to the G x G grid
+        self.grid_proj = nn.Linear(widths[2], hidden_size)
+        self.pos = nn.Parameter(torch.zeros(grid * grid, hidden_size))
+        self.keypoints = keypoints
+        if keypoints:
+            self.register_buffer("cell_xy", _cell_centres(self.cells), persistent=False)  # (S*S, 2)
+            self.keypoint_maps = nn.Conv2d(widths[2], keypoints, 1)
+            self.keypoint_log_temperature = nn.Parameter(torch.zeros(()))  # softmax(logits / T), T = exp(.)
+            self.keypoint_proj = nn.Linear(2 * keypoints, hidden_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = _to_unit(images, self.pos.dtype)  # (B, 3, H, W) in [-1, 1]
+        if self.coords:
+            grid = self.coord_grid.to(x.dtype).expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W)
+            x = torch.cat([x, grid], dim=1)  # (B, 5, H, W)
+        feats = self.stem(x)  # (B, C, S, S)
+        pooled = nn.functional.avg_pool2d(feats, self.pool)  # (B, C, G, G)
+        tokens = self.grid_proj(pooled.flatten(2).transpose(1, 2)) + self.pos  # (B, G*G, D)
+        if not self.keypoints:
+            return tokens
+        logits = self.keypoint_maps(feats) * torch.exp(-self.keypoint_log_temperature)  # (B, K, S, S)
+        xy = soft_argmax(logits, self.cell_xy).to(tokens.dtype)  # (B, 2K)
+        return torch.cat([tokens, self.keypoint_proj(xy)[:, None]], dim=1)  # (B, G*G + 1, D)
 
 
 class VLA(nn.Module):
@@ -334,7 +446,8 @@ class VLA(nn.Module):
         self.tokenizer = WordTokenizer(config.vocab)
 
         d = config.hidden_size
-        self.vision = PatchEncoder(
+        encoder = DeepEncoder if config.vision_encoder == "deep" else PatchEncoder
+        self.vision = encoder(
             d, config.vision_grid, config.stem_channels, config.image_size, coords=config.vision_coords,
             keypoints=config.vision_keypoints,
         )

@@ -91,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-keypoints", type=int, default=0,
                    help="spatial-softmax keypoints per camera in the teacher's vision (train-teacher "
                         "--vision-keypoints; default 0: off)")
+    p.add_argument("--teacher-vision-encoder", default="patch", choices=["patch", "deep"],
+                   help="the teacher's camera encoder (train-teacher --vision-encoder; default patch)")
     p.add_argument("--demo-noise", type=float, default=0.0,
                    help="also record the recipe with this executed-action noise (actdistill demos --noise) into "
                         "DATA-dart, inside the same --demo-s; the teacher trains on both (default 0: clean only)")
@@ -185,10 +187,20 @@ def _train_teacher(args: argparse.Namespace, dataset, work: Path, out: Path, man
                             batch_size=args.teacher_batch, lr=args.teacher_lr, ckpt_every=2000,
                             num_workers=args.workers, progress=False, time_budget_s=args.teacher_s,
                             init=args.teacher_init, ema=args.teacher_ema,
-                            model_overrides={"vision_keypoints": args.teacher_keypoints} if args.teacher_keypoints else None)
+                            model_overrides=_teacher_overrides(args))
     _pack(teacher, out / "teacher-simpler.tar")
     man.stage("teacher", seconds=round(time.monotonic() - t, 1), **summary)
     return teacher
+
+
+def _teacher_overrides(args: argparse.Namespace) -> dict | None:
+    """The teacher's architecture options that differ from the profile's (None: the profile as it is)."""
+    overrides = {}
+    if args.teacher_vision_encoder != "patch":
+        overrides["vision_encoder"] = args.teacher_vision_encoder
+    if args.teacher_keypoints:
+        overrides["vision_keypoints"] = args.teacher_keypoints
+    return overrides or None
 
 
 def _distill_students(args: argparse.Namespace, dataset, teacher: Path, budgets: list[float], work: Path, out: Path,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from distill.flops import (
     embed_flops,
@@ -13,10 +16,12 @@ from distill.flops import (
     head_flops,
     layer_flops,
     measured_flops,
+    routed_share,
     seq_len,
+    vision_flops,
 )
 from distill.tokenizer import WordTokenizer
-from distill.vla import VLA, teacher_config
+from distill.vla import VLA, VLAConfig, teacher_config
 
 LAYERS = 4
 
@@ -73,6 +78,45 @@ def test_keypoint_stem_flops_and_tokens_are_counted() -> None:
     assert embed_flops(model, 1) > embed_flops(tiny_vla(), 1)
 
 
+@pytest.mark.parametrize("keypoints", [0, 4])
+@pytest.mark.parametrize("coords", [False, True])
+def test_deep_encoder_flops_match_the_counter(keypoints: int, coords: bool) -> None:
+    model = tiny_vla(vision_encoder="deep", vision_keypoints=keypoints, vision_coords=coords)
+    batch = make_batch(model, ["pick up the coke can", "open drawer"])
+    assert seq_len(model, batch) == model.embed(batch).hidden.shape[1]
+    measured = measured_flops(model, batch)["total"]
+    assert abs(int(flops_for_batch(model, batch).sum()) - measured) <= 0.02 * measured
+    images = torch.cat([batch[cam] for cam in model.config.cameras])  # (2B, H, W, 3)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.vision(images)
+    assert abs(vision_flops(model, 2) - counter.get_total_flops()) <= 0.02 * counter.get_total_flops()
+
+
+def test_routed_share_splits_the_call() -> None:
+    model = tiny_vla(vision_encoder="deep", vision_keypoints=4)
+    batch = make_batch(model, ["pick up the coke can", "open drawer"])
+    share = routed_share(model, batch)
+    assert share["vision"] + share["embed_other"] + share["head"] + share["routed"] == share["total"]
+    assert share["total"] == int(flops_for_batch(model, batch).sum())
+    assert share["routed"] == 2 * LAYERS * layer_flops(model, 1, seq_len(model, batch))
+    assert share["routed_share"] + share["fixed_share"] == pytest.approx(1.0)
+
+
+DEEP_WIDEST = {"vision_encoder": "deep", "vision_keypoints": 32, "vision_coords": True}  # the costliest stem
+
+
+@pytest.mark.parametrize("overrides", [{}, DEEP_WIDEST])
+def test_the_small_teacher_spends_at_least_80_percent_in_routed_layers(overrides: dict) -> None:
+    from distill.checkpoint import read_config
+
+    config = read_config(Path(__file__).resolve().parent.parent / "results/checkpoints/teacher-simpler")
+    model = VLA(VLAConfig.from_dict({**config["vla"], **overrides}))
+    words = lambda text: len(model.tokenizer.encode(text, model.config.max_text_len))
+    shortest = min(config["data"]["instructions"], key=words)
+    batch = make_batch(model, [shortest])  # the fewest decoder tokens: the largest fixed share
+    assert routed_share(model, batch)["fixed_share"] <= 0.20
+
+
 def test_attention_is_counted_by_measured_flops_on_cpu_sdpa() -> None:
     model = tiny_vla(attn="sdpa")
     by_op = measured_flops(model, make_batch(model, ["open drawer", "open drawer"]))["by_op"]
@@ -112,3 +156,21 @@ def test_bad_layers_name_the_valid_range() -> None:
         forward_flops(model, 1, 10, [0, 7])
     with pytest.raises(ValueError, match="shape"):
         flops_for_batch(model, make_batch(model, ["open"]), torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_bench_flops_prints_the_checkpoint_and_the_variant(capsys) -> None:
+    import argparse
+    import json
+
+    from harness import bench_flops
+
+    parser = argparse.ArgumentParser()
+    bench_flops.add_arguments(parser)
+    assert bench_flops.run(parser.parse_args(["--vision-encoder", "deep", "--vision-keypoints", "4"])) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["encoder"] for line in lines] == ["patch", "deep"] and lines[1]["vision_keypoints"] == 4
+    for line in lines:
+        share = line["routed_share"]
+        assert 0.8 <= share["min"] <= share["median"] <= share["max"] < 1.0
+        assert line["median_call"]["vision"] > 0
+    assert lines[1]["median_call"]["vision"] > lines[0]["median_call"]["vision"]

@@ -3,6 +3,7 @@
     actdistill bench env --suite simpler_google [--task pick_coke_can_horizontal]
     actdistill bench env --suite libero_spatial --render fast
     actdistill bench scaling --suite simpler_google --workers 1,2
+    actdistill bench flops --vision-encoder deep --vision-keypoints 32
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: env step cost, Ray scaling"
+HELP = "benchmarks: env step cost, Ray scaling, FLOPs share of the routed layers"
 
 _TARGETS = {
     "env": "harness.bench_env",
     "scaling": "harness.bench_scaling",
+    "flops": "harness.bench_flops",
 }
 
 

@@ -4,6 +4,8 @@
     actdistill train-teacher --data data/libero_spatial --out runs/teacher_full --profile full \
         --device cuda --workers 8
     actdistill train-teacher --data data/widowx --out runs/teacher_small --steps 30000   # extend a run
+    actdistill train-teacher --data data/simpler --out runs/teacher_deep --vision-encoder deep \
+        --vision-keypoints 32   # the overlapping-conv encoder with keypoints on its 16x16 map
     actdistill train-teacher --data data/simpler data/simpler-dart --out runs/ft --init results/checkpoints/teacher-simpler \
         --steps 3000 --lr 2e-4   # fine-tune a checkpoint
 
@@ -51,9 +53,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
                         help="save an exponential moving average of the weights (decay in (0, 1), e.g. 0.999) "
                              "as the checkpoint, and the trained weights in OUT/raw; 0: off (default)")
+    parser.add_argument("--vision-encoder", default=None, choices=["patch", "deep"],
+                        help="camera encoder: patch (patchify stem, distill.vla.PatchEncoder) or deep (3x3 convs "
+                             "with GroupNorm to a 16x16 map, distill.vla.DeepEncoder); default patch")
     parser.add_argument("--vision-keypoints", type=int, default=None, metavar="K",
-                        help="K spatial-softmax keypoints per camera, read off the stem's stride-8 map into one "
-                             "more vision token (distill.vla.PatchEncoder); default 0: off")
+                        help="K spatial-softmax keypoints per camera, read off the encoder's stride-8 map (the "
+                             "deep map with --vision-encoder deep) into one more vision token; default 0: off")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument(
         "--threads",
@@ -92,7 +97,13 @@ def run(args) -> int:
         num_workers=args.workers,
         progress=not args.no_progress,
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
-        model_overrides=None if args.vision_keypoints is None else {"vision_keypoints": args.vision_keypoints},
+        model_overrides=_model_overrides(args),
     )
     print(json.dumps(summary))
     return 0
+
+
+def _model_overrides(args) -> dict | None:
+    """The architecture options given on the command line (None when none: a resume keeps the model)."""
+    given = {"vision_encoder": args.vision_encoder, "vision_keypoints": args.vision_keypoints}
+    return {key: value for key, value in given.items() if value is not None} or None
