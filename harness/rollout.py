@@ -29,6 +29,8 @@ import numpy as np
 
 from tasks.base import ACTION_DIM, IMAGE_KEYS, Policy
 
+PRIVILEGED_KEYS = ("objects", "expert_target")  # recorded when available: env.privileged_state(), policy.last_privileged
+
 
 @dataclass
 class EpisodeResult:
@@ -38,7 +40,10 @@ class EpisodeResult:
     entries). ``info`` aggregates the policy's ``last_info`` (see the module docstring).
     ``record`` (only with ``record=True``) holds, for the ``steps`` executed steps,
     ``agentview``/``wrist`` (T, H, W, 3) uint8, ``proprio`` (T, 8) float32 and ``actions``
-    (T, 7) float32, where observation t is what produced action t, plus ``instruction``.
+    (T, 7) float32, where observation t is what produced action t, plus ``instruction``; and, where the
+    env and the policy provide them (the SIMPLER-style suites and their experts), the privileged
+    ``objects`` (T, 6, 4) (``env.privileged_state()`` at observation t) and ``expert_target`` (T, 5)
+    (``policy.last_privileged`` after action t).
     ``frames`` (only with ``videos=True``) is the list of agentview frames including the first
     and last observation.
     """
@@ -151,7 +156,8 @@ def rollout(policy: Policy, env, *, episode_index: int, seed: int, max_steps: in
     start = time.perf_counter()
     policy_ms: list[float] = []
     infos = _InfoAggregator()
-    rec: dict[str, list] = {key: [] for key in (*IMAGE_KEYS, "proprio", "actions")}
+    rec: dict[str, list] = {key: [] for key in (*IMAGE_KEYS, "proprio", "actions", *PRIVILEGED_KEYS)}
+    privileged_state = getattr(env.unwrapped, "privileged_state", None) if record else None
     frames: list[np.ndarray] | None = [] if videos else None
     steps, success, reason = 0, False, None
     instruction = getattr(env.unwrapped, "instruction", "")
@@ -163,6 +169,10 @@ def rollout(policy: Policy, env, *, episode_index: int, seed: int, max_steps: in
             record_out["proprio"] = np.asarray(rec["proprio"], np.float32).reshape(-1, 8)  # (T, 8)
             record_out["actions"] = np.asarray(rec["actions"], np.float32).reshape(-1, ACTION_DIM)  # (T, 7)
             record_out["instruction"] = instruction
+            n = len(rec["actions"])
+            for key in PRIVILEGED_KEYS:  # present when the env / the policy provide them at every step
+                if n and len(rec[key]) >= n:
+                    record_out[key] = np.stack(rec[key][:n]).astype(np.float32)
         return EpisodeResult(success=bool(success) and reason is None, steps=steps,
                              wall_s=time.perf_counter() - start, policy_calls=len(policy_ms),
                              policy_ms=policy_ms, info=infos.result(), failure_reason=reason,
@@ -183,6 +193,8 @@ def rollout(policy: Policy, env, *, episode_index: int, seed: int, max_steps: in
         frames.append(obs["agentview"])
 
     while steps < limit:
+        if privileged_state is not None:
+            rec["objects"].append(privileged_state())  # the state observation t shows
         t0 = time.perf_counter()
         try:
             raw = policy.act(obs)
@@ -201,6 +213,8 @@ def rollout(policy: Policy, env, *, episode_index: int, seed: int, max_steps: in
                 rec[key].append(obs[key])
             rec["proprio"].append(obs["proprio"])
             rec["actions"].append(action)
+            if getattr(policy, "last_privileged", None) is not None:
+                rec["expert_target"].append(policy.last_privileged)
         if perturb is not None:
             action = np.asarray(perturb(action), dtype=np.float64)
         try:

@@ -19,7 +19,10 @@ Layout of a dataset folder:
 - ``episodes.parquet``: one row per episode: episode, suite, task, variant, seed,
   episode_index, instruction, length, video file, its size and sha256, and the largest absolute
   pixel error of its images after decoding (0 for the default lossless codec).
-- ``steps.parquet``: one row per step: episode, t, proprio (8 float32), action (7 float32).
+- ``steps.parquet``: one row per step: episode, t, proprio (8 float32), action (7 float32), and where the
+  recorder had them (SIMPLER-style experts) the privileged ``objects`` (6 x 4 float32: per scene entity its
+  position minus the hand and a valid flag) and ``expert_target`` (5 float32: the expert's waypoint minus
+  the hand, gripper command, phase). Training-time supervision only; a policy never sees them.
 - ``videos/epNNNNNN.mp4``: the episode's agentview and wrist frames side by side
   ((H, 2W, 3) per frame), H.264 in RGB (``libx264rgb``) at constant rate factor ``crf``
   (0, the default, is lossless). With ``codec="npy"`` the file is ``videos/epNNNNNN.npy`` instead:
@@ -60,13 +63,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tasks.base import ACTION_DIM, PROPRIO_DIM
+from tasks.base import ACTION_DIM, EXPERT_TARGET_DIM, PRIVILEGED_OBJECTS, PROPRIO_DIM
 from tasks.errors import ExistingOutputError, UserInputError
 from tasks.provenance import file_hash
 
 FORMAT = "actdistill-demos/1"
 DATASET_FILES = ("meta.json", "episodes.parquet", "steps.parquet", "videos")
 CODECS = ("h264", "npy")
+PRIVILEGED_SHAPES = {"objects": (PRIVILEGED_OBJECTS, 4), "expert_target": (EXPERT_TARGET_DIM,)}
 # sample_id = dataset_id * 2**40 + episode * 2**20 + t: 22 + 20 + 20 bits fit an int64.
 _EP_SHIFT, _DS_SHIFT = 20, 40
 _MAX_DATASET_ID = 1 << 22
@@ -143,6 +147,7 @@ class DemoWriter:
         self.versions = dict(versions or {})
         self.episodes: list[dict[str, Any]] = []
         self.steps: list[tuple[np.ndarray, np.ndarray]] = []
+        self.privileged: dict[str, list[np.ndarray]] = {key: [] for key in PRIVILEGED_SHAPES}
         self.image_shape: tuple[int, ...] | None = None
 
     def add(self, record: dict[str, Any], *, task: str, seed: int, episode_index: int) -> int:
@@ -181,6 +186,13 @@ class DemoWriter:
             "video_sha256": file_hash(path, digits=64), "image_max_abs_error": max_err,
         })
         self.steps.append((proprio, actions))
+        for key, shape in PRIVILEGED_SHAPES.items():
+            value = record.get(key)
+            if value is not None:
+                value = np.asarray(value, np.float32)
+                if value.shape != (length, *shape):
+                    raise ValueError(f"record {key!r} has shape {value.shape}, expected {(length, *shape)}")
+                self.privileged[key].append(value.reshape(length, -1))
         return episode
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -191,12 +203,18 @@ class DemoWriter:
         pq.write_table(pa.Table.from_pylist(self.episodes), self.dir / "episodes.parquet")
         proprio = np.concatenate([p for p, _ in self.steps])  # (N, 8)
         actions = np.concatenate([a for _, a in self.steps])  # (N, 7)
-        steps = pa.table({
+        columns = {
             "episode": pa.array(np.repeat(np.arange(len(lengths)), lengths), pa.int32()),
             "t": pa.array(np.concatenate([np.arange(n) for n in lengths]), pa.int32()),
             "proprio": pa.FixedSizeListArray.from_arrays(pa.array(proprio.ravel(), pa.float32()), PROPRIO_DIM),
             "action": pa.FixedSizeListArray.from_arrays(pa.array(actions.ravel(), pa.float32()), ACTION_DIM),
-        })
+        }
+        for key, shape in PRIVILEGED_SHAPES.items():  # only when every episode has it
+            if len(self.privileged[key]) == len(self.episodes):
+                flat = np.concatenate(self.privileged[key])  # (N, prod(shape))
+                columns[key] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float32()),
+                                                                 int(np.prod(shape)))
+        steps = pa.table(columns)
         pq.write_table(steps, self.dir / "steps.parquet")
         meta = {
             "format": FORMAT,
@@ -252,6 +270,8 @@ class _Folder:
                                f"episodes; meta.json says {self.meta['steps']} steps of {self.meta['episodes']}")
         self.proprio = steps.column("proprio").combine_chunks().flatten().to_numpy().reshape(-1, PROPRIO_DIM)
         self.actions = steps.column("action").combine_chunks().flatten().to_numpy().reshape(-1, ACTION_DIM)
+        self.privileged = {key: steps.column(key).combine_chunks().flatten().to_numpy().reshape(-1, *shape)
+                           for key, shape in PRIVILEGED_SHAPES.items() if key in steps.column_names}
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])  # first step row of each episode
         if len(self.lengths) >= 1 << _EP_SHIFT or self.lengths.max() >= 1 << (_DS_SHIFT - _EP_SHIFT):
             raise DatasetError(f"{path} has {len(self.lengths)} episodes of up to {self.lengths.max()} steps; "
@@ -302,7 +322,8 @@ class DemoDataset(torch.utils.data.Dataset):
     float32, ``instruction`` str, ``actions`` (chunk, 7) float32 (the actions of steps t..t+chunk-1;
     past the episode's end the last action repeats), ``action_mask`` (chunk,) bool (False on that
     padding), ``sample_id`` int64 (``dataset_id * 2**40 + episode * 2**20 + t``: stable under
-    shuffling and unique across ``dirs``), ``suite`` and ``task`` str.
+    shuffling and unique across ``dirs``), ``suite`` and ``task`` str; and, where the folder recorded
+    them, the privileged ``objects`` (6, 4) and ``expert_target`` (5,) float32 of step t.
 
     Images are decoded per episode on first use and kept in an LRU cache of ``cache_episodes``
     episodes (per process, so per ``DataLoader`` worker); ``preload=True`` decodes everything up
@@ -379,6 +400,7 @@ class DemoDataset(torch.utils.data.Dataset):
                                       dtype=torch.int64),
             "suite": row["suite"],
             "task": row["task"],
+            **{key: torch.from_numpy(values[start + t].copy()) for key, values in folder.privileged.items()},
         }
 
     def instructions(self) -> list[str]:

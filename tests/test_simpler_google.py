@@ -142,3 +142,30 @@ def test_expert_solves_fixed_episodes(task):
             _, _, _, _, info = env.step(expert.act(), render=False)
         assert info["success"], (task, i)
     env.close()
+
+
+def test_demonstrations_record_the_privileged_state_of_each_step(tmp_path):
+    from harness.demos import record_demos
+    from tasks.datasets import DemoDataset
+
+    record_demos("simpler_google", str(tmp_path / "d"), tasks=["move_near"], episodes=1, progress=False,
+                 codec="npy")
+    ds = DemoDataset([str(tmp_path / "d")], chunk=4)
+    first, later = ds[0], ds[len(ds) - 1]
+    assert first["objects"].shape == (6, 4) and first["expert_target"].shape == (5,)
+    import tasks
+
+    env = tasks.make("simpler_google", "move_near", seed=1)  # record_demos' default seed, episode 0
+    env.reset(seed=1, options={"episode_index": 0})
+    sim = env.unwrapped
+    expected = sim.privileged_state()
+    env.close()
+    np.testing.assert_allclose(first["objects"].numpy(), expected, atol=1e-6)
+    n = int(expected[:, 3].sum())
+    assert n >= 3 and (first["objects"][:n, 3] == 1).all() and not first["objects"][n:].any()
+    eef = sim.eef_pose()[0]  # the hand at the first observation
+    kind, body = sim._entities()[0]
+    assert kind == "body"
+    np.testing.assert_allclose(first["objects"][0, :3].numpy() + eef, sim.data.xpos[body], atol=1e-6)
+    assert first["expert_target"][4] == 0.0 and 0.0 < later["expert_target"][4] <= 1.0  # the plan's phase
+    assert float(first["expert_target"][3]) == -1.0  # the first waypoint keeps the gripper open

@@ -46,6 +46,8 @@ class WaypointExpert:
 
     ``target_bias`` (metres, world frame, default zero) is added to every waypoint's position: an expert
     that misplaces its targets by a constant offset, to measure how much error each task tolerates.
+    ``last_privileged`` (after each ``act``): (EXPERT_TARGET_DIM,) float32, the waypoint acted on minus the
+    hand (3), its gripper command and the plan phase ``index / len(waypoints)``, recorded with demonstrations.
     """
 
     def __init__(self, env: SimplerEnv, plan: Callable[[SimplerEnv], list[Waypoint]], gain: float = 0.6,
@@ -68,6 +70,7 @@ class WaypointExpert:
         self._phase_steps = 0
         self._held = 0
         self._resolved: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_privileged: np.ndarray | None = None
 
     def _resolve(self, wp: Waypoint) -> tuple[np.ndarray, np.ndarray]:
         env = self.env
@@ -84,6 +87,7 @@ class WaypointExpert:
             self.waypoints = self.plan(env)
         if self.index >= len(self.waypoints):
             last = self.waypoints[-1] if self.waypoints else Waypoint(pos=env.eef_pose()[0])
+            self.last_privileged = np.array([0, 0, 0, last.grip, 1.0], dtype=np.float32)
             return np.array([0, 0, 0, 0, 0, 0, last.grip], dtype=np.float32)
         wp = self.waypoints[self.index]
         if self._resolved is None:
@@ -93,6 +97,7 @@ class WaypointExpert:
         dpos = self.gain * (pos - eef) / env.arm.pos_scale
         drot = self.gain * quat_error(quat, cur) / env.arm.rot_scale
         reached = np.linalg.norm(pos - eef) < wp.tol and np.linalg.norm(quat_error(quat, cur)) < wp.rot_tol
+        self.last_privileged = np.array([*(pos - eef), wp.grip, self.index / len(self.waypoints)], np.float32)
         self._phase_steps += 1
         if reached:
             self._held += 1
