@@ -88,7 +88,10 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
                 samples: int = 256,
                 by: str = "suite", masks: Sequence[str] = MASKS, layers: int | None = None,
                 batch_size: int = 32, images: Sequence[str] = ("real",)) -> list[dict]:
-    """Rows ``{policy, group, mask, images, n, mse, layer_freq}`` (see the module docstring).
+    """Rows ``{policy, group, mask, images, n, mse, mse_ci, episode_err, layer_freq}`` (see the module
+    docstring), and for image modes other than ``real`` also ``change`` and ``change_ci``: the MSE minus the
+    ``real`` row's. Intervals are 95% percentile bootstraps over episodes (``sample_id`` gives the episode),
+    paired by episode for ``change``; ``episode_err`` holds each episode's error sum and step count.
 
     ``samples`` evenly spaced samples of the demonstrations in ``data`` are read once and shared by every
     policy. ``first``/``last`` are skipped for a teacher unless ``layers`` is given. Raises ``ValueError``
@@ -121,7 +124,38 @@ def offline_fit(policies: Sequence[str | os.PathLike], data: Sequence[str | os.P
             grouped.setdefault(str(item[by]), []).append(item)
         for path, policy in loaded:
             rows += [{**row, "images": mode} for row in _fit_policy(path, policy, grouped, masks, layers, batch_size)]
+    _add_intervals(rows)
     return rows
+
+
+def _ratio_bootstrap(sums: np.ndarray, counts: np.ndarray, base: tuple[np.ndarray, np.ndarray] | None = None,
+                     resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of ``sum(sums) / sum(counts)`` (minus the same ratio of ``base``, paired)
+    over episodes drawn with replacement; ``sums``, ``counts`` (E,) per episode."""
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(sums), (resamples, len(sums)))  # (R, E)
+    stat = sums[draw].sum(1) / np.maximum(counts[draw].sum(1), 1.0)
+    if base is not None:
+        stat = stat - base[0][draw].sum(1) / np.maximum(base[1][draw].sum(1), 1.0)
+    low, high = np.percentile(stat, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _add_intervals(rows: list[dict]) -> None:
+    """Give each row ``mse_ci`` (a bootstrap over its episodes) and, for image modes other than ``real``,
+    ``change`` (its MSE minus the ``real`` row's) with ``change_ci``, paired by episode."""
+    real = {(r["policy"], r["group"], r["mask"]): r for r in rows if r["images"] == "real"}
+    for r in rows:
+        keys = sorted(r["episode_err"])
+        sums = np.array([r["episode_err"][k][0] for k in keys])
+        counts = np.array([r["episode_err"][k][1] for k in keys])
+        r["mse_ci"] = _ratio_bootstrap(sums, counts)
+        ref = real.get((r["policy"], r["group"], r["mask"]))
+        if r["images"] != "real" and ref is not None:
+            base = (np.array([ref["episode_err"][k][0] for k in keys]),
+                    np.array([ref["episode_err"][k][1] for k in keys]))
+            r["change"] = r["mse"] - ref["mse"]
+            r["change_ci"] = _ratio_bootstrap(sums, counts, base)
 
 
 def _fit_policy(path: str, policy, groups: dict[str, list[dict]], masks: Sequence[str], layers: int | None,
@@ -142,20 +176,26 @@ def _fit_policy(path: str, policy, groups: dict[str, list[dict]], masks: Sequenc
         err_sum = dict.fromkeys(modes, 0.0)
         used = {m: torch.zeros(num_layers) for m in modes}
         count = 0.0
+        episode_err: dict[str, dict[str, list[float]]] = {m: {} for m in modes}  # episode -> [sum, count]
         with torch.inference_mode():
             for start in range(0, len(groups[group]), batch_size):
                 batch = collate(model, groups[group][start:start + batch_size])
                 emb = model.embed(batch.inputs)  # once per batch, shared by every mask
                 count += float(batch.mask.sum())
+                episodes = [str(int(i) >> _EPISODE_BITS) for i in batch.sample_ids]
                 for mode in modes:
                     mask = _mask(model, emb, mode, k)
                     chunk = model.head(model.run_layers(emb.hidden, emb, mask), emb)
                     err = ((chunk - batch.actions) ** 2).mean(-1) * batch.mask  # (B, K)
                     err_sum[mode] += float(err.sum())
                     used[mode] += mask.float().sum(0).cpu()
+                    for e, row_err, row_n in zip(episodes, err.sum(1).tolist(), batch.mask.sum(1).tolist()):
+                        acc = episode_err[mode].setdefault(e, [0.0, 0.0])
+                        acc[0] += row_err
+                        acc[1] += row_n
         n = len(groups[group])
         rows += [{"policy": path, "group": group, "mask": mode, "n": n,
-                  "mse": err_sum[mode] / max(count, 1.0),
+                  "mse": err_sum[mode] / max(count, 1.0), "episode_err": episode_err[mode],
                   "layer_freq": [round(float(u) / n, 3) for u in used[mode]]} for mode in modes]
     return rows
 
@@ -183,4 +223,10 @@ def format_fit(rows: Sequence[dict]) -> str:
                        if c in by_col), None)
         cells.append(f"`{_freq_string(routed['layer_freq'])}`" if routed else "")
         lines.append("| " + " | ".join(cells) + " |")
+    changes = [r for r in rows if "change" in r]
+    if changes:
+        lines += ["", "| policy | group | mask | images | mse change vs real images [95% CI, by episode] |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['policy']} | {r['group']} | {r['mask']} | {r['images']} | {r['change']:+.3f} "
+                  f"[{r['change_ci'][0]:+.3f}, {r['change_ci'][1]:+.3f}] |" for r in changes]
     return "\n".join(lines)

@@ -105,6 +105,23 @@ def test_offline_fit_with_black_frames_changes_the_error_and_labels_rows(checkpo
     real = [r for r in rows if r["images"] == "real"]
     zero = [r for r in rows if r["images"] == "zero"]
     assert len(real) == len(zero) == 1 and real[0]["mse"] != zero[0]["mse"]
-    assert "mse all, images zero" in format_fit(rows)
+    assert zero[0]["change"] == pytest.approx(zero[0]["mse"] - real[0]["mse"])
+    # the synthetic sample ids (< 2**20) all fall in one episode: a bootstrap over one episode has no spread
+    assert list(real[0]["episode_err"]) == ["0"]
+    assert zero[0]["change_ci"] == pytest.approx((zero[0]["change"],) * 2, rel=1e-4)  # float32 sums
+    sums = np.array(list(real[0]["episode_err"].values()))
+    assert sums[:, 0].sum() / sums[:, 1].sum() == pytest.approx(real[0]["mse"])
+    table = format_fit(rows)
+    assert "mse all, images zero" in table and "mse change vs real images" in table
     with pytest.raises(ValueError, match="valid: real, zero, swap"):
         offline_fit([root / "teacher"], data, images=["blurred"])
+
+
+def test_episode_bootstrap_of_a_ratio_and_of_a_paired_change():
+    from distill.diagnose import _ratio_bootstrap
+
+    ones = np.ones(4)
+    assert _ratio_bootstrap(2 * ones, ones) == (2.0, 2.0)  # every episode agrees: no spread
+    assert _ratio_bootstrap(3 * ones, ones, base=(2 * ones, ones)) == (1.0, 1.0)  # paired: the change is exact
+    low, high = _ratio_bootstrap(np.array([0.0, 4.0]), np.array([1.0, 1.0]))
+    assert low == 0.0 and high == 4.0  # two episodes: resamples of {0, 4} range over [0, 4]
