@@ -26,6 +26,7 @@ VERBS = {
     "distill": "harness.commands.distill",
     "convert": "harness.commands.convert",
     "fit": "harness.commands.fit",
+    "probe": "harness.commands.probe",
     "bench": "harness.commands.bench",
     "gpu-run": "harness.gpu_run",
 }

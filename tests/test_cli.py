@@ -204,7 +204,7 @@ def test_help_lists_every_verb_with_its_help_line_and_examples(capsys):
 
 
 @pytest.mark.parametrize("verb", ["sweep", "eval", "compare", "report", "regress", "latency", "demos",
-                                  "train-teacher", "distill", "convert", "fit", "gpu-run"])
+                                  "train-teacher", "distill", "convert", "fit", "probe", "gpu-run"])
 def test_every_verb_help_keeps_its_examples_on_their_own_lines(verb, capsys):
     with pytest.raises(SystemExit):
         main([verb, "--help"])
