@@ -74,7 +74,7 @@ def seq_len(model: VLA, batch: Mapping[str, torch.Tensor]) -> int:
     the same N; this equals ``model.embed(batch).hidden.shape[1]`` without running the encoder.
     """
     cfg = model.config
-    return len(cfg.cameras) * cfg.tokens_per_camera + 1 + int(batch["input_ids"].shape[1]) + cfg.chunk
+    return cfg.vision_tokens + 1 + int(batch["input_ids"].shape[1]) + cfg.chunk
 
 
 def _conv_flops(stack: nn.Module, size: int) -> tuple[int, int]:
@@ -103,6 +103,9 @@ def vision_flops(model: VLA, batch_size: int) -> int:
     """
     cfg = model.config
     enc = model.vision
+    if cfg.vision_encoder == "state":  # the MLP on every entity
+        return batch_size * cfg.vision_tokens * sum(2 * lin.in_features * lin.out_features
+                                                    for lin in enc.mlp if isinstance(lin, nn.Linear))
     per_image, _ = _conv_flops(enc.stem, cfg.image_size)
     if hasattr(enc, "grid_proj"):  # DeepEncoder: pooled cells -> tokens
         per_image += 2 * cfg.vision_grid ** 2 * enc.grid_proj.in_features * enc.grid_proj.out_features

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks.base import PRIVILEGED_OBJECTS
 from tasks.errors import UserInputError
 
 
@@ -54,6 +55,7 @@ def synthetic_observations(
     return [
         {
             **{cam: rng.integers(0, 256, shape, dtype=np.uint8) for cam in cfg.cameras},
+            **({"objects": np.zeros((PRIVILEGED_OBJECTS, 4), np.float32)} if cfg.vision_encoder == "state" else {}),
             "proprio": np.zeros(cfg.proprio_dim, np.float32),
             "instruction": instruction,
         }

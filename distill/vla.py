@@ -41,6 +41,7 @@ import transformers
 from torch import nn
 
 from distill.tokenizer import WordTokenizer
+from tasks.base import PRIVILEGED_OBJECTS
 from tasks.errors import UserInputError
 
 CAMERAS = ("agentview", "wrist")
@@ -48,7 +49,9 @@ ACTION_DIM = 7
 PROPRIO_DIM = 8
 IMAGE_SIZE = 128
 _STD_FLOOR = 1e-2  # normalisation never divides by less than this (e.g. an action dim that is always 0)
-VISION_ENCODERS = ("patch", "deep")  # VLAConfig.vision_encoder: PatchEncoder, DeepEncoder
+# VLAConfig.vision_encoder: PatchEncoder, DeepEncoder, or StateEncoder (the state-input ceiling: privileged
+# scene-entity positions replace the cameras; a diagnostic, never a policy to report as a VLA)
+VISION_ENCODERS = ("patch", "deep", "state")
 
 # Reference-teacher sizes. "small" trains on a 2-core CPU; "full" is for a GPU.
 PROFILES: dict[str, dict] = {
@@ -123,6 +126,8 @@ class VLAConfig:
             raise UserInputError(
                 f"unknown vision_encoder {self.vision_encoder!r}; valid: {', '.join(VISION_ENCODERS)}"
             )
+        if self.vision_encoder == "state" and self.cameras:
+            raise UserInputError(f"vision_encoder 'state' reads no cameras; give cameras=[] (got {self.cameras})")
         if self.stem_channels < 1:
             raise UserInputError(f"stem_channels must be >= 1, got {self.stem_channels}")
         if self.vision_keypoints < 0:
@@ -144,6 +149,11 @@ class VLAConfig:
     def tokens_per_camera(self) -> int:
         """Vision tokens of one camera: the G x G patch grid, plus the keypoint token when there is one."""
         return self.vision_grid ** 2 + (1 if self.vision_keypoints else 0)
+
+    @property
+    def vision_tokens(self) -> int:
+        """Tokens before the proprio token: every camera's, or one per scene entity for the state encoder."""
+        return PRIVILEGED_OBJECTS if self.vision_encoder == "state" else len(self.cameras) * self.tokens_per_camera
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,6 +221,8 @@ def teacher_config(
         rms_norm_eps=1e-6,
         initializer_range=0.02,
     )
+    if overrides.get("vision_encoder") == "state":
+        overrides.setdefault("cameras", [])  # the state ceiling reads no cameras
     stats = {
         "action_stats": {k: [float(x) for x in v] for k, v in action_stats.items()},
         "proprio_stats": {k: [float(x) for x in v] for k, v in proprio_stats.items()},
@@ -421,6 +433,22 @@ class DeepEncoder(nn.Module):
         return torch.cat([tokens, self.keypoint_proj(xy)[:, None]], dim=1)  # (B, G*G + 1, D)
 
 
+class StateEncoder(nn.Module):
+    """The state-input ceiling's "vision": (B, E, 4) privileged scene entities (position minus the hand, valid
+    flag; ``tasks.simpler.env.SimplerEnv.privileged_state``) -> (B, E, D) tokens, one per entity, through a
+    two-layer MLP plus a learned per-entity position. Same decoder, chunking and loss as the teacher: what it
+    reaches says how much of the gap is perception."""
+
+    def __init__(self, hidden_size: int, entities: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+        self.pos = nn.Parameter(torch.zeros(entities, hidden_size))
+
+    def forward(self, objects: torch.Tensor) -> torch.Tensor:
+        scaled = torch.cat([objects[..., :3] * 10.0, objects[..., 3:]], dim=-1)  # decimetres: O(1) inputs
+        return self.mlp(scaled) + self.pos  # (B, E, D)
+
+
 class VLA(nn.Module):
     """Vision-language-action model over an ordered stack of ``transformers`` decoder layers.
 
@@ -446,11 +474,14 @@ class VLA(nn.Module):
         self.tokenizer = WordTokenizer(config.vocab)
 
         d = config.hidden_size
-        encoder = DeepEncoder if config.vision_encoder == "deep" else PatchEncoder
-        self.vision = encoder(
-            d, config.vision_grid, config.stem_channels, config.image_size, coords=config.vision_coords,
-            keypoints=config.vision_keypoints,
-        )
+        if config.vision_encoder == "state":
+            self.vision = StateEncoder(d, PRIVILEGED_OBJECTS)
+        else:
+            encoder = DeepEncoder if config.vision_encoder == "deep" else PatchEncoder
+            self.vision = encoder(
+                d, config.vision_grid, config.stem_channels, config.image_size, coords=config.vision_coords,
+                keypoints=config.vision_keypoints,
+            )
         self.camera_embed = nn.Parameter(torch.zeros(len(config.cameras), d))
         self.text_embed = nn.Embedding(len(config.vocab), d)
         self.proprio_proj = nn.Sequential(nn.Linear(config.proprio_dim, d), nn.GELU(), nn.Linear(d, d))
@@ -508,11 +539,14 @@ class VLA(nn.Module):
         cfg = self.config
         dtype = self.action_queries.dtype
         b = batch["proprio"].shape[0]
-        images = torch.cat([batch[cam] for cam in cfg.cameras])  # (C*B, H, W, 3)
-        vis = self.vision(images)  # (C*B, P, D)
-        p = vis.shape[1]
-        vis = vis.view(len(cfg.cameras), b, p, -1) + self.camera_embed[:, None, None, :]  # (C, B, P, D)
-        vis = vis.transpose(0, 1).reshape(b, len(cfg.cameras) * p, -1)  # (B, C*P, D)
+        if cfg.vision_encoder == "state":
+            vis = self.vision(batch["objects"].to(dtype))  # (B, E, D)
+        else:
+            images = torch.cat([batch[cam] for cam in cfg.cameras])  # (C*B, H, W, 3)
+            vis = self.vision(images)  # (C*B, P, D)
+            p = vis.shape[1]
+            vis = vis.view(len(cfg.cameras), b, p, -1) + self.camera_embed[:, None, None, :]  # (C, B, P, D)
+            vis = vis.transpose(0, 1).reshape(b, len(cfg.cameras) * p, -1)  # (B, C*P, D)
         proprio = (batch["proprio"].float() - self.proprio_mean) / self.proprio_std  # (B, 8)
         prop = self.proprio_proj(proprio.to(dtype))[:, None]  # (B, 1, D)
         text = self.text_embed(batch["input_ids"])  # (B, T, D)
@@ -630,6 +664,9 @@ def prepare_observations(cfg: VLAConfig, tokenizer: WordTokenizer, obs_list: Seq
     for cam in cfg.cameras:
         frames = [_as_tensor(obs, cam, img_shape) for obs in obs_list]
         batch[cam] = torch.stack(frames).to(device=device, dtype=torch.uint8)  # (B, H, W, 3)
+    if cfg.vision_encoder == "state":
+        objects = [_as_tensor(obs, "objects", (PRIVILEGED_OBJECTS, 4)) for obs in obs_list]
+        batch["objects"] = torch.stack(objects).to(device=device, dtype=torch.float32)  # (B, E, 4)
     proprio = [_as_tensor(obs, "proprio", (cfg.proprio_dim,)) for obs in obs_list]
     batch["proprio"] = torch.stack(proprio).to(device=device, dtype=torch.float32)  # (B, 8)
     texts = []

@@ -55,12 +55,14 @@ class Job:
 class PolicySource:
     """Where policies come from: ``build(env)`` returns a policy for ``env`` (see
     :mod:`harness.rollout` for the protocol); ``hash_for(env)`` identifies its weights/code;
-    ``meta`` describes it for the report (``kind``, ``budget``, ``method``: see :mod:`harness.report`)."""
+    ``meta`` describes it for the report (``kind``, ``budget``, ``method``: see :mod:`harness.report`);
+    ``env_kwargs`` are what its environments need (the state-input ceiling: ``privileged_obs=True``)."""
 
     name: str
     build: Callable[[Any], Any]
     hash_for: Callable[[Any], str]
     meta: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,7 +121,11 @@ def policy_source(policy: str) -> PolicySource:
                 else "router without graph supervision"}
     else:
         meta = {"policy": str(path), "kind": "teacher", "method": "teacher"}
-    return PolicySource(str(path), build=lambda env: loaded, hash_for=lambda env: digest, meta=meta)
+    state = config.get("vla", {}).get("vision_encoder") == "state"
+    if state:
+        meta["method"] = "state-input ceiling (privileged scene state, no cameras)"
+    return PolicySource(str(path), build=lambda env: loaded, hash_for=lambda env: digest, meta=meta,
+                        env_kwargs={"privileged_obs": True} if state else {})
 
 
 def write_meta(out: Path, meta: dict[str, Any]) -> None:
@@ -269,7 +275,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     counts = _episode_counts(suite, variant, episodes, episodes_by_variant)
     variant_names = list(counts)
     source = policy if isinstance(policy, PolicySource) else policy_source(policy)
-    env_kwargs = dict(env_kwargs or {})
+    env_kwargs = {**source.env_kwargs, **dict(env_kwargs or {})}
 
     probe = suites.make(suite, task_names[0], variant=variant_names[0], seed=seed, **env_kwargs)
     try:

@@ -53,9 +53,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
                         help="save an exponential moving average of the weights (decay in (0, 1), e.g. 0.999) "
                              "as the checkpoint, and the trained weights in OUT/raw; 0: off (default)")
-    parser.add_argument("--vision-encoder", default=None, choices=["patch", "deep"],
+    parser.add_argument("--vision-encoder", default=None, choices=["patch", "deep", "state"],
                         help="camera encoder: patch (patchify stem, distill.vla.PatchEncoder) or deep (3x3 convs "
-                             "with GroupNorm to a 16x16 map, distill.vla.DeepEncoder); default patch")
+                             "with GroupNorm to a 16x16 map, distill.vla.DeepEncoder); state: the state-input "
+                             "ceiling, privileged scene entities instead of cameras (needs demonstrations with "
+                             "'objects'; a diagnostic); default patch")
     parser.add_argument("--vision-keypoints", type=int, default=None, metavar="K",
                         help="K spatial-softmax keypoints per camera, read off the encoder's stride-8 map (the "
                              "deep map with --vision-encoder deep) into one more vision token; default 0: off")

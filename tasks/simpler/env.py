@@ -167,7 +167,7 @@ class SimplerEnv(gymnasium.Env):
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, suite: str, task: Task, arm: str, variant: str = "visual_matching", seed: int = 0,
-                 image_size: int = 128):
+                 image_size: int = 128, privileged_obs: bool = False):
         if variant not in LOOKS:
             raise UserInputError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
         if arm not in ARMS:
@@ -183,6 +183,7 @@ class SimplerEnv(gymnasium.Env):
         self.arm: ArmSpec = ARMS[arm]
         self.look = LOOKS[variant]
         self.image_size = int(image_size)
+        self.privileged_obs = bool(privileged_obs)  # obs["objects"] = privileged_state(): the state ceiling only
         self.model = mujoco.MjModel.from_xml_string(self._scene_xml())
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)
@@ -404,6 +405,8 @@ class SimplerEnv(gymnasium.Env):
 
     def _obs(self, render: bool) -> dict:
         obs = {"agentview": None, "wrist": None, "proprio": self.proprio(), "instruction": self.instruction}
+        if self.privileged_obs:
+            obs["objects"] = self.privileged_state()
         if render:
             obs["agentview"] = self.render_camera("agentview")
             obs["wrist"] = self.render_camera("wrist")
