@@ -42,7 +42,7 @@ class EpisodeResult:
     ``agentview``/``wrist`` (T, H, W, 3) uint8, ``proprio`` (T, 8) float32 and ``actions``
     (T, 7) float32, where observation t is what produced action t, plus ``instruction``; and, where the
     env and the policy provide them (the SIMPLER-style suites and their experts), the privileged
-    ``objects`` (T, 6, 4) (``env.privileged_state()`` at observation t) and ``expert_target`` (T, 5)
+    ``objects`` (T, 12, 4) (``env.privileged_state()`` at observation t) and ``expert_target`` (T, 5)
     (``policy.last_privileged`` after action t).
     ``frames`` (only with ``videos=True``) is the list of agentview frames including the first
     and last observation.

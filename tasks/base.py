@@ -46,7 +46,7 @@ PROPRIO_DIM = 8
 ACTION_DIM = 7
 IMAGE_KEYS = ("agentview", "wrist")
 # privileged quantities recorded with demonstrations (training-time only; see harness.rollout's record):
-PRIVILEGED_OBJECTS = 6  # env.privileged_state(): (6, 4) per entity, position minus hand and a valid flag
+PRIVILEGED_OBJECTS = 12  # env.privileged_state(): (12, 4) per entity, position minus hand and a valid flag
 EXPERT_TARGET_DIM = 5  # expert.last_privileged: its waypoint minus hand (3), gripper command, phase in [0, 1]
 
 Observation = dict[str, Any]  # "agentview", "wrist": (H, W, 3) uint8; "proprio": (8,) float32; "instruction": str

@@ -20,7 +20,7 @@ Layout of a dataset folder:
   episode_index, instruction, length, video file, its size and sha256, and the largest absolute
   pixel error of its images after decoding (0 for the default lossless codec).
 - ``steps.parquet``: one row per step: episode, t, proprio (8 float32), action (7 float32), and where the
-  recorder had them (SIMPLER-style experts) the privileged ``objects`` (6 x 4 float32: per scene entity its
+  recorder had them (SIMPLER-style experts) the privileged ``objects`` (12 x 4 float32: per scene entity its
   position minus the hand and a valid flag) and ``expert_target`` (5 float32: the expert's waypoint minus
   the hand, gripper command, phase). Training-time supervision only; a policy never sees them.
 - ``videos/epNNNNNN.mp4``: the episode's agentview and wrist frames side by side
@@ -323,7 +323,7 @@ class DemoDataset(torch.utils.data.Dataset):
     past the episode's end the last action repeats), ``action_mask`` (chunk,) bool (False on that
     padding), ``sample_id`` int64 (``dataset_id * 2**40 + episode * 2**20 + t``: stable under
     shuffling and unique across ``dirs``), ``suite`` and ``task`` str; and, where the folder recorded
-    them, the privileged ``objects`` (6, 4) and ``expert_target`` (5,) float32 of step t.
+    them, the privileged ``objects`` (12, 4) and ``expert_target`` (5,) float32 of step t.
 
     Images are decoded per episode on first use and kept in an LRU cache of ``cache_episodes``
     episodes (per process, so per ``DataLoader`` worker); ``preload=True`` decodes everything up

@@ -9,7 +9,7 @@ from test_student import SyntheticDemos
 from torch.utils.data import Dataset
 
 from distill.checkpoint import save_checkpoint
-from distill.probe import format_probe, probe, ridge_cv, target_of
+from distill.probe import PENALTIES, format_probe, probe, ridge_cv, target_of
 from harness import cli
 
 
@@ -56,7 +56,7 @@ def test_probe_places_a_target_from_the_images_not_the_proprio(tmp_path, teacher
     save_checkpoint(tmp_path / "t", teacher)
     rows = probe(tmp_path / "t", Painted(), samples=160)
     by = {r["features"]: r for r in rows}
-    assert by["vision"]["episodes"] == 40 and by["vision"]["n"] == 160
+    assert by["vision"]["episodes"] == 40 and by["vision"]["n"] == 160 and by["vision"]["penalty"] in PENALTIES
     assert by["vision"]["r2"] > 0.5 > by["proprio"]["r2"]
     assert by["vision"]["rmse_cm"] < by["proprio"]["rmse_cm"] <= 1.2 * by["proprio"]["baseline_rmse_cm"]
     assert "| painted | 160 | 40 |" in format_probe(rows)

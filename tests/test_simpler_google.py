@@ -152,7 +152,7 @@ def test_demonstrations_record_the_privileged_state_of_each_step(tmp_path):
                  codec="npy")
     ds = DemoDataset([str(tmp_path / "d")], chunk=4)
     first, later = ds[0], ds[len(ds) - 1]
-    assert first["objects"].shape == (6, 4) and first["expert_target"].shape == (5,)
+    assert first["objects"].shape == (12, 4) and first["expert_target"].shape == (5,)
     import tasks
 
     env = tasks.make("simpler_google", "move_near", seed=1)  # record_demos' default seed, episode 0
@@ -161,11 +161,12 @@ def test_demonstrations_record_the_privileged_state_of_each_step(tmp_path):
     expected = sim.privileged_state()
     env.close()
     np.testing.assert_allclose(first["objects"].numpy(), expected, atol=1e-6)
-    n = int(expected[:, 3].sum())
-    assert n >= 3 and (first["objects"][:n, 3] == 1).all() and not first["objects"][n:].any()
+    valid = first["objects"][:, 3] == 1
+    assert int(valid.sum()) == 3 and not first["objects"][~valid].any()  # the layout's three props; parked: zero
+    row = int(valid.nonzero()[0, 0])
     eef = sim.eef_pose()[0]  # the hand at the first observation
-    kind, body = sim._entities()[0]
+    kind, body = sim._entities()[row]
     assert kind == "body"
-    np.testing.assert_allclose(first["objects"][0, :3].numpy() + eef, sim.data.xpos[body], atol=1e-6)
+    np.testing.assert_allclose(first["objects"][row, :3].numpy() + eef, sim.data.xpos[body], atol=1e-6)
     assert first["expert_target"][4] == 0.0 and 0.0 < later["expert_target"][4] <= 1.0  # the plan's phase
     assert float(first["expert_target"][3]) == -1.0  # the first waypoint keeps the gripper open

@@ -435,30 +435,37 @@ class SimplerEnv(gymnasium.Env):
             self._renderer = None
 
     # ------------------------------------------------------ privileged state
+    PARKED_Z = -0.2  # world z below which a prop is parked off the table (tasks.simpler.google._park)
+
     def _entities(self) -> list[tuple[str, int]]:
         """The scene's task entities in a fixed order: ``("body", id)`` of every free body that is not a
-        distractor (sorted by name), then ``("site", id)`` of every ``*_handle`` site, then the distractors."""
+        distractor (sorted by name), then of every mocap body (placement targets: towel, plate, basket), then
+        ``("site", id)`` of every ``*_handle`` site, then the distractors."""
         if getattr(self, "_entity_list", None) is None:
             m = self.model
             free = [m.jnt_bodyid[j] for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
             names = {b: m.body(b).name for b in free}
             task = sorted((b for b in free if not names[b].startswith("distractor")), key=names.get)
             distract = sorted((b for b in free if names[b].startswith("distractor")), key=names.get)
+            mocap = sorted((b for b in range(m.nbody) if m.body_mocapid[b] >= 0), key=lambda b: m.body(b).name)
             handles = sorted((s for s in range(m.nsite) if m.site(s).name.endswith("_handle")),
                              key=lambda s: m.site(s).name)
-            self._entity_list = ([("body", b) for b in task] + [("site", s) for s in handles]
-                                 + [("body", b) for b in distract])
+            self._entity_list = ([("body", b) for b in task] + [("body", b) for b in mocap]
+                                 + [("site", s) for s in handles] + [("body", b) for b in distract])
         return self._entity_list
 
     def privileged_state(self) -> np.ndarray:
         """(PRIVILEGED_OBJECTS, 4) float32: per task entity (:meth:`_entities`, at most
         ``PRIVILEGED_OBJECTS``), its position minus the hand's (world frame, metres) and 1.0; rows past the
-        last entity are zero. What a policy must read off its cameras; recorded with demonstrations for
-        training-time supervision and the state-input ceiling, never given to an evaluated policy."""
+        last entity, and of entities parked below the table (props a layout does not use), are zero. What a
+        policy must read off its cameras; recorded with demonstrations for training-time supervision and the
+        state-input ceiling, never given to an evaluated policy."""
         out = np.zeros((PRIVILEGED_OBJECTS, 4), np.float32)
         eef = self.data.site_xpos[self.eef_site]
         for row, (kind, idx) in enumerate(self._entities()[:PRIVILEGED_OBJECTS]):
             pos = self.data.xpos[idx] if kind == "body" else self.data.site_xpos[idx]
+            if pos[2] < self.PARKED_Z:
+                continue
             out[row, :3] = pos - eef
             out[row, 3] = 1.0
         return out
