@@ -117,22 +117,36 @@ def probe(policy: str | os.PathLike, data: Sequence[str | os.PathLike], *, targe
             lam, pred = min(fits.items(), key=lambda kv: float(((yg - kv[1]) ** 2).sum()))
             sse = float(((yg - pred) ** 2).sum())
             rows.append({"group": group, "features": name, "n": int(sel.sum()), "episodes": len(set(eg)),
-                         "penalty": lam,
+                         "penalty": lam, "rmse_cm_ci": _rmse_interval(yg - pred, eg),
                          "rmse_cm": 100 * float(np.sqrt(((yg - pred) ** 2).sum(1).mean())),
                          "r2": 1.0 - sse / max(sst, 1e-12),
                          "baseline_rmse_cm": 100 * float(np.sqrt(((yg - zero) ** 2).sum(1).mean()))})
     return rows
 
 
+def _rmse_interval(residual: np.ndarray, episodes: np.ndarray, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval (cm) of the RMSE of ``residual`` (N, 3) over episodes drawn with replacement."""
+    keys, inverse = np.unique(episodes, return_inverse=True)
+    sq = np.bincount(inverse, weights=(residual ** 2).sum(1), minlength=len(keys))  # (E,)
+    count = np.bincount(inverse, minlength=len(keys)).astype(float)
+    draw = np.random.default_rng(seed).integers(0, len(keys), (resamples, len(keys)))  # (R, E)
+    rmse = 100 * np.sqrt(sq[draw].sum(1) / count[draw].sum(1))
+    low, high = np.percentile(rmse, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def format_probe(rows: Sequence[dict]) -> str:
-    """A markdown table: per group, the out-of-fold error (cm) and R^2 of each feature set."""
+    """A markdown table: per group, the out-of-fold error (cm, with its 95% interval by episode) and R^2 of
+    each feature set."""
     groups = sorted({r["group"] for r in rows})
     keyed = {(r["group"], r["features"]): r for r in rows}
-    head = ["group", "n", "episodes", "mean-target error (cm)"] + [f"{f}: cm, R^2" for f in FEATURES]
+    head = ["group", "n", "episodes", "mean-target error (cm)"] + [f"{f}: cm [95% CI], R^2" for f in FEATURES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         first = keyed[(g, FEATURES[0])]
         cells = [g, str(first["n"]), str(first["episodes"]), f"{first['baseline_rmse_cm']:.1f}"]
-        cells += [f"{keyed[(g, f)]['rmse_cm']:.1f}, {keyed[(g, f)]['r2']:.2f}" for f in FEATURES]
+        cells += [f"{keyed[(g, f)]['rmse_cm']:.1f} [{keyed[(g, f)]['rmse_cm_ci'][0]:.1f}, "
+                  f"{keyed[(g, f)]['rmse_cm_ci'][1]:.1f}], {keyed[(g, f)]['r2']:.2f}" for f in FEATURES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

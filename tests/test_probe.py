@@ -71,3 +71,14 @@ def test_probe_refuses_data_without_privileged_state(tmp_path, teacher, monkeypa
     monkeypatch.setattr(distill.data, "open_dataset", lambda data, chunk: SyntheticDemos(n=12))
     assert cli.main(["probe", "--policy", str(tmp_path / "t"), "--data", str(tmp_path), "--samples", "12"]) == 2
     assert "no 'expert_target' field" in capsys.readouterr().err
+
+
+def test_rmse_interval_by_episode():
+    from distill.probe import _rmse_interval
+
+    same = np.full((6, 3), 0.01)  # every episode off by (1, 1, 1) cm
+    low, high = _rmse_interval(same, np.array([0, 0, 1, 1, 2, 2]))
+    assert low == pytest.approx(100 * np.sqrt(3e-4)) and high == pytest.approx(low)
+    spread = np.array([[0.0, 0, 0], [0.0, 0, 0], [0.02, 0, 0], [0.02, 0, 0]])
+    low, high = _rmse_interval(spread, np.array([0, 0, 1, 1]))
+    assert low == pytest.approx(0.0) and high == pytest.approx(2.0)
