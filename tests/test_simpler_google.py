@@ -165,7 +165,7 @@ def test_demonstrations_record_the_privileged_state_of_each_step(tmp_path):
     assert int(valid.sum()) == 3 and not first["objects"][~valid].any()  # the layout's three props; parked: zero
     row = int(valid.nonzero()[0, 0])
     eef = sim.eef_pose()[0]  # the hand at the first observation
-    kind, body = sim._entities()[row]
+    kind, body = sim.entities()[row]
     assert kind == "body"
     np.testing.assert_allclose(first["objects"][row, :3].numpy() + eef, sim.data.xpos[body], atol=1e-6)
     assert first["expert_target"][4] == 0.0 and 0.0 < later["expert_target"][4] <= 1.0  # the plan's phase

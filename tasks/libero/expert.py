@@ -187,7 +187,7 @@ class _Scene:
     def body_id(self, name: str) -> int:
         return int(self.env.obj_body_id[name])
 
-    def _subtree_geoms(self, body: int) -> np.ndarray:
+    def subtree_geoms(self, body: int) -> np.ndarray:
         if body not in self._geoms:
             m = self.model
             ids = []
@@ -208,7 +208,7 @@ class _Scene:
             [[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=float
         )  # (8, 3)
         pts = []
-        for g in self._subtree_geoms(body):
+        for g in self.subtree_geoms(body):
             c, h = self.model.geom_aabb[g, :3], self.model.geom_aabb[g, 3:]
             local = c + signs * h  # (8, 3)
             pts.append(self.data.geom_xpos[g] + local @ self.data.geom_xmat[g].reshape(3, 3).T)
@@ -230,7 +230,7 @@ class _Scene:
     def geom_footprints(self, body: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per collision geom under ``body``: world-aligned horizontal box centre (G, 2), half sizes
         (G, 2) and top height (G,)."""
-        geoms = self._subtree_geoms(body)
+        geoms = self.subtree_geoms(body)
         if not len(geoms):
             return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
         signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=float)
@@ -248,7 +248,7 @@ class _Scene:
         horizontal centre (2,), the two horizontal unit axes of its box (2, 2), their half sizes
         (2,), bottom and top heights."""
         out = []
-        for g in self._subtree_geoms(body):
+        for g in self.subtree_geoms(body):
             if fixed and self._jointed(self.model.geom_bodyid[g], body):
                 continue
             mat = self.data.geom_xmat[g].reshape(3, 3)
@@ -877,7 +877,7 @@ class LiberoExpert:
         sign = np.sign(np.mean(art["default_open_ranges"]) - np.mean(art["default_close_ranges"]))
         open_dir = sign * d.xaxis[jid].copy()  # world displacement of the drawer when it opens
         body = m.jnt_bodyid[jid]
-        geoms = sc._subtree_geoms(body)
+        geoms = sc.subtree_geoms(body)
         handle = d.geom_xpos[geoms[np.argmax(d.geom_xpos[geoms] @ open_dir)]].copy()
         if open_:  # approach horizontally, fingers closing vertically around the handle bar
             side = self._facing(-open_dir)
@@ -993,7 +993,7 @@ class LiberoExpert:
         sign = 1.0 if np.mean(art["default_turnon_ranges"]) > np.mean(art["default_turnoff_ranges"]) else -1.0
         sign = sign if on else -sign
         axis, anchor = d.xaxis[jid].copy(), d.xanchor[jid].copy()
-        geoms = sc._subtree_geoms(m.jnt_bodyid[jid])
+        geoms = sc.subtree_geoms(m.jnt_bodyid[jid])
         rel = d.geom_xpos[geoms] - anchor  # (G, 3)
         radial = rel - np.outer(rel @ axis, axis)
         lever = d.geom_xpos[geoms[np.argmax(np.linalg.norm(radial, axis=1))]].copy()

@@ -437,7 +437,7 @@ class SimplerEnv(gymnasium.Env):
     # ------------------------------------------------------ privileged state
     PARKED_Z = -0.2  # world z below which a prop is parked off the table (tasks.simpler.google._park)
 
-    def _entities(self) -> list[tuple[str, int]]:
+    def entities(self) -> list[tuple[str, int]]:
         """The scene's task entities in a fixed order: ``("body", id)`` of every free body that is not a
         distractor (sorted by name), then of every mocap body (placement targets: towel, plate, basket), then
         ``("site", id)`` of every ``*_handle`` site, then the distractors."""
@@ -455,14 +455,14 @@ class SimplerEnv(gymnasium.Env):
         return self._entity_list
 
     def privileged_state(self) -> np.ndarray:
-        """(PRIVILEGED_OBJECTS, 4) float32: per task entity (:meth:`_entities`, at most
+        """(PRIVILEGED_OBJECTS, 4) float32: per task entity (:meth:`entities`, at most
         ``PRIVILEGED_OBJECTS``), its position minus the hand's (world frame, metres) and 1.0; rows past the
         last entity, and of entities parked below the table (props a layout does not use), are zero. What a
         policy must read off its cameras; recorded with demonstrations for training-time supervision and the
         state-input ceiling, never given to an evaluated policy."""
         out = np.zeros((PRIVILEGED_OBJECTS, 4), np.float32)
         eef = self.data.site_xpos[self.eef_site]
-        for row, (kind, idx) in enumerate(self._entities()[:PRIVILEGED_OBJECTS]):
+        for row, (kind, idx) in enumerate(self.entities()[:PRIVILEGED_OBJECTS]):
             pos = self.data.xpos[idx] if kind == "body" else self.data.site_xpos[idx]
             if pos[2] < self.PARKED_Z:
                 continue
