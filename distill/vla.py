@@ -274,6 +274,15 @@ class Embedded:
         )
 
 
+def _stem_input(images: torch.Tensor, dtype: torch.dtype, coord_grid: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) in [-1, 1], with the two CoordConv channels appended when
+    ``coord_grid`` (1, 2, H, W) is given: (B, 5, H, W)."""
+    x = _to_unit(images, dtype)  # (B, 3, H, W)
+    if coord_grid is None:
+        return x
+    return torch.cat([x, coord_grid.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)  # (B, 5, H, W)
+
+
 def _to_unit(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) in [-1, 1] of ``dtype``."""
     return images.permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0
@@ -339,10 +348,7 @@ class PatchEncoder(nn.Module):
             self.keypoint_proj = nn.Linear(2 * keypoints, hidden_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = _to_unit(images, self.pos.dtype)  # (B, 3, H, W) in [-1, 1]
-        if self.coords:
-            grid = self.coord_grid.to(x.dtype).expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W)
-            x = torch.cat([x, grid], dim=1)  # (B, 5, H, W)
+        x = _stem_input(images, self.pos.dtype, self.coord_grid if self.coords else None)  # (B, 3 or 5, H, W)
         if not self.keypoints:
             x = self.stem(x)  # (B, D, G, G)
             return x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, D)
@@ -419,10 +425,7 @@ class DeepEncoder(nn.Module):
             self.keypoint_proj = nn.Linear(2 * keypoints, hidden_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = _to_unit(images, self.pos.dtype)  # (B, 3, H, W) in [-1, 1]
-        if self.coords:
-            grid = self.coord_grid.to(x.dtype).expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W)
-            x = torch.cat([x, grid], dim=1)  # (B, 5, H, W)
+        x = _stem_input(images, self.pos.dtype, self.coord_grid if self.coords else None)  # (B, 3 or 5, H, W)
         feats = self.stem(x)  # (B, C, S, S)
         pooled = nn.functional.avg_pool2d(feats, self.pool)  # (B, C, G, G)
         tokens = self.grid_proj(pooled.flatten(2).transpose(1, 2)) + self.pos  # (B, G*G, D)

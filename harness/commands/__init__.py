@@ -27,6 +27,29 @@ def out_folder(text: str) -> str:
     return text
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` for a verb's ``--threads`` (None: torch's choice); refuses < 1."""
+    if threads is None:
+        return
+    from tasks.errors import UserInputError
+
+    if threads < 1:
+        raise UserInputError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def write_json(path: str | None, rows) -> None:
+    """Write ``rows`` as indented JSON to ``path`` (a verb's ``--json``; nothing when None), folders created."""
+    if path is None:
+        return
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rows, indent=1))
+
+
 def out_file(text: str) -> str:
     """argparse type of an output file: refuses an existing folder, or a parent path that is a file."""
     path = Path(text)

@@ -15,8 +15,7 @@ This reads training data: it measures fit, not success (use actdistill eval for 
 
 from __future__ import annotations
 
-from harness.commands import out_file
-from tasks.errors import UserInputError
+from harness.commands import out_file, set_threads, write_json
 
 HELP = "offline action error under the router and static masks"
 
@@ -41,23 +40,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
-    import torch
-
     from distill.diagnose import format_fit, offline_fit
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserInputError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     masks = [m.strip() for m in args.masks.split(",") if m.strip()]
     images = [m.strip() for m in args.images.split(",") if m.strip()]
     rows = offline_fit(args.policy, args.data, samples=args.samples, by=args.by, masks=masks, layers=args.layers,
                        images=images)
     print(format_fit(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows)
     return 0

@@ -10,8 +10,7 @@ regression from the vision tokens, the proprio, and both, to the target minus th
 
 from __future__ import annotations
 
-from harness.commands import out_file
-from tasks.errors import UserInputError
+from harness.commands import out_file, set_threads, write_json
 
 HELP = "linear probe: do a checkpoint's vision tokens place the target?"
 
@@ -31,20 +30,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
-    import torch
-
     from distill.probe import format_probe, probe
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserInputError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     rows = probe(args.policy, args.data, target=args.target, samples=args.samples, by=args.by)
     print(format_probe(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows)
     return 0
