@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tasks.datasets import split_sample_id
 from tasks.errors import UserInputError
 
 MASKS = ("routed", "all", "first", "last")
 GROUPS = ("suite", "task")
 IMAGES = ("real", "zero", "swap")
-_EPISODE_BITS = 20  # sample_id = dataset_id * 2**40 + episode * 2**20 + t (tasks.datasets)
 
 
 def perturb_images(items: Sequence[dict], mode: str) -> list[dict]:
@@ -56,8 +56,7 @@ def perturb_images(items: Sequence[dict], mode: str) -> list[dict]:
     out = list(items)
     for members in by_task.values():
         ids = [int(items[i]["sample_id"]) for i in members]
-        episode = [sid >> _EPISODE_BITS for sid in ids]  # dataset and episode
-        step = [sid & ((1 << _EPISODE_BITS) - 1) for sid in ids]
+        episode, step = zip(*(split_sample_id(sid) for sid in ids))  # (dataset, episode) key and t
         order = sorted(set(episode))
         for j, i in enumerate(members):
             others = [m for m in range(len(members)) if episode[m] != episode[j]]
@@ -182,7 +181,7 @@ def _fit_policy(path: str, policy, groups: dict[str, list[dict]], masks: Sequenc
                 batch = collate(model, groups[group][start:start + batch_size])
                 emb = model.embed(batch.inputs)  # once per batch, shared by every mask
                 count += float(batch.mask.sum())
-                episodes = [str(int(i) >> _EPISODE_BITS) for i in batch.sample_ids]
+                episodes = [str(split_sample_id(i)[0]) for i in batch.sample_ids]
                 for mode in modes:
                     mask = _mask(model, emb, mode, k)
                     chunk = model.head(model.run_layers(emb.hidden, emb, mask), emb)

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tasks.datasets import split_sample_id
 from tasks.errors import UserInputError
 
 TARGETS = ("expert_target", "objects")
 PENALTIES = (0.1, 1.0, 10.0, 100.0)
 FEATURES = ("vision", "proprio", "vision+proprio")
-_EPISODE_BITS = 20  # sample_id = dataset_id * 2**40 + episode * 2**20 + t (tasks.datasets)
 
 
 def target_of(item: dict, target: str) -> np.ndarray:
@@ -102,7 +102,7 @@ def probe(policy: str | os.PathLike, data: Sequence[str | os.PathLike], *, targe
     index = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
     items = [dataset[int(i)] for i in index]
     y = np.stack([target_of(it, target) for it in items])  # (N, 3)
-    episodes = np.array([int(it["sample_id"]) >> _EPISODE_BITS for it in items])
+    episodes = np.array([split_sample_id(it["sample_id"])[0] for it in items])
     vision, proprio = _features(model, items, batch_size)
     sets = {"vision": vision, "proprio": proprio, "vision+proprio": np.concatenate([vision, proprio], 1)}
     rows = []

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks.base import ACTION_DIM, IMAGE_KEYS, Policy
+from tasks.base import ACTION_DIM, IMAGE_KEYS, PRIVILEGED_SHAPES, Policy
 
-PRIVILEGED_KEYS = ("objects", "expert_target")  # recorded when available: env.privileged_state(), policy.last_privileged
+# recorded when available: env.privileged_state() as "objects", policy.last_privileged as "expert_target"
+PRIVILEGED_KEYS = tuple(PRIVILEGED_SHAPES)
 
 
 @dataclass

@@ -48,6 +48,7 @@ IMAGE_KEYS = ("agentview", "wrist")
 # privileged quantities recorded with demonstrations (training-time only; see harness.rollout's record):
 PRIVILEGED_OBJECTS = 12  # env.privileged_state(): (12, 4) per entity, position minus hand and a valid flag
 EXPERT_TARGET_DIM = 5  # expert.last_privileged: its waypoint minus hand (3), gripper command, phase in [0, 1]
+PRIVILEGED_SHAPES = {"objects": (PRIVILEGED_OBJECTS, 4), "expert_target": (EXPERT_TARGET_DIM,)}  # per step
 
 Observation = dict[str, Any]  # "agentview", "wrist": (H, W, 3) uint8; "proprio": (8,) float32; "instruction": str
 

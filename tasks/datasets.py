@@ -63,16 +63,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tasks.base import ACTION_DIM, EXPERT_TARGET_DIM, PRIVILEGED_OBJECTS, PROPRIO_DIM
+from tasks.base import ACTION_DIM, PRIVILEGED_SHAPES, PROPRIO_DIM
 from tasks.errors import ExistingOutputError, UserInputError
 from tasks.provenance import file_hash
 
 FORMAT = "actdistill-demos/1"
 DATASET_FILES = ("meta.json", "episodes.parquet", "steps.parquet", "videos")
 CODECS = ("h264", "npy")
-PRIVILEGED_SHAPES = {"objects": (PRIVILEGED_OBJECTS, 4), "expert_target": (EXPERT_TARGET_DIM,)}
 # sample_id = dataset_id * 2**40 + episode * 2**20 + t: 22 + 20 + 20 bits fit an int64.
 _EP_SHIFT, _DS_SHIFT = 20, 40
+
+
+def split_sample_id(sample_id: int) -> tuple[int, int]:
+    """``(episode key, step t)`` of a ``sample_id``: the key is unique per (dataset, episode)."""
+    sample_id = int(sample_id)
+    return sample_id >> _EP_SHIFT, sample_id & ((1 << _EP_SHIFT) - 1)
 _MAX_DATASET_ID = 1 << 22
 
 
