@@ -22,6 +22,7 @@ VERBS = {
     "regress": "harness.commands.regress",
     "latency": "harness.commands.latency",
     "demos": "harness.commands.demos",
+    "dagger": "harness.commands.dagger",
     "train-teacher": "harness.commands.train_teacher",
     "distill": "harness.commands.distill",
     "convert": "harness.commands.convert",

@@ -22,7 +22,12 @@ class Waypoint:
 
     ``pos`` and ``quat`` may be callables of the env, evaluated when the phase starts. The phase
     ends when within ``tol`` metres (and ``rot_tol`` radians), or after ``max_steps``; ``hold``
-    extra steps are spent in place once reached (e.g. to let the fingers close)."""
+    extra steps are spent in place once reached (e.g. to let the fingers close).
+
+    ``guard(env) -> bool``: what must hold while this phase runs (the object is in the hand, the drawer
+    is open, ...). When it fails on ``WaypointExpert.guard_patience`` consecutive steps the expert
+    replans from the current state, so it gives a correct action from states its own plan would
+    never reach (a learner's drift, a dropped object): what relabelling (DAgger) needs."""
 
     pos: np.ndarray | Callable[[SimplerEnv], np.ndarray]
     grip: float = -1.0
@@ -31,6 +36,7 @@ class Waypoint:
     rot_tol: float = 0.08
     max_steps: int = 30
     hold: int = 0
+    guard: Callable[[SimplerEnv], bool] | None = None
 
 
 class WaypointExpert:
@@ -48,10 +54,15 @@ class WaypointExpert:
     that misplaces its targets by a constant offset, to measure how much error each task tolerates.
     ``last_privileged`` (after each ``act``): (EXPERT_TARGET_DIM,) float32, the waypoint acted on minus the
     hand (3), its gripper command and the plan phase ``index / len(waypoints)``, recorded with demonstrations.
+
+    Replanning: a phase whose :attr:`Waypoint.guard` fails ``guard_patience`` steps in a row (contacts
+    flicker for a step or two) makes the expert call ``plan(env)`` again from the current state and start
+    at its first waypoint; ``replans`` counts them since ``reset``. On the expert's own clean episodes no
+    guard fails (tested), so recorded demonstrations do not change.
     """
 
     def __init__(self, env: SimplerEnv, plan: Callable[[SimplerEnv], list[Waypoint]], gain: float = 0.6,
-                 max_speed: float = 0.8, timeout_scale: float = 3.0):
+                 max_speed: float = 0.8, timeout_scale: float = 3.0, guard_patience: int = 3):
         if not 0.0 < gain <= 1.0:
             raise ValueError(f"gain must be in (0, 1], got {gain}")
         if not 0.0 < max_speed <= 1.0:
@@ -61,6 +72,7 @@ class WaypointExpert:
         self.gain = gain
         self.max_speed = max_speed
         self.timeout_scale = timeout_scale
+        self.guard_patience = guard_patience
         self.target_bias = np.zeros(3)
         self.reset()
 
@@ -70,7 +82,28 @@ class WaypointExpert:
         self._phase_steps = 0
         self._held = 0
         self._resolved: tuple[np.ndarray, np.ndarray] | None = None
+        self._guard_failures = 0
+        self.replans = 0
         self.last_privileged: np.ndarray | None = None
+
+    def replan(self) -> None:
+        """Plan again from the current state and start at the new plan's first waypoint."""
+        self.waypoints = self.plan(self.env)
+        self.index = 0
+        self._phase_steps = 0
+        self._held = 0
+        self._resolved = None
+        self._guard_failures = 0
+        self.replans += 1
+
+    def _check_guard(self) -> None:
+        wp = self.waypoints[self.index]
+        if wp.guard is None or wp.guard(self.env):
+            self._guard_failures = 0
+            return
+        self._guard_failures += 1
+        if self._guard_failures >= self.guard_patience:
+            self.replan()
 
     def _resolve(self, wp: Waypoint) -> tuple[np.ndarray, np.ndarray]:
         env = self.env
@@ -85,6 +118,8 @@ class WaypointExpert:
         env = self.env
         if self.waypoints is None:
             self.waypoints = self.plan(env)
+        if self.index < len(self.waypoints):
+            self._check_guard()
         if self.index >= len(self.waypoints):
             last = self.waypoints[-1] if self.waypoints else Waypoint(pos=env.eef_pose()[0])
             self.last_privileged = np.array([0, 0, 0, last.grip, 1.0], dtype=np.float32)
@@ -111,11 +146,28 @@ class WaypointExpert:
         return action.astype(np.float32)
 
 
+GRASP_REACH = 0.025  # metres: how far from the grasp point the hand may be while the fingers close
+
+
+def hand_near(point: Callable[[SimplerEnv], np.ndarray] | np.ndarray, reach: float) -> Callable[[SimplerEnv], bool]:
+    """Guard: the hand is within ``reach`` metres of ``point`` (a position, or a callable evaluated now)."""
+    return lambda env: bool(np.linalg.norm(env.eef_pose()[0] - (point(env) if callable(point) else point)) < reach)
+
+
+def holding(body: str) -> Callable[[SimplerEnv], bool]:
+    """Guard: both fingers touch ``body``."""
+    return lambda env: env.is_grasped(body)
+
+
 def pick_and_place_plan(obj: str, place: Callable[[SimplerEnv], np.ndarray], *, grasp_height: float,
                         yaw: Callable[[SimplerEnv], float] | float = 0.0, lift: float = 0.12,
-                        release_height: float = 0.03) -> Callable[[SimplerEnv], list[Waypoint]]:
+                        release_height: float = 0.03,
+                        placed: Callable[[SimplerEnv], bool] | None = None) -> Callable[[SimplerEnv], list[Waypoint]]:
     """Plan: above ``obj`` -> down to ``grasp_height`` above its origin -> close -> lift -> over the
-    place point -> down to ``release_height`` above it -> open -> retreat."""
+    place point -> down to ``release_height`` above it -> open -> retreat.
+
+    Guards (see :class:`Waypoint`): closing needs the hand at the object, carrying needs it in the
+    hand, and retreating needs ``placed(env)`` (when given); otherwise the expert picks it up again."""
 
     def plan(env: SimplerEnv) -> list[Waypoint]:
         y = yaw(env) if callable(yaw) else yaw
@@ -139,15 +191,16 @@ def pick_and_place_plan(obj: str, place: Callable[[SimplerEnv], np.ndarray], *, 
         def retreat(e):
             return e.eef_pose()[0] + [0, 0, 0.08]
 
+        held = holding(obj)
         return [
             Waypoint(above_obj, -1, q, tol=0.015, max_steps=25),
             Waypoint(at_obj, -1, q, tol=0.008, max_steps=15),
-            Waypoint(at_obj, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3),
-            Waypoint(lifted, 1, q, tol=0.02, max_steps=12),
-            Waypoint(over_place, 1, q, tol=0.02, max_steps=20),
-            Waypoint(down_place, 1, q, tol=0.015, max_steps=10),
+            Waypoint(at_obj, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at_obj, GRASP_REACH)),
+            Waypoint(lifted, 1, q, tol=0.02, max_steps=12, guard=held),
+            Waypoint(over_place, 1, q, tol=0.02, max_steps=20, guard=held),
+            Waypoint(down_place, 1, q, tol=0.015, max_steps=10, guard=held),
             Waypoint(down_place, -1, q, tol=1.0, rot_tol=10, max_steps=3, hold=2),
-            Waypoint(retreat, -1, q, tol=0.02, max_steps=10),
+            Waypoint(retreat, -1, q, tol=0.02, max_steps=10, guard=placed),
         ]
 
     return plan

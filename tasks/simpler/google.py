@@ -23,7 +23,7 @@ import mujoco
 import numpy as np
 
 from tasks.simpler.env import SimplerEnv, Task, _quat_mul, _rotvec_to_quat
-from tasks.simpler.experts import Waypoint, WaypointExpert, down_quat
+from tasks.simpler.experts import GRASP_REACH, Waypoint, WaypointExpert, down_quat, hand_near, holding
 
 ARM = "google"
 
@@ -186,8 +186,8 @@ class _PickCan(Task):
             return [
                 Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25),
                 Waypoint(at, -1, q, tol=0.007, max_steps=15),
-                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3),
-                Waypoint(at + [0, 0, 0.15], 1, q, tol=0.02, max_steps=80),
+                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
+                Waypoint(at + [0, 0, 0.15], 1, q, tol=0.02, max_steps=80, guard=holding(name)),
             ]
 
         return WaypointExpert(env, plan)
@@ -283,15 +283,20 @@ class MoveNear(Task):
             gap = src.footprint + tgt.footprint + 0.02
             place = np.array([*(tpos[:2] + gap * away), src.rest_z + src.grasp_z + 0.01])
             carry = max(0.2, src.rest_z + src.grasp_z + 2 * max(p.rest_z for p in (tgt, self.other)) + 0.03)
+            held = holding(src.name)
+
+            def near_target(env: SimplerEnv) -> bool:  # after the release: else pick it up again
+                return _planar_dist(env.body_pos(src.name), env.body_pos(tgt.name)) < NEAR_THRESHOLD
+
             return [
                 Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25),
                 Waypoint(at, -1, q, tol=0.007, max_steps=15),
-                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3),
-                Waypoint(np.array([at[0], at[1], carry]), 1, q, tol=0.02, max_steps=15),
-                Waypoint(np.array([place[0], place[1], carry]), 1, q, tol=0.02, max_steps=20),
-                Waypoint(place, 1, q, tol=0.01, max_steps=12),
+                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
+                Waypoint(np.array([at[0], at[1], carry]), 1, q, tol=0.02, max_steps=15, guard=held),
+                Waypoint(np.array([place[0], place[1], carry]), 1, q, tol=0.02, max_steps=20, guard=held),
+                Waypoint(place, 1, q, tol=0.01, max_steps=12, guard=held),
                 Waypoint(place, -1, q, tol=1.0, rot_tol=10, max_steps=3, hold=2),
-                Waypoint(place + [0, 0, 0.1], -1, q, tol=0.02, max_steps=15),
+                Waypoint(place + [0, 0, 0.1], -1, q, tol=0.02, max_steps=15, guard=near_target),
             ]
 
         return WaypointExpert(env, plan)
@@ -324,6 +329,7 @@ HANDLE_OUT = 0.035  # handle bar distance in front of the drawer front
 OPEN_THRESHOLD = 0.15  # SIMPLER: drawer joint >= 0.15 m is open
 CLOSED_THRESHOLD = 0.05  # SIMPLER: drawer joint <= 0.05 m is closed
 PULL_TO = 0.19
+HANDLE_REACH = 0.03  # metres: the hand holds the handle while within this of it
 # Distractors keep off the cabinet and the strip in front of it where drawers slide out.
 CAB_KEEP_CLEAR = ((CAB_ORIGIN[0], CAB_ORIGIN[1] + CAB_DEPTH / 2, 0.26), (CAB_ORIGIN[0], CAB_ORIGIN[1] - 0.12, 0.21))
 
@@ -430,16 +436,21 @@ def _open_drawer_waypoints(env: SimplerEnv, level: str) -> list[Waypoint]:
     """Grasp the handle with the hand pointing into the cabinet, pull the drawer open, let go, back off."""
     h = _handle_local(env, level)
     q = _approach_quat(env)
-    pull = PULL_TO - drawer_qpos(env, level)
+    pull = max(PULL_TO - drawer_qpos(env, level), 0.0)
+    on_handle = hand_near(lambda e: _site(e, f"{level}_handle"), HANDLE_REACH)
+
+    def opened(e: SimplerEnv) -> bool:
+        return drawer_qpos(e, level) >= OPEN_THRESHOLD
+
     return [
         Waypoint(cab_point(env, [h[0] - 0.1, h[1], max(h[2], 0.15)]), -1, q, tol=0.02, rot_tol=0.1, max_steps=25),
         Waypoint(cab_point(env, h + [-0.1, 0, 0]), -1, q, tol=0.01, max_steps=15),
         Waypoint(cab_point(env, h), -1, q, tol=0.007, max_steps=15),
-        Waypoint(cab_point(env, h), 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3),
-        Waypoint(cab_point(env, h - [pull / 2, 0, 0]), 1, q, tol=0.015, max_steps=10),
-        Waypoint(cab_point(env, h - [pull, 0, 0]), 1, q, tol=0.01, max_steps=15),
+        Waypoint(cab_point(env, h), 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=on_handle),
+        Waypoint(cab_point(env, h - [pull / 2, 0, 0]), 1, q, tol=0.015, max_steps=10, guard=on_handle),
+        Waypoint(cab_point(env, h - [pull, 0, 0]), 1, q, tol=0.01, max_steps=15, guard=on_handle),
         Waypoint(cab_point(env, h - [pull, 0, 0]), -1, q, tol=1.0, rot_tol=10, max_steps=3, hold=2),
-        Waypoint(cab_point(env, h - [pull + 0.08, 0, 0]), -1, q, tol=0.02, max_steps=12),
+        Waypoint(cab_point(env, h - [pull + 0.08, 0, 0]), -1, q, tol=0.02, max_steps=12, guard=opened),
     ]
 
 
@@ -449,11 +460,15 @@ def _close_drawer_waypoints(env: SimplerEnv, level: str) -> list[Waypoint]:
     q = _approach_quat(env)
     front = h[0] + HANDLE_OUT
     side = 0.09
+
+    def closed(e: SimplerEnv) -> bool:
+        return drawer_qpos(e, level) <= CLOSED_THRESHOLD
+
     return [
         Waypoint(cab_point(env, [front - 0.07, side, max(h[2], 0.15)]), 1, q, tol=0.02, rot_tol=0.1, max_steps=25),
         Waypoint(cab_point(env, [front - 0.07, side, h[2]]), 1, q, tol=0.01, max_steps=15),
         Waypoint(cab_point(env, [-0.01, side, h[2]]), 1, q, tol=0.01, max_steps=30),
-        Waypoint(cab_point(env, [-0.1, side, h[2]]), 1, q, tol=0.02, max_steps=15),
+        Waypoint(cab_point(env, [-0.1, side, h[2]]), 1, q, tol=0.02, max_steps=15, guard=closed),
     ]
 
 
@@ -522,21 +537,27 @@ class PlaceAppleInClosedTopDrawer(Task):
 
         def plan(e: SimplerEnv) -> list[Waypoint]:
             down = down_quat(CAB_YAW)
-            opened = _open_drawer_waypoints(e, "top")
-            back = opened[-1].pos
+            # replanning with the drawer already open (a learner opened it) skips the opening
+            opened = [] if drawer_qpos(e, "top") >= OPEN_THRESHOLD else _open_drawer_waypoints(e, "top")
+            back = opened[-1].pos if opened else e.eef_pose()[0]
             at = e.body_pos(name) + [0, 0, self.apple.grasp_z]
+            held = holding(name)
+
+            def in_drawer(env: SimplerEnv) -> bool:
+                return _inside_drawer(env, name, "top")
+
             carry_z = CAB_TOP + 0.02 + 0.14
             drop = cab_point(e, [-PULL_TO + 0.09, 0.0, DRAWER_LEVELS["top"] + 0.1])
             return opened + [
                 Waypoint(np.array([back[0], back[1], carry_z]), -1, down, tol=0.03, rot_tol=0.15, max_steps=25),
                 Waypoint(at + [0, 0, 0.1], -1, down, tol=0.015, max_steps=25),
                 Waypoint(at, -1, down, tol=0.007, max_steps=15),
-                Waypoint(at, 1, down, tol=1.0, rot_tol=10, max_steps=4, hold=3),
-                Waypoint(np.array([at[0], at[1], carry_z]), 1, down, tol=0.02, max_steps=15),
-                Waypoint(np.array([drop[0], drop[1], carry_z]), 1, down, tol=0.02, max_steps=20),
-                Waypoint(drop, 1, down, tol=0.015, max_steps=12),
+                Waypoint(at, 1, down, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
+                Waypoint(np.array([at[0], at[1], carry_z]), 1, down, tol=0.02, max_steps=15, guard=held),
+                Waypoint(np.array([drop[0], drop[1], carry_z]), 1, down, tol=0.02, max_steps=20, guard=held),
+                Waypoint(drop, 1, down, tol=0.015, max_steps=12, guard=held),
                 Waypoint(drop, -1, down, tol=1.0, rot_tol=10, max_steps=3, hold=2),
-                Waypoint(np.array([drop[0], drop[1], carry_z]), -1, down, tol=0.02, max_steps=15),
+                Waypoint(np.array([drop[0], drop[1], carry_z]), -1, down, tol=0.02, max_steps=15, guard=in_drawer),
             ]
 
         return WaypointExpert(env, plan)

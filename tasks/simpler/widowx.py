@@ -177,6 +177,7 @@ class _PutTask(Task):
             yaw=self._grasp_yaw,
             lift=self.lift,
             release_height=self.release_gap,
+            placed=self._placed,
         )
         return WaypointExpert(env, plan)
 

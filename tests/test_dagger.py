@@ -1,0 +1,204 @@
+"""Expert relabelling: experts recover from states a learner leaves them in, and ``actdistill dagger``
+records the expert's labels along the learner's path (harness/dagger.py, tasks/simpler/experts.py)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np
+import pytest
+
+import tasks as suites
+from harness.dagger import Relabeller, record_dagger
+from harness.rollout import rollout
+from tasks.errors import UserInputError
+
+TEACHER = "results/checkpoints/teacher-simpler"
+
+
+class Drift:
+    """Executes the expert's label plus Gaussian noise (std 0.7 action units on the arm), each draw held
+    5 steps: a learner that wanders off the expert's path."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.relabel: Relabeller | None = None
+
+    def reset(self) -> None:
+        self.t = 0
+
+    def needs_obs_next(self) -> bool:
+        return False
+
+    def act(self, obs) -> np.ndarray:
+        if self.t % 5 == 0:
+            self.draw = self.rng.normal(0.0, 0.7, 6)
+        self.t += 1
+        action = self.relabel.last_label.copy()
+        action[:6] = np.clip(action[:6] + self.draw, -1.0, 1.0)
+        return action
+
+
+class Drop:
+    """Executes the expert's label, except that it opens the gripper for 6 steps shortly after the
+    fingers first close on ``body``: the object falls out of the hand."""
+
+    def __init__(self, env, body: str):
+        self.env, self.body = env, body
+        self.relabel: Relabeller | None = None
+
+    def reset(self) -> None:
+        self.t, self.since = 0, None
+
+    def needs_obs_next(self) -> bool:
+        return False
+
+    def act(self, obs) -> np.ndarray:
+        action = self.relabel.last_label.copy()
+        if self.since is None and self.env.is_grasped(self.body):
+            self.since = self.t
+        if self.since is not None and 6 <= self.t - self.since < 12:
+            action[6] = -1.0
+        self.t += 1
+        return action
+
+
+def _relabelled(env, learner, takeover=None):
+    expert = suites.expert(env)
+    relabel = Relabeller(learner, expert, takeover=takeover)
+    learner.relabel = relabel
+    return relabel, expert
+
+
+@pytest.mark.parametrize("suite", ["simpler_google", "simpler_widowx"])
+def test_guards_never_fire_on_the_experts_own_episodes(suite):
+    # The guards add replanning only: clean expert episodes (what demonstrations record) are unchanged.
+    for task in suites.tasks(suite):
+        env = suites.make(suite, task, seed=1)
+        try:
+            expert = suites.expert(env)
+            result = rollout(expert, env, episode_index=0, seed=1)
+            assert result.success, task
+            assert expert.replans == 0, task
+        finally:
+            env.close()
+
+
+@pytest.mark.parametrize("suite,task", [
+    ("simpler_google", "pick_coke_can_horizontal"), ("simpler_google", "move_near"),
+    ("simpler_google", "open_top_drawer"), ("simpler_google", "close_middle_drawer"),
+    ("simpler_google", "place_apple_in_closed_top_drawer"),
+    ("simpler_widowx", "put_carrot_on_plate"), ("simpler_widowx", "stack_green_cube_on_yellow_cube"),
+])
+def test_expert_solves_the_task_from_where_a_drifting_learner_left_it(suite, task):
+    # The learner drives the first 20 steps (the expert labelling all along), then the expert takes over.
+    env = suites.make(suite, task, seed=3)
+    try:
+        for episode in (0, 1):
+            learner = Drift(seed=episode)
+            relabel, _ = _relabelled(env, learner, takeover=20)
+            result = rollout(relabel, env, episode_index=episode, seed=3, perturb=relabel.executed)
+            assert result.failure_reason is None
+            assert relabel.learner_steps == 20
+            assert result.success, (task, episode)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("suite,task,body", [
+    ("simpler_google", "pick_coke_can_vertical", "coke_can"),
+    ("simpler_google", "place_apple_in_closed_top_drawer", "apple"),
+    ("simpler_widowx", "stack_green_cube_on_yellow_cube", None),
+])
+def test_expert_picks_a_dropped_object_up_again(suite, task, body):
+    env = suites.make(suite, task, seed=3)
+    try:
+        body = body or env.unwrapped.task_spec.source
+        learner = Drop(env.unwrapped, body)
+        relabel, expert = _relabelled(env, learner)
+        result = rollout(relabel, env, episode_index=0, seed=3, perturb=relabel.executed)
+        assert learner.since is not None  # the object was grasped, then dropped
+        assert expert.replans >= 1
+        assert result.success
+    finally:
+        env.close()
+
+
+def test_record_keeps_the_experts_labels_while_the_env_executes_the_learners_actions():
+    env = suites.make("simpler_widowx", "put_carrot_on_plate", seed=3)
+    try:
+        learner = Drift(seed=0)
+        relabel, _ = _relabelled(env, learner)
+        executed = []
+
+        def execute(label):
+            action = relabel.executed(label)
+            executed.append(np.array(action))
+            return action
+
+        result = rollout(relabel, env, episode_index=0, seed=3, record=True, perturb=execute)
+        labels = result.record["actions"]
+        assert labels.shape == (result.steps, 7) and len(executed) == result.steps
+        assert np.abs(np.stack(executed)[:, :6] - labels[:, :6]).max() > 0.1  # the noise was executed, not recorded
+        assert result.record["expert_target"].shape == (result.steps, 5)
+        assert result.record["objects"].shape == (result.steps, 12, 4)
+    finally:
+        env.close()
+
+
+def test_a_learner_that_returns_nan_ends_the_episode_as_a_failure():
+    class Broken:
+        def reset(self):
+            pass
+
+        def act(self, obs):
+            return np.full(7, np.nan)
+
+    env = suites.make("simpler_widowx", "put_carrot_on_plate", seed=3)
+    try:
+        relabel = Relabeller(Broken(), suites.expert(env))
+        result = rollout(relabel, env, episode_index=0, seed=3, perturb=relabel.executed)
+        assert not result.success
+        assert "invalid action" in result.failure_reason
+    finally:
+        env.close()
+
+
+def test_record_dagger_writes_a_training_dataset_with_failures_kept(tmp_path):
+    from tasks.datasets import DemoDataset
+
+    out = tmp_path / "dagger"
+    meta = record_dagger(TEACHER, "simpler_google", out, tasks=["open_bottom_drawer"], episodes=2, seed=101,
+                         progress=False)
+    row = meta["dagger"]["tasks"]["open_bottom_drawer"]
+    assert meta["episodes"] == 2 and row["episodes"] == 2  # failed or not, both are kept
+    assert row["learner_steps"] == row["steps"] == meta["steps"]  # beta 0: the learner drove every step
+    assert meta["dagger"]["policy_hash"].startswith("ckpt-")
+    ds = DemoDataset([out], chunk=8)
+    item = ds[0]
+    assert item["actions"].shape == (8, 7)
+    assert "expert_target" in item and "objects" in item
+    with pytest.raises(Exception, match="overwrite|exists"):  # never silently replaces a dataset
+        record_dagger(TEACHER, "simpler_google", out, tasks=["open_bottom_drawer"], episodes=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"suite": "libero_spatial"}, "plans once"),
+    ({"suite": "simpler_nope"}, "valid suites"),
+    ({"beta": 1.5}, "beta"),
+    ({"episodes": 0}, "episodes"),
+])
+def test_record_dagger_rejects_bad_input_before_any_rollout(tmp_path, kwargs, match):
+    args = {"suite": "simpler_google", "episodes": 1} | kwargs
+    with pytest.raises(UserInputError, match=match):
+        record_dagger(TEACHER, args.pop("suite"), tmp_path / "x", progress=False, **args)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_dagger_needs_exactly_one_of_suite_and_family(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["dagger", "--policy", TEACHER, "--out", str(tmp_path / "d")]) == 2
+    assert "exactly one" in capsys.readouterr().err
