@@ -24,6 +24,7 @@ VERBS = {
     "demos": "harness.commands.demos",
     "dagger": "harness.commands.dagger",
     "train-teacher": "harness.commands.train_teacher",
+    "select": "harness.commands.select",
     "distill": "harness.commands.distill",
     "convert": "harness.commands.convert",
     "fit": "harness.commands.fit",
