@@ -26,6 +26,11 @@ The reference teacher is ``VLA(teacher_config(...))``: a conv vision encoder ove
 (:mod:`distill.tokenizer`), an MLP proprio token, K=8 action queries, and Llama decoder layers (RMSNorm,
 rotary positions, SwiGLU) built from a ``LlamaConfig``. :func:`distill.adapter.from_transformers` puts any Llama/Qwen2/Mistral-family decoder
 stack in the same frame.
+
+Training-time only, :attr:`VLAConfig.aux_targets` adds an auxiliary head (:class:`AuxHead`) that predicts
+privileged simulator quantities (``tasks.base.PRIVILEGED_SHAPES``) from the vision tokens after the last decoder
+layer; :meth:`VLA.forward_with_aux` trains it and :meth:`VLA.export` drops it, so the inference path
+(``forward``, ``run_layers``, ``head``) never calls it and a saved teacher is a plain VLA.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import transformers
 from torch import nn
 
 from distill.tokenizer import WordTokenizer
-from tasks.base import PRIVILEGED_OBJECTS
+from tasks.base import EXPERT_TARGET_DIM, PRIVILEGED_OBJECTS
 from tasks.errors import UserInputError
 
 CAMERAS = ("agentview", "wrist")
@@ -52,6 +57,12 @@ _STD_FLOOR = 1e-2  # normalisation never divides by less than this (e.g. an acti
 # VLAConfig.vision_encoder: PatchEncoder, DeepEncoder, or StateEncoder (the state-input ceiling: privileged
 # scene-entity positions replace the cameras; a diagnostic, never a policy to report as a VLA)
 VISION_ENCODERS = ("patch", "deep", "state")
+HAND_POSITION = slice(0, 3)  # proprio dims of the absolute end-effector position xyz (tasks.base's layout)
+POSITION_SCALE = 10.0  # metres -> decimetres: privileged positions (within ~0.5 m of the hand) become O(1)
+# VLAConfig.aux_targets -> output width of its part of the aux head: expert_target = waypoint minus hand (3,
+# decimetres), gripper-command logit, plan phase; objects = each entity's position minus hand (12 x 3,
+# decimetres; the valid flag is read from the data as a mask, not predicted)
+AUX_TARGETS = {"expert_target": EXPERT_TARGET_DIM, "objects": PRIVILEGED_OBJECTS * 3}
 
 # Reference-teacher sizes. "small" trains on a 2-core CPU; "full" is for a GPU.
 PROFILES: dict[str, dict] = {
@@ -99,8 +110,13 @@ class VLAConfig:
     vision_keypoints: int = 0  # spatial-softmax keypoints per camera, one extra vision token each (0: off)
     max_text_len: int = 32
     attn_implementation: str = "sdpa"
+    # training only: privileged quantities the aux head predicts (names of AUX_TARGETS, kept in that order);
+    # empty: no head. A saved checkpoint always has [] (VLA.export drops the head).
+    aux_targets: list[str] = field(default_factory=list)
+    drop_hand_position: bool = False  # the model never sees the absolute hand position (proprio dims 0-2)
 
     def __post_init__(self) -> None:
+        self.aux_targets = aux_target_names(self.aux_targets)
         if "model_type" not in self.backbone:
             raise UserInputError(
                 f"backbone config needs a 'model_type' (e.g. 'llama'); got keys {sorted(self.backbone)}"
@@ -122,6 +138,9 @@ class VLAConfig:
                     )
         if self.chunk < 1:
             raise UserInputError(f"chunk must be >= 1, got {self.chunk}")
+        if self.drop_hand_position and self.proprio_dim < HAND_POSITION.stop:
+            raise UserInputError(f"drop_hand_position zeroes proprio dims 0-2 (the hand position), but proprio_dim "
+                                 f"is {self.proprio_dim}; valid: proprio_dim >= 3 or drop_hand_position=False")
         if self.vision_encoder not in VISION_ENCODERS:
             raise UserInputError(
                 f"unknown vision_encoder {self.vision_encoder!r}; valid: {', '.join(VISION_ENCODERS)}"
@@ -140,6 +159,11 @@ class VLAConfig:
     @property
     def hidden_size(self) -> int:
         return int(self.backbone["hidden_size"])
+
+    @property
+    def aux_dim(self) -> int:
+        """Output width of the aux head: the sum of :data:`AUX_TARGETS` over ``aux_targets`` (0: no head)."""
+        return sum(AUX_TARGETS[name] for name in self.aux_targets)
 
     @property
     def num_layers(self) -> int:
@@ -165,6 +189,19 @@ class VLAConfig:
         if unknown:
             raise UserInputError(f"unknown VLA config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**copy.deepcopy(dict(data)))
+
+
+def aux_target_names(names: Sequence[str]) -> list[str]:
+    """``names`` checked against :data:`AUX_TARGETS` and put in its order (duplicates dropped), so that
+    ``["objects", "expert_target"]`` and the reverse are the same config. Raises ``UserInputError`` naming an
+    unknown name and the valid ones."""
+    if isinstance(names, str):
+        raise UserInputError(f"aux_targets must be a list of names, got the string {names!r}; "
+                             f"valid names: {', '.join(AUX_TARGETS)}")
+    unknown = [name for name in names if name not in AUX_TARGETS]
+    if unknown:
+        raise UserInputError(f"unknown aux target {unknown[0]!r}; valid: {', '.join(AUX_TARGETS)}")
+    return [name for name in AUX_TARGETS if name in names]
 
 
 def backbone_dict(config: transformers.PretrainedConfig) -> dict:
@@ -448,8 +485,30 @@ class StateEncoder(nn.Module):
         self.pos = nn.Parameter(torch.zeros(entities, hidden_size))
 
     def forward(self, objects: torch.Tensor) -> torch.Tensor:
-        scaled = torch.cat([objects[..., :3] * 10.0, objects[..., 3:]], dim=-1)  # decimetres: O(1) inputs
+        scaled = torch.cat([objects[..., :3] * POSITION_SCALE, objects[..., 3:]], dim=-1)  # decimetres: O(1)
         return self.mlp(scaled) + self.pos  # (B, E, D)
+
+
+class AuxHead(nn.Module):
+    """Training-time auxiliary head: the mean of the vision tokens' hidden states after the last decoder layer,
+    (B, D) -> (B, A) through LayerNorm, Linear(D, D), GELU, Linear(D, A) (A = :attr:`VLAConfig.aux_dim`).
+
+    It reads the decoder's output rather than the embedded vision tokens so that the aux loss shapes the decoder
+    layers too (the ones a router later chooses among), not only the encoder: its gradient reaches the encoder
+    through every layer, so the privileged quantities must be carried by the vision-token stream that the action
+    queries attend to at every depth. At the last layer the vision tokens' outputs feed nothing else (the action
+    head reads only the queries), so the head reads a slot inference leaves unused; below it, the aux and action
+    gradients share the stream. The mean over tokens keeps the head small; tokens carry learned positions, so
+    where something is can still be encoded in their content.
+    """
+
+    def __init__(self, hidden_size: int, out_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                                 nn.Linear(hidden_size, out_dim))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.mlp(pooled)  # (B, A)
 
 
 class VLA(nn.Module):
@@ -509,6 +568,8 @@ class VLA(nn.Module):
         self.register_buffer(
             "proprio_std", stat(config.proprio_stats, "std").clamp_min(_STD_FLOOR), persistent=False
         )
+        # built last, so the rest of the model initialises exactly as without it (same seed, same weights)
+        self.aux_head = AuxHead(d, config.aux_dim) if config.aux_targets else None
 
     # -- interface ------------------------------------------------------------------------------------
 
@@ -551,6 +612,8 @@ class VLA(nn.Module):
             vis = vis.view(len(cfg.cameras), b, p, -1) + self.camera_embed[:, None, None, :]  # (C, B, P, D)
             vis = vis.transpose(0, 1).reshape(b, len(cfg.cameras) * p, -1)  # (B, C*P, D)
         proprio = (batch["proprio"].float() - self.proprio_mean) / self.proprio_std  # (B, 8)
+        if cfg.drop_hand_position:  # normalised 0 (the data's mean): where the hand is comes from the cameras
+            proprio[:, HAND_POSITION] = 0.0
         prop = self.proprio_proj(proprio.to(dtype))[:, None]  # (B, 1, D)
         text = self.text_embed(batch["input_ids"])  # (B, T, D)
         queries = self.action_queries.expand(b, -1, -1)  # (B, K, D)
@@ -631,6 +694,46 @@ class VLA(nn.Module):
         """Normalised action chunk (B, K, 7); ``layer_mask`` (B, L) bool as in :meth:`run_layers`."""
         emb = self.embed(batch)
         return self.head(self.run_layers(emb.hidden, emb, layer_mask), emb)
+
+    # -- training-time auxiliary head (never called by the inference path) ----------------------------
+
+    def aux_predict(self, hidden: torch.Tensor, emb: Embedded) -> dict[str, torch.Tensor]:
+        """The aux head on the last layer's ``hidden`` (B, N, D): one float32 tensor per ``config.aux_targets``
+        name, ``"expert_target"`` (B, 5) (waypoint minus hand in decimetres (3), gripper-command logit, phase)
+        and ``"objects"`` (B, 12, 3) (entity position minus hand, decimetres). Raises ``UserInputError`` for a
+        VLA without aux targets."""
+        if self.aux_head is None:
+            raise UserInputError(f"this VLA has no aux head (aux_targets is empty); valid aux targets to train "
+                                 f"one: {', '.join(AUX_TARGETS)}")
+        pooled = hidden[:, : emb.spans[0]].mean(1)  # (B, D): the vision tokens come first, unpadded
+        out = self.aux_head(pooled).float()  # (B, A)
+        parts = dict(zip(self.config.aux_targets, out.split([AUX_TARGETS[n] for n in self.config.aux_targets], 1)))
+        if "objects" in parts:
+            parts["objects"] = parts["objects"].view(-1, PRIVILEGED_OBJECTS, 3)  # (B, 12, 3)
+        return parts
+
+    def forward_with_aux(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training forward with every layer: the normalised chunk (B, K, 7), computed exactly as :meth:`forward`
+        computes it, and :meth:`aux_predict` on the same last-layer hidden states."""
+        emb = self.embed(batch)
+        hidden = self.run_layers(emb.hidden, emb)  # (B, N, D)
+        return self.head(hidden, emb), self.aux_predict(hidden, emb)
+
+    def with_aux_targets(self, targets: Sequence[str]) -> VLA:
+        """A new VLA with this one's weights and config, but ``aux_targets=targets``: a freshly initialised aux
+        head where ``targets`` is not empty (drawn from a fork of torch's RNG, which is left as it was), none
+        where it is. On the CPU, float32, in eval mode; this model is not changed."""
+        config = VLAConfig.from_dict({**self.config.to_dict(), "aux_targets": list(targets)})
+        with torch.random.fork_rng(devices=[]):
+            model = VLA(config)
+        model.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("aux_head.")},
+                              strict=not config.aux_targets)
+        return model.eval()
+
+    def export(self) -> VLA:
+        """The inference model: this VLA itself without aux targets, else :meth:`with_aux_targets` ``([])``, a
+        plain VLA with the same weights and no aux head (same FLOPs and latency as one trained without it)."""
+        return self if self.aux_head is None else self.with_aux_targets([])
 
     # -- action normalisation -------------------------------------------------------------------------
 

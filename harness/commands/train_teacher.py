@@ -8,6 +8,10 @@
         --vision-keypoints 32   # the overlapping-conv encoder with keypoints on its 16x16 map
     actdistill train-teacher --data data/simpler data/simpler-dart --out runs/ft --init results/checkpoints/teacher-simpler \
         --steps 3000 --lr 2e-4   # fine-tune a checkpoint
+    actdistill train-teacher --data data/simpler --out runs/teacher_aux --aux-targets expert_target,objects \
+        --aux-weight 0.1   # an aux head on privileged simulator fields, trained only (not in the checkpoint)
+    actdistill train-teacher --data data/simpler --out runs/teacher_pdrop --proprio-dropout 0.5   # hide the hand
+        # position from half the samples; --drop-hand-position hides it always, inference included
 
 OUT receives model.safetensors + config.json (load with distill.load_policy), training_state.pt,
 train_log.json and loss.png every --ckpt-every steps and at the end.
@@ -61,6 +65,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vision-keypoints", type=int, default=None, metavar="K",
                         help="K spatial-softmax keypoints per camera, read off the encoder's stride-8 map (the "
                              "deep map with --vision-encoder deep) into one more vision token; default 0: off")
+    parser.add_argument("--aux-targets", type=_names, default=None, metavar="NAMES",
+                        help="comma-separated privileged fields for an auxiliary head on the vision tokens to "
+                             "predict during training: expert_target (the expert's waypoint minus the hand, "
+                             "gripper command, phase), objects (scene entities minus the hand); the data must "
+                             "have them, the saved checkpoint never holds the head; default none")
+    parser.add_argument("--aux-weight", type=float, default=None, metavar="W",
+                        help="weight of the aux loss next to the chunk loss (default 0.1 with --aux-targets)")
+    parser.add_argument("--proprio-dropout", type=float, default=None, metavar="P",
+                        help="training only: per sample, with probability P, hide the absolute hand position "
+                             "(proprio dims 0-2, set to their normalised mean 0); default 0: off")
+    parser.add_argument("--drop-hand-position", action="store_true",
+                        help="the model never sees the absolute hand position (proprio dims 0-2), in training "
+                             "and at inference (stored in the model config)")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument(
         "--threads",
@@ -100,6 +117,9 @@ def run(args) -> int:
         progress=not args.no_progress,
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
         model_overrides=_model_overrides(args),
+        aux_targets=args.aux_targets,
+        aux_weight=args.aux_weight,
+        proprio_dropout=args.proprio_dropout,
     )
     print(json.dumps(summary))
     return 0
@@ -107,5 +127,11 @@ def run(args) -> int:
 
 def _model_overrides(args) -> dict | None:
     """The architecture options given on the command line (None when none: a resume keeps the model)."""
-    given = {"vision_encoder": args.vision_encoder, "vision_keypoints": args.vision_keypoints}
+    given = {"vision_encoder": args.vision_encoder, "vision_keypoints": args.vision_keypoints,
+             "drop_hand_position": True if args.drop_hand_position else None}
     return {key: value for key, value in given.items() if value is not None} or None
+
+
+def _names(text: str) -> list[str]:
+    """``"expert_target,objects"`` -> ``["expert_target", "objects"]`` (names are checked by train_teacher)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
