@@ -20,6 +20,9 @@ Conventions (the same as ``torch.utils.flop_counter.FlopCounterMode``, so the tw
   attention the key/value projections are smaller (``num_key_value_heads``), while the score and weighted
   sum products run over every query head, as the kernels do after broadcasting K and V.
 - The head reads only the K action-query tokens: final norm (0) + one linear layer D -> 7 per token.
+- A routed student's router (:class:`distill.router.Router`) projects the V vision and T instruction tokens
+  (D -> R each), then one linear 4R -> L: about 1% of a decoder layer at the small profile, counted in
+  ``router`` (0 for a model without one).
 
 Per decoder layer, for B rows, N tokens, hidden D, H query heads and G key/value heads of size d,
 MLP width I (Llama-family SwiGLU: gate, up, down)::
@@ -141,12 +144,28 @@ def head_flops(model: VLA, batch_size: int) -> int:
     return 2 * batch_size * cfg.chunk * cfg.hidden_size * cfg.action_dim
 
 
+def router_flops(model: VLA, batch_size: int, n_tokens: int) -> int:
+    """FLOPs of the model's router (0 without one) on ``batch_size`` rows of ``n_tokens`` tokens: the vision
+    and instruction projections on their V and T tokens, and the gate 4R -> L. LayerNorms and the mean/max
+    pooling are elementwise (0)."""
+    router = getattr(model, "router", None)
+    if router is None:
+        return 0
+    cfg = model.config
+    vision = cfg.vision_tokens
+    text = n_tokens - vision - 1 - cfg.chunk  # the padded instruction span
+    proj = 2 * (vision * router.vision_proj.in_features * router.vision_proj.out_features
+                + text * router.text_proj.in_features * router.text_proj.out_features)
+    gate = 2 * router.gate.in_features * router.gate.out_features
+    return batch_size * (proj + gate)
+
+
 def forward_flops(model: VLA, batch_size: int, seq_len: int, executed_layers: Iterable[int] | int) -> dict:
     """Analytic FLOPs of one forward of ``batch_size`` rows of ``seq_len`` tokens through ``executed_layers``.
 
     ``executed_layers`` is the list of decoder layer indices run for every row, or an int k meaning
-    layers 0..k-1. Returns ``{"embed", "per_layer", "layers", "head", "total"}``: ints, except
-    ``per_layer``, a list of L ints (0 for a skipped layer).
+    layers 0..k-1. Returns ``{"embed", "router", "per_layer", "layers", "head", "total"}``: ints, except
+    ``per_layer``, a list of L ints (0 for a skipped layer); ``router`` is 0 for a model without one.
     """
     num_layers = model.num_layers
     if isinstance(executed_layers, int):
@@ -161,22 +180,23 @@ def forward_flops(model: VLA, batch_size: int, seq_len: int, executed_layers: It
     one = layer_flops(model, batch_size, seq_len)
     per_layer = [one if idx in executed else 0 for idx in range(num_layers)]
     embed, head = embed_flops(model, batch_size), head_flops(model, batch_size)
-    return {"embed": embed, "per_layer": per_layer, "layers": sum(per_layer), "head": head,
-            "total": embed + sum(per_layer) + head}
+    router = router_flops(model, batch_size, seq_len)
+    return {"embed": embed, "router": router, "per_layer": per_layer, "layers": sum(per_layer), "head": head,
+            "total": embed + router + sum(per_layer) + head}
 
 
 def routed_share(model: VLA, batch: Mapping[str, torch.Tensor]) -> dict:
     """How one full forward of ``batch`` (every decoder layer on) splits between the decoder layers, which
     a router can skip, and the fixed rest (vision, the other embeddings, the head), which always runs.
 
-    Returns ``{"vision", "embed_other", "head", "routed", "total"}`` in FLOPs (ints, for the whole batch)
+    Returns ``{"vision", "embed_other", "router", "head", "routed", "total"}`` in FLOPs (ints, for the whole batch)
     and ``"routed_share"``, ``"fixed_share"`` (floats summing to 1). The fixed share bounds a router's
     savings: at a budget of a fraction b of the layers, the call costs ``fixed_share + b * routed_share``.
     """
     b = int(batch["input_ids"].shape[0])
     out = forward_flops(model, b, seq_len(model, batch), model.num_layers)
     vision = vision_flops(model, b)
-    result = {"vision": vision, "embed_other": out["embed"] - vision, "head": out["head"],
+    result = {"vision": vision, "embed_other": out["embed"] - vision, "router": out["router"], "head": out["head"],
               "routed": out["layers"], "total": out["total"]}
     result["routed_share"] = out["layers"] / out["total"]
     result["fixed_share"] = 1.0 - result["routed_share"]
@@ -200,7 +220,7 @@ def flops_for_batch(model: VLA, batch: Mapping[str, torch.Tensor],
             raise ValueError(f"layer_mask must be a bool tensor of shape {expected} (batch, layers), got "
                              f"{layer_mask.dtype} {tuple(layer_mask.shape)}")
         counts = layer_mask.sum(1).cpu().to(torch.int64)  # (B,)
-    fixed = embed_flops(model, 1) + head_flops(model, 1)
+    fixed = embed_flops(model, 1) + router_flops(model, 1, n) + head_flops(model, 1)
     return fixed + counts * layer_flops(model, 1, n)  # (B,)
 
 

@@ -20,15 +20,22 @@ import torch.nn.functional as F
 
 from tasks.errors import UserInputError
 
+DEPTH_NORMS = ("mean", "sum")
 
-def layer_weights(num_layers: int, gamma: float) -> torch.Tensor:
-    """Depth weights (L,) ``w_l = (l / (L-1))^gamma`` normalised to sum 1 (Sec. 3.4); uniform for L = 1."""
+
+def layer_weights(num_layers: int, gamma: float, norm: str = "mean") -> torch.Tensor:
+    """Depth weights (L,) ``w_l = (l / (L-1))^gamma`` (Sec. 3.4), normalised to mean 1 (``norm="mean"``, as
+    the reference code does) or to sum 1 (``"sum"``, what this project used before: with the same alpha and
+    beta every graph-informed term is then L times weaker against the final and budget terms); ones for L = 1.
+    """
     if num_layers < 1:
         raise UserInputError(f"num_layers must be >= 1, got {num_layers}")
+    if norm not in DEPTH_NORMS:
+        raise UserInputError(f"unknown depth-weight normalisation {norm!r}; valid: {', '.join(DEPTH_NORMS)}")
     if num_layers == 1:
         return torch.ones(1)
     w = (torch.arange(num_layers, dtype=torch.float64) / (num_layers - 1)) ** gamma  # (L,)
-    return (w / w.sum()).float()
+    return (w / (w.mean() if norm == "mean" else w.sum())).float()
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

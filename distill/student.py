@@ -43,7 +43,7 @@ from distill.checkpoint import CONFIG, WEIGHTS, check_device, file_hash, load_vl
 from distill.data import Batch, Data, ItemCollate, collate, open_dataset, random_shift, step_generator
 from distill.graph import GraphEncapsulation
 from distill.loop import STATE, LoopSettings, TrainingLoop, save_loss_plot
-from distill.losses import budget_loss, hierarchical_loss, layer_weights, masked_mse
+from distill.losses import DEPTH_NORMS, budget_loss, hierarchical_loss, layer_weights, masked_mse
 from distill.routed import StudentVLA, export_student
 from distill.router import centered_gates, layers_for_budget, topk_mask
 from distill.teacher_cache import TeacherCache, build_teacher_cache, teacher_states
@@ -69,6 +69,7 @@ class ActDistillConfig:
     beta: float = 1.0
     eta: float = 0.5
     gamma: float = 2.0
+    depth_norm: str = "mean"  # depth weights normalised to mean 1 (the reference) or "sum" 1 (students before 2026-12)
     k: int = 8
     semantic_dim: int = 512
     graph_dim: int | None = None  # node feature size inside the extractors; None = the teacher's hidden size
@@ -121,6 +122,8 @@ class ActDistillConfig:
                      "stage1_steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.depth_norm not in DEPTH_NORMS:
+            raise UserInputError(f"unknown depth_norm {self.depth_norm!r}; valid: {', '.join(DEPTH_NORMS)}")
         if self.final_teacher_weight is not None and self.final_teacher_weight < 0:
             raise UserInputError(f"final_teacher_weight must be >= 0, got {self.final_teacher_weight!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -272,7 +275,7 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
     torch.manual_seed(config.student_seed)
     student = StudentVLA.from_teacher(teacher, budget, config.router_dim).train().requires_grad_(True)
     student_enc = copy.deepcopy(enc).train().requires_grad_(True)
-    weights = layer_weights(student.num_layers, config.gamma)
+    weights = layer_weights(student.num_layers, config.gamma, config.depth_norm)
     router_params = list(student.router.parameters())
     router_ids = {id(p) for p in router_params}
     optimizer = torch.optim.AdamW([

@@ -174,3 +174,24 @@ def test_bench_flops_prints_the_checkpoint_and_the_variant(capsys) -> None:
         assert 0.8 <= share["min"] <= share["median"] <= share["max"] < 1.0
         assert line["median_call"]["vision"] > 0
     assert lines[1]["median_call"]["vision"] > lines[0]["median_call"]["vision"]
+
+
+def test_router_flops_are_counted_for_a_student_and_match_the_counter() -> None:
+    from distill.flops import forward_flops, router_flops, seq_len
+    from distill.routed import StudentVLA
+
+    teacher = tiny_vla(4, "sdpa")
+    student = StudentVLA.from_teacher(teacher, 0.5, 16).eval()
+    batch = make_batch(student, ["pick up the coke can", "open drawer"])
+    n = seq_len(student, batch)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        student.router(student.embed(batch))
+        embed_only = FlopCounterMode(display=False)
+    with torch.no_grad(), embed_only:
+        student.embed(batch)
+    measured = counter.get_total_flops() - embed_only.get_total_flops()
+    assert router_flops(student, 2, n) == measured > 0
+    assert router_flops(teacher, 2, n) == 0  # no router, nothing counted
+    full = forward_flops(student, 1, n, 2)
+    assert full["router"] == router_flops(student, 1, n)
+    assert full["total"] == full["embed"] + full["router"] + full["layers"] + full["head"]

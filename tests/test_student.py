@@ -125,10 +125,13 @@ def test_gate_center_option_trains_and_is_in_the_fingerprint(tmp_path, teacher, 
 
 
 def test_layer_weights():
-    w = layer_weights(4, 2.0)
-    expected = torch.tensor([0.0, 1 / 9, 4 / 9, 1.0])
-    torch.testing.assert_close(w, expected / expected.sum())
+    # (l/3)^2 = 0, 1/9, 4/9, 1: sum 14/9, mean 14/36; the reference normalises to mean 1
+    torch.testing.assert_close(layer_weights(4, 2.0), torch.tensor([0.0, 4 / 14, 16 / 14, 36 / 14]))
+    torch.testing.assert_close(layer_weights(4, 2.0, "sum"), torch.tensor([0.0, 1 / 14, 4 / 14, 9 / 14]))
+    assert layer_weights(12, 2.0).mean().item() == pytest.approx(1.0)
     assert layer_weights(1, 2.0).tolist() == [1.0]
+    with pytest.raises(ValueError, match="valid: mean, sum"):
+        layer_weights(4, 2.0, "max")
 
 
 def test_semantic_and_structure_losses_by_hand():
@@ -150,6 +153,26 @@ def test_action_and_budget_losses_by_hand():
     assert action_consistency(a_s, a_t, gt, mask, prev).item() == pytest.approx(1.0 + 4.0 + 1.0)
     assert action_consistency(a_s, a_t, gt, mask, None).item() == pytest.approx(5.0)
     assert budget_loss(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), 0.5).item() == pytest.approx(0.0625)
+
+
+def test_hierarchical_loss_by_hand():
+    # two layers, batch of two, semantic dim 2, chunk of one 1-D action; weights (0.5, 2)
+    s_s = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])
+    s_t = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])
+    a_s = torch.tensor([[[[1.0]], [[1.0]]], [[[2.0]], [[0.0]]]])  # (L=2, B=2, K=1, A=1)
+    a_t = torch.zeros(2, 2, 1, 1)
+    gt = torch.ones(2, 1, 1)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    w = torch.tensor([0.5, 2.0])
+    out = hierarchical_loss(s_s, s_t, a_s, a_t, gt, mask, w, alpha=2.0, beta=3.0, eta=0.5)
+    # align: layer 0 identical (0); layer 1 cos = 0 and 1 -> mean 0.5; weighted 2 * 0.5 = 1
+    assert out["align"].item() == pytest.approx(1.0)
+    # struct: layer 0 equal matrices (0); layer 1 student [[1,1],[1,1]] vs teacher [[1,0],[0,1]]: mean 2/4
+    assert out["struct"].item() == pytest.approx(2.0 * 0.5)
+    # action: layer 0 = mse to gt 0 + to teacher 1 = 1 (no previous layer), weighted 0.5;
+    # layer 1 = to gt (1 + 1)/2 = 1, to teacher (4 + 0)/2 = 2, to layer 0 (1 + 1)/2 = 1 -> 4, weighted 8
+    assert out["action"].item() == pytest.approx(0.5 + 8.0)
+    assert out["total"].item() == pytest.approx(2.0 * (1.0 + 0.5 * 1.0) + 3.0 * 8.5)
 
 
 def test_hierarchical_loss_combines_weighted_terms():

@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
     method.add_argument("--eta", type=float, default=None,
                         help="weight of the relational-structure term inside the semantic term (default 0.5)")
     method.add_argument("--gamma", type=float, default=None, help="depth-weight exponent (default 2.0)")
+    method.add_argument("--depth-norm", choices=["mean", "sum"], default=None,
+                        help="depth weights normalised to mean 1 (the reference code; default) or to sum 1 "
+                             "(this project's students before 2026-12: graph terms L times weaker)")
     method.add_argument("--lr", type=float, default=None,
                         help="student backbone learning rate (default 3e-4; the committed b0.50 student used 1e-3)")
     method.add_argument("--router-lr", type=float, default=None, help="router learning rate (default 1e-3)")
@@ -90,7 +93,7 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     # flags named like ActDistillConfig fields; unset ones keep the config's defaults
-    names = ("steps", "stage1_steps", "batch_size", "save_every", "alpha", "beta", "eta", "gamma", "lr",
+    names = ("steps", "stage1_steps", "batch_size", "save_every", "alpha", "beta", "eta", "gamma", "depth_norm", "lr",
              "router_lr", "shift_pad", "budget_weight", "gate_center", "stage2_seed", "final_teacher_weight")
     overrides = {key: getattr(args, key) for key in names if getattr(args, key) is not None}
     if args.minutes_per_budget is not None:
