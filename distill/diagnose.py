@@ -17,7 +17,11 @@ A router that picks worse layers than a static choice shows up as ``routed`` abo
 camera black) or ``swap`` (each sample's frames replaced by those of another episode of the same task, at
 the nearest step: same phase, other layout). A policy that places its actions from what it sees loses fit
 under ``zero`` and ``swap``; one that replays a mean trajectory indexed by its proprio does not.
-For students the rows also carry how often each layer ran under the router (``layer_freq``). This reads
+For students the rows also carry how often each layer ran under the router (``layer_freq``) and how varied
+the routes are: ``distinct_routes`` (different layer sets over the group's inputs), ``route_entropy_bits``
+(entropy of the distribution of routes: 0 when every input takes one route) and ``usage_entropy_bits`` (the
+binary entropy of each layer's usage, averaged over layers: 0 when every layer always or never runs). A
+router whose routes collapse to one fixed set has the first at 1 and both entropies at 0. This reads
 training demonstrations, so it measures fit, not generalisation; closed-loop success comes from
 ``actdistill eval``.
 """
@@ -174,6 +178,7 @@ def _fit_policy(path: str, policy, groups: dict[str, list[dict]], masks: Sequenc
     for group in sorted(groups):
         err_sum = dict.fromkeys(modes, 0.0)
         used = {m: torch.zeros(num_layers) for m in modes}
+        routes: dict[str, dict[tuple[int, ...], int]] = {m: {} for m in modes}
         count = 0.0
         episode_err: dict[str, dict[str, list[float]]] = {m: {} for m in modes}  # episode -> [sum, count]
         with torch.inference_mode():
@@ -188,6 +193,9 @@ def _fit_policy(path: str, policy, groups: dict[str, list[dict]], masks: Sequenc
                     err = ((chunk - batch.actions) ** 2).mean(-1) * batch.mask  # (B, K)
                     err_sum[mode] += float(err.sum())
                     used[mode] += mask.float().sum(0).cpu()
+                    for row in mask.cpu().tolist():
+                        key = tuple(i for i, on in enumerate(row) if on)
+                        routes[mode][key] = routes[mode].get(key, 0) + 1
                     for e, row_err, row_n in zip(episodes, err.sum(1).tolist(), batch.mask.sum(1).tolist()):
                         acc = episode_err[mode].setdefault(e, [0.0, 0.0])
                         acc[0] += row_err
@@ -195,8 +203,25 @@ def _fit_policy(path: str, policy, groups: dict[str, list[dict]], masks: Sequenc
         n = len(groups[group])
         rows += [{"policy": path, "group": group, "mask": mode, "n": n,
                   "mse": err_sum[mode] / max(count, 1.0), "episode_err": episode_err[mode],
-                  "layer_freq": [round(float(u) / n, 3) for u in used[mode]]} for mode in modes]
+                  "layer_freq": [round(float(u) / n, 3) for u in used[mode]], **route_diversity(routes[mode], num_layers)}
+                 for mode in modes]
     return rows
+
+
+def route_diversity(counts: dict[tuple[int, ...], int], num_layers: int) -> dict:
+    """``distinct_routes``, ``route_entropy_bits`` and ``usage_entropy_bits`` (see the module docstring) of
+    ``counts``: how many inputs took each route (a tuple of executed layer indices out of ``num_layers``)."""
+    n = sum(counts.values())
+    if not n:
+        return {"distinct_routes": 0, "route_entropy_bits": 0.0, "usage_entropy_bits": 0.0}
+    p = np.array(list(counts.values()), dtype=np.float64) / n
+    usage = np.zeros(num_layers)
+    for route, c in counts.items():
+        usage[list(route)] += c / n
+    q = usage[(usage > 0) & (usage < 1)]
+    binary = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    return {"distinct_routes": len(counts), "route_entropy_bits": float(-(p * np.log2(p)).sum()),
+            "usage_entropy_bits": float(binary.sum() / len(usage))}
 
 
 def _freq_string(freq: Sequence[float]) -> str:
@@ -213,7 +238,7 @@ def format_fit(rows: Sequence[dict]) -> str:
     for r in rows:
         keyed.setdefault((r["policy"], r["group"]), {"n": r["n"]})[(r["mask"], r.get("images", "real"))] = r
     head = ["policy", "group", "n"] + [f"mse {m}" + ("" if i == "real" else f", images {i}") for m, i in columns]
-    head.append("routed layers (# always, . never)")
+    head += ["routed layers (# always, . never)", "routes (distinct, entropy bits)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (policy, group), by_col in keyed.items():
         cells = [policy, group, str(by_col["n"])]
@@ -221,6 +246,7 @@ def format_fit(rows: Sequence[dict]) -> str:
         routed = next((by_col[c] for c in [("routed", i) for i in IMAGES] + [("all", i) for i in IMAGES]
                        if c in by_col), None)
         cells.append(f"`{_freq_string(routed['layer_freq'])}`" if routed else "")
+        cells.append(f"{routed['distinct_routes']}, {routed['route_entropy_bits']:.2f}" if routed else "")
         lines.append("| " + " | ".join(cells) + " |")
     changes = [r for r in rows if "change" in r]
     if changes:

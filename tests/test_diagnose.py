@@ -47,6 +47,11 @@ def test_offline_fit_matches_a_hand_computed_error_and_masks(checkpoints):
     assert by[("student", "task1", "first")]["layer_freq"] == [1.0, 1.0, 0.0, 0.0]
     assert by[("student", "task1", "last")]["layer_freq"] == [0.0, 0.0, 1.0, 1.0]
     assert sum(by[("student", "task2", "routed")]["layer_freq"]) == pytest.approx(2.0)
+    # static masks take one route; a teacher's "all" too
+    assert by[("student", "task1", "first")]["distinct_routes"] == 1
+    assert by[("student", "task1", "first")]["route_entropy_bits"] == 0.0
+    assert by[("teacher", "task0", "all")]["usage_entropy_bits"] == 0.0
+    assert 1 <= by[("student", "task2", "routed")]["distinct_routes"] <= 4
     table = format_fit(rows)
     assert table.count("\n") == 2 + 6 - 1 and "mse first" in table and "`####`" in table  # the teacher runs every layer
 
@@ -125,3 +130,16 @@ def test_episode_bootstrap_of_a_ratio_and_of_a_paired_change():
     assert _ratio_bootstrap(3 * ones, ones, base=(2 * ones, ones)) == (1.0, 1.0)  # paired: the change is exact
     low, high = _ratio_bootstrap(np.array([0.0, 4.0]), np.array([1.0, 1.0]))
     assert low == 0.0 and high == 4.0  # two episodes: resamples of {0, 4} range over [0, 4]
+
+
+def test_route_diversity_by_hand():
+    from distill.diagnose import route_diversity
+
+    # one fixed route: a collapsed router
+    fixed = route_diversity({(0, 2): 10}, 4)
+    assert fixed == {"distinct_routes": 1, "route_entropy_bits": 0.0, "usage_entropy_bits": 0.0}
+    # two routes, half the inputs each: 1 bit; layers 0 and 3 at p = 1/2 (1 bit each), 1 never, 2 always
+    two = route_diversity({(0, 2): 5, (2, 3): 5}, 4)
+    assert two["distinct_routes"] == 2
+    assert two["route_entropy_bits"] == pytest.approx(1.0)
+    assert two["usage_entropy_bits"] == pytest.approx(2 / 4)
