@@ -75,9 +75,26 @@ def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int,
     return {"folder": folder, "episodes": meta["episodes"], "expert_success": meta["expert_success"]}
 
 
+def parse_boost(text: str | None) -> dict[str, float]:
+    """``"move_near=3,open_top_drawer=2"`` -> ``{"move_near": 3.0, ...}``: per-task episode multipliers."""
+    out: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        task, sep, factor = part.partition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = float("nan")
+        if not sep or not task.strip() or not value > 0:
+            raise UserInputError(f"--boost {text!r}: give TASK=FACTOR pairs with a factor > 0, e.g. move_near=3")
+        out[task.strip()] = value
+    return out
+
+
 def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress: bool = True, jobs: int = 1,
                   codec: str = "h264", deadline_s: float | None = None, strict: bool = True,
-                  noise: float = 0.0, noise_hold: int = 1) -> list[Path]:
+                  noise: float = 0.0, noise_hold: int = 1, boost: dict[str, float] | None = None) -> list[Path]:
     """Record every missing folder of ``family``'s recipe under ``out``; return the finished folders.
 
     ``jobs == 1`` records one folder per recipe entry, ``out/<suite>/<variant>``. ``jobs > 1`` splits each
@@ -87,7 +104,9 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
     after that many seconds (time-boxed runs on a lent machine); folders not started are reported. With
     ``jobs > 1`` a folder that fails does not stop the others: every failure is printed, and at the end
     a ``RuntimeError`` names them all (``strict=False``: printed only, the finished folders returned).
-    ``noise``, ``noise_hold``: executed-action noise of every episode (``record_demos``).
+    ``noise``, ``noise_hold``: executed-action noise of every episode (``record_demos``). ``boost``: per-task
+    multipliers of the episode counts (``{"move_near": 3}``: the task with the most layouts per demonstration);
+    with a boost the folders are always per task, ``out/<suite>/<variant>/<task>``.
     """
     import time
 
@@ -99,11 +118,19 @@ def record_family(family: str, out: str | Path, *, scale: float = 1.0, progress:
         raise UserInputError(f"jobs must be >= 1, got {jobs}")
     if codec not in CODECS:
         raise UserInputError(f"unknown image codec {codec!r}; valid codecs: {', '.join(CODECS)}")
+    boost = dict(boost or {})
+    if boost:
+        import tasks as suites
+
+        known = sorted({t for e in recipe(family, scale) for t in suites.tasks(e.suite)})
+        bad = sorted(set(boost) - set(known))
+        if bad:
+            raise UserInputError(f"--boost names unknown task(s) {', '.join(bad)}; tasks of {family}: {', '.join(known)}")
     t0 = time.monotonic()
-    if jobs == 1:
+    if jobs == 1 and not boost:
         return _record_serial(family, Path(out), scale, progress, codec, deadline_s, noise, noise_hold, t0)
     return _record_parallel(family, Path(out), scale, progress, jobs, codec, deadline_s, strict, noise,
-                            noise_hold, t0)
+                            noise_hold, t0, boost)
 
 
 def _record_serial(family: str, out: Path, scale: float, progress: bool, codec: str, deadline_s: float | None,
@@ -131,7 +158,8 @@ def _record_serial(family: str, out: Path, scale: float, progress: bool, codec: 
 
 
 def _record_parallel(family: str, out: Path, scale: float, progress: bool, jobs: int, codec: str,
-                     deadline_s: float | None, strict: bool, noise: float, noise_hold: int, t0: float) -> list[Path]:
+                     deadline_s: float | None, strict: bool, noise: float, noise_hold: int, t0: float,
+                     boost: dict[str, float] | None = None) -> list[Path]:
     """:func:`record_family` with ``jobs`` processes: one folder per (entry, task), largest first."""
     import time
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -149,7 +177,8 @@ def _record_parallel(family: str, out: Path, scale: float, progress: bool, jobs:
             if (folder / "meta.json").exists():
                 folders.append(folder)
             else:
-                shards.append((entry.suite, entry.variant, task, entry.episodes, entry.seed, str(folder), codec, noise,
+                episodes = max(1, math.ceil(entry.episodes * (boost or {}).get(task, 1.0)))
+                shards.append((entry.suite, entry.variant, task, episodes, entry.seed, str(folder), codec, noise,
                                noise_hold))
     shards.sort(key=lambda s: -s[3])
     total = sum(s[3] for s in shards)

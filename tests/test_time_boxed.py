@@ -14,6 +14,7 @@ from test_datasets import record, write
 
 from distill import train as train_mod
 from tasks.datasets import DatasetError, DemoDataset, DemoWriter, expand_dataset_dirs
+from tasks.errors import UserInputError
 
 
 def test_npy_codec_round_trip_is_exact_and_corruption_is_named(tmp_path):
@@ -199,3 +200,27 @@ def test_record_family_refuses_bad_noise_before_recording(tmp_path):
     with pytest.raises(ValueError, match="--noise must be in"):
         demo_sets.record_family("simpler", tmp_path, scale=0.02, jobs=3, progress=False, noise=2.0)
     assert not any(tmp_path.iterdir())
+
+
+def test_boost_multiplies_one_tasks_episodes_and_names_unknown_tasks(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness import demo_sets
+
+    seen = {}
+
+    def fake_shard(suite, variant, task, episodes, seed, folder, codec, noise=0.0, noise_hold=1):
+        seen[(suite, variant, task)] = episodes
+        return {"folder": folder, "episodes": episodes, "expert_success": {}}
+
+    monkeypatch.setattr(demo_sets, "_executor", lambda jobs: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(demo_sets, "_record_shard", fake_shard)
+    demo_sets.record_family("simpler", tmp_path, scale=0.1, progress=False, boost={"move_near": 3})
+    assert seen[("simpler_google", "visual_matching", "move_near")] == 12  # ceil(40 * 0.1) * 3
+    assert seen[("simpler_google", "visual_matching", "open_top_drawer")] == 4
+    assert seen[("simpler_google", "lighting_darker", "move_near")] == 3  # ceil(ceil(0.6) * 3)
+    assert demo_sets.parse_boost("move_near=3, open_top_drawer=1.5") == {"move_near": 3.0, "open_top_drawer": 1.5}
+    with pytest.raises(UserInputError, match="unknown task"):
+        demo_sets.record_family("simpler", tmp_path, boost={"move_far": 2})
+    with pytest.raises(UserInputError, match="TASK=FACTOR"):
+        demo_sets.parse_boost("move_near=0")
