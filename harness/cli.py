@@ -17,6 +17,7 @@ from tasks.errors import UserInputError
 VERBS = {
     "sweep": "harness.sweep",
     "eval": "harness.commands.eval",
+    "serve": "harness.commands.serve",
     "compare": "harness.commands.compare",
     "report": "harness.commands.report",
     "regress": "harness.commands.regress",

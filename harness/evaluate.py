@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import tasks as suites
-from harness.results import ResultsStore, episode_key, format_table, make_row
+from harness.results import ResultsStore, episode_key, format_table, lost_to_server, make_row
 from harness.rollout import EpisodeResult, rollout
 from harness.videos import write_episode_video
 from tasks.errors import MissingInputError, UserInputError
@@ -85,31 +85,46 @@ def _expert_hash(env) -> str:
     return "expert-" + files_hash(list(folder.glob("*.py")), folder)
 
 
-def policy_source(policy: str) -> PolicySource:
-    """``"expert"`` (the suite's scripted expert), a checkpoint folder for ``distill.load_policy``, or a
-    baseline spec ``baseline:<name>@<budget>:<teacher folder>`` (:func:`distill.baselines.parse_policy_spec`).
+def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu") -> PolicySource:
+    """``"expert"`` (the suite's scripted expert), a checkpoint folder for ``distill.load_policy``, a
+    baseline spec ``baseline:<name>@<budget>:<teacher folder>`` (:func:`distill.baselines.parse_policy_spec`),
+    a policy server ``ws://HOST:PORT`` (:func:`harness.serving.client.served_source`, with ``obs_map``: a
+    preset name or JSON file, :mod:`harness.serving.obs_map`) or a plug-in ``py:package.module:factory``
+    (:func:`harness.plugin.plugin_source`). Checkpoints and baselines load on ``device``.
 
     The expert's hash covers the Python sources of its package folder; a checkpoint's covers its
     ``config.json``, ``*.safetensors`` and the loaded policy's ``checkpoint_hash`` if it has one.
-    Raises ``FileNotFoundError`` naming the path when ``policy`` is neither.
+    Raises :class:`~tasks.errors.MissingInputError` naming the path when ``policy`` is none of these, and
+    :class:`~tasks.errors.UserInputError` for an ``obs_map`` given with a policy that is not served.
     """
+    if policy.startswith(("ws://", "wss://")):
+        from harness.serving.client import served_source  # lazy: websockets loads only here
+
+        return served_source(policy, obs_map)
+    if obs_map is not None:
+        raise UserInputError(f"--obs-map applies to policies served at ws://HOST:PORT, not to --policy {policy!r}")
+    if policy.startswith("py:"):
+        from harness.plugin import plugin_source
+
+        return plugin_source(policy)
     if policy == "expert":
         return PolicySource("expert", build=suites.expert, hash_for=_expert_hash,
                             meta={"policy": "expert", "kind": "expert", "method": "scripted expert"})
     if policy.startswith("baseline:"):
         from distill.baselines import parse_policy_spec  # lazy, like load_policy below
 
-        baseline = parse_policy_spec(policy).build()
+        baseline = parse_policy_spec(policy).build(device)
         # The baseline's hash covers its teacher's weights, name, budget and seed.
         digest = "baseline-" + str(baseline.checkpoint_hash)
         meta = {"policy": policy, "kind": "baseline", "budget": baseline.budget, "method": baseline.name}
         return PolicySource(policy, build=lambda env: baseline, hash_for=lambda env: digest, meta=meta)
     path = Path(policy)
     if not path.is_dir():
-        raise MissingInputError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder")
+        raise MissingInputError(f"--policy {policy!r} is neither 'expert' nor a checkpoint folder (nor "
+                                "baseline:NAME@BUDGET:TEACHER, ws://HOST:PORT or py:package.module:factory)")
     from distill.checkpoint import checkpoint_kind, load_policy, read_config  # lazy: torch loads only here
 
-    loaded = load_policy(path)
+    loaded = load_policy(path, device=device)
     # Weights and config identify the policy; training state, logs and plots do not. A policy that
     # reads weights from elsewhere (e.g. a baseline over a teacher) names them in checkpoint_hash.
     digest = "ckpt-" + hashlib.sha256(
@@ -268,6 +283,9 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     of each (task, variant) under ``out/videos/``. Writes ``out/episodes.parquet`` as episodes
     finish and ``out/summary.json`` (this policy's current rows) at the end; prints a plan line and
     (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
+    An episode lost to a policy server that went away (:func:`harness.results.lost_to_server`) is stored as lost
+    and stops the run with :class:`~tasks.errors.MissingInputError`: rerunning, once the server is back, runs it
+    and the episodes not started.
     """
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
@@ -298,15 +316,16 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     if not quiet:
         print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {_plan_shape(counts, distinct_states)}; "
               f"{total - len(jobs)} already done, {len(jobs)} to run"
-              + (f" ({again} of them again: their worker died)" if again else "") + f" -> {out}")
+              + (f" ({again} of them again: their worker or policy server died)" if again else "") + f" -> {out}")
     run_versions = versions()
     bar = None
     if progress and jobs:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc=f"{suite}", unit="ep", dynamic_ncols=True)
-    successes = 0
-    for n, (job, result) in enumerate(BACKENDS[backend](jobs, source, RunOptions(max_steps, env_kwargs)), 1):
+    successes, server_lost = 0, None
+    results = BACKENDS[backend](jobs, source, RunOptions(max_steps, env_kwargs))
+    for n, (job, result) in enumerate(results, 1):
         store.add([make_row(result, policy=source.name, policy_hash=policy_hash, suite=job.suite,
                             task=job.task, variant=job.variant, episode_index=job.episode_index,
                             seed=job.seed, render_mode=render_mode, versions=run_versions)])
@@ -318,8 +337,18 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
         if bar is not None:
             bar.set_postfix(task=job.task[:24], success=f"{successes}/{n}")
             bar.update(1)
+        if lost_to_server(result.failure_reason):  # stop: every episode after it would be lost the same way
+            server_lost = (n, result.failure_reason)
+            break
     if bar is not None:
         bar.close()
+    if server_lost is not None:
+        getattr(results, "close", lambda: None)()  # the backend's clean-up (workers, environments)
+        store.write_summary(source.name)
+        n, reason = server_lost
+        raise MissingInputError(f"{source.name}: stopped after {n} of {len(jobs)} episode(s): {reason}; the "
+                                "episode is stored as lost: start the server again and rerun the same command "
+                                "to run it and the rest")
     summary = store.write_summary(source.name)
     if table and not quiet:
         print(format_table(summary))

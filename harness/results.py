@@ -105,23 +105,33 @@ def _atomic_write_text(path: Path, text: str) -> None:
 #: ``failure_reason`` prefix of an episode lost to the infrastructure (its worker process died every
 #: attempt), not to the policy: a rerun runs it again, and the new row replaces the stored one.
 RETRY_PREFIX = "worker died"
+#: in the ``failure_reason`` of an episode whose policy server went away mid-episode (the message of
+#: :class:`harness.serving.client.PolicyServerLost`, however the rollout words the exception): lost to the
+#: infrastructure too, and run again like a worker death.
+SERVER_LOST = "policy server lost"
 
 
 def _is_lost(reason: Any) -> bool:
-    """True for the ``failure_reason`` of an episode lost to a worker death (see :data:`RETRY_PREFIX`)."""
-    return isinstance(reason, str) and reason.startswith(RETRY_PREFIX)
+    """True for the ``failure_reason`` of an episode lost to a worker death (see :data:`RETRY_PREFIX`) or to a
+    policy server that went away (:data:`SERVER_LOST`)."""
+    return isinstance(reason, str) and (reason.startswith(RETRY_PREFIX) or SERVER_LOST in reason)
+
+
+def lost_to_server(reason: Any) -> bool:
+    """True for the ``failure_reason`` of an episode whose policy server went away (:data:`SERVER_LOST`)."""
+    return isinstance(reason, str) and SERVER_LOST in reason
 
 
 def _retryable(df: pd.DataFrame) -> pd.Series:
-    """Bool per row: the episode was lost to a worker death."""
+    """Bool per row: the episode was lost to a worker death or a policy server that went away."""
     return df["failure_reason"].map(_is_lost).astype(bool)
 
 
 class ResultsStore:
     """Episode rows of one run folder (``episodes.parquet``) and its ``summary.json``.
 
-    One row per episode key: the first stored row wins, except that a row lost to a worker death
-    (:data:`RETRY_PREFIX`) is not "done" and gives way to a later row of the same key.
+    One row per episode key: the first stored row wins, except that a row lost to a worker death or a policy
+    server that went away (:func:`_is_lost`) is not "done" and gives way to a later row of the same key.
     """
 
     def __init__(self, run_dir: str | os.PathLike):
@@ -159,7 +169,7 @@ class ResultsStore:
         return table.drop_duplicates("key", keep="first").sort_index().reset_index(drop=True)
 
     def done_keys(self) -> set[str]:
-        """Keys of the episodes already stored (not those lost to a worker death: they run again)."""
+        """Keys of the episodes already stored (not those lost to a worker death or server loss: they run again)."""
         if self._keys is None:
             df = self.frame()
             lost = _retryable(df)
@@ -167,7 +177,7 @@ class ResultsStore:
         return set(self._keys)
 
     def retry_keys(self) -> set[str]:
-        """Keys whose stored row was lost to a worker death (a rerun runs them again)."""
+        """Keys whose stored row was lost to a worker death or server loss (a rerun runs them again)."""
         done = self.done_keys()  # reads the store once and caches both sets
         return self._lost - done
 

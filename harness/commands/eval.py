@@ -7,6 +7,10 @@
     actdistill eval --policy baseline:first_k@0.5:ckpt/teacher --suite simpler_widowx
     actdistill eval --policy ckpt/student --suite simpler_google --plan default --workers 2 --videos 0
                                      # the episodes the sweep's default profile gives a policy
+    actdistill eval --policy ws://127.0.0.1:8000 --suite simpler_widowx --workers 2
+                                     # a policy served by `actdistill serve` (or any openpi server)
+    actdistill eval --policy ws://gpu-box:8000 --obs-map openpi-libero --suite libero_spatial --episodes 50
+    actdistill eval --policy py:my_lab.policies:make_policy --suite simpler_widowx   # factory(env) or factory()
 
 Writes OUT/episodes.parquet (one row per episode) and OUT/summary.json (per task, per suite and
 variant, overall; 95% Wilson intervals), then prints the table.
@@ -22,7 +26,12 @@ HELP = "evaluate a policy on a suite (resumable, Ray-parallel)"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--policy", required=True,
-                        help="'expert', a checkpoint folder, or baseline:<name>@<budget>:<teacher folder>")
+                        help="'expert', a checkpoint folder, baseline:<name>@<budget>:<teacher folder>, a policy "
+                             "server ws://HOST:PORT (openpi's websocket protocol), or py:package.module:factory")
+    parser.add_argument("--obs-map", default=None,
+                        help="with --policy ws://...: how observations become the server's request and its "
+                             "actions ours; a preset (actdistill: our keys, the default; openpi-libero: openpi's "
+                             "LIBERO example) or a JSON file (see harness/serving/obs_map.py)")
     parser.add_argument("--suite", required=True, help="suite name, e.g. simpler_widowx")
     parser.add_argument("--tasks", default=None, help="comma-separated task names or indices (default: all)")
     parser.add_argument("--variant", default=None, help="variant name or 'all' (default: the suite's first)")
@@ -48,7 +57,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from harness.evaluate import evaluate
+    from harness.evaluate import evaluate, policy_source
 
     out = args.out or str(Path("runs") / "eval" / Path(args.policy.replace(":", "_").replace("@", "_")).name)
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
@@ -68,7 +77,8 @@ def run(args) -> int:
         from harness.ray_backend import register
 
         backend = register(args.workers or None, address=args.address)
-    evaluate(args.policy, args.suite, tasks=task_list, variant=args.variant, episodes=args.episodes,
+    policy = args.policy if args.obs_map is None else policy_source(args.policy, obs_map=args.obs_map)
+    evaluate(policy, args.suite, tasks=task_list, variant=args.variant, episodes=args.episodes,
              seed=args.seed, out=out, videos=args.videos, max_steps=args.max_steps,
              progress=not args.no_progress, backend=backend, episodes_by_variant=counts,
              distinct_states=(args.states or ("distinct" if args.plan is not None else "shared")) == "distinct")
