@@ -41,6 +41,8 @@ setup() {
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # openpi's client, for the protocol-compatibility test only: its release pins numpy<2, which it does not need
+  "$VENV/bin/python" -m pip install -q --no-deps "openpi-client==0.1.2"
   echo "$want" > "$stamp"
   echo "[setup] done"
 }
