@@ -175,8 +175,28 @@ def per_task_table(runs: list[Run]) -> pd.DataFrame:
     )
 
 
+def per_step_compute(df: pd.DataFrame) -> dict[str, float]:
+    """Compute per environment step of a set of episodes, from the rollouts' aggregated ``info``:
+    ``actions_per_call`` (steps per model call: a chunk executed open loop for K steps gives K),
+    ``flops_per_step`` (the FLOPs of every model call over every step) and ``model_ms_per_step`` (the
+    model time of every call over every step; rollout timing on a shared machine, not a latency pass).
+    NaN where the episodes do not record model calls (the scripted expert)."""
+    infos = _info(df)
+    steps = float(pd.to_numeric(df["steps"], errors="coerce").fillna(0).sum())
+    calls = sum(int(i["flops"]["n"]) for i in infos if isinstance(i.get("flops"), dict) and i["flops"].get("n"))
+    flops = sum(float(np.sum(i["flops"]["sum"])) for i in infos if isinstance(i.get("flops"), dict) and "sum" in i["flops"])
+    model_ms = sum(float(np.sum(i["model_ms"]["sum"])) for i in infos
+                   if isinstance(i.get("model_ms"), dict) and "sum" in i["model_ms"])
+    if not calls or not steps:
+        return {"actions_per_call": math.nan, "flops_per_step": math.nan, "model_ms_per_step": math.nan}
+    return {"actions_per_call": steps / calls, "flops_per_step": flops / steps,
+            "model_ms_per_step": model_ms / steps if model_ms else math.nan}
+
+
 def suite_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per (run, suite): success with its Wilson interval, FLOPs, latency, rollout policy time."""
+    """One row per (run, suite): success with its Wilson interval, FLOPs and latency per model call, and per
+    environment step (:func:`per_step_compute`: a policy queried every K steps costs 1/K per step), rollout
+    policy time."""
     rows = []
     for run in runs:
         for suite, g in run.episodes.groupby("suite", sort=True):
@@ -193,6 +213,7 @@ def suite_table(runs: list[Run]) -> pd.DataFrame:
                     "flops_per_call": run.flops_per_call,
                     "latency_ms": run.latency_ms,
                     "latency_p90_ms": run.latency_p90_ms,
+                    **per_step_compute(g),
                     "rollout_policy_ms": float(ms.mean()) if len(ms) else math.nan,
                 }
             )
@@ -454,7 +475,7 @@ def _suite_tables(suites: pd.DataFrame, out: Path) -> list[Path]:
     suites.to_csv(out / "suite_summary.csv", index=False)
     shown = suites.assign(success=[_pct(r.rate, r.ci_low, r.ci_high) for r in suites.itertuples()])
     cols = ["suite", "run", "kind", "budget", "success", "n", "tasks", "flops_per_call", "latency_ms",
-            "rollout_policy_ms"]
+            "actions_per_call", "flops_per_step", "rollout_policy_ms"]
     (out / "suite_summary.md").write_text(_markdown(shown.sort_values(["suite", "run"])[cols]))
     return [out / "suite_summary.csv", out / "suite_summary.md"]
 

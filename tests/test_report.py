@@ -4,6 +4,7 @@ it imports neither Ray nor a simulator nor torch."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,10 @@ def test_report_writes_every_figure_and_table(runs, tmp_path):
 
     suites = pd.read_csv(out / "suite_summary.csv").set_index("run")
     assert suites.loc["teacher", "flops_per_call"] == pytest.approx(4e9)  # pooled from info["flops"]
+    # per environment step: 3 model calls over 10 steps per episode
+    assert suites.loc["teacher", "actions_per_call"] == pytest.approx(10 / 3)
+    assert suites.loc["teacher", "flops_per_step"] == pytest.approx(3 * 4e9 / 10)
+    assert math.isnan(suites.loc["expert", "flops_per_step"])  # no model calls recorded
     assert suites.loc["first_k_50", "flops_per_call"] == pytest.approx(2.1e9)  # meta wins
     assert suites.loc["first_k_50", "latency_ms"] == pytest.approx(10.5)  # from latency.json
     assert np.isnan(suites.loc["expert", "latency_ms"])
