@@ -23,15 +23,20 @@ Data = Sequence[str | os.PathLike] | Dataset  # demonstration folders, or a data
 
 def open_dataset(data: Data, chunk: int) -> Dataset:
     """``data`` itself when it is a dataset, else ``tasks.datasets.DemoDataset`` over the folders ``data``
-    with action chunks of ``chunk`` steps; raises ``MissingInputError`` naming folders that do not exist."""
+    with action chunks of ``chunk`` steps (``tasks.lerobot.LeRobotDataset``, the same items, where a folder is
+    or holds a LeRobot v3.0 dataset: ``meta/info.json``); raises ``MissingInputError`` naming folders that do
+    not exist."""
     if isinstance(data, Dataset):
         return data
     from tasks.datasets import DemoDataset
+    from tasks.lerobot import LeRobotDataset, holds_lerobot
 
     dirs = dataset_dirs(data)
     missing = [d for d in dirs if not Path(d).is_dir()]
     if missing:
         raise MissingInputError(f"demonstration folder(s) not found: {', '.join(missing)}")
+    if any(holds_lerobot(d) for d in dirs):
+        return LeRobotDataset(dirs, chunk=chunk)
     return DemoDataset(dirs, chunk=chunk)
 
 

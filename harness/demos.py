@@ -3,6 +3,7 @@
     from harness.demos import record_demos
     meta = record_demos("simpler_widowx", "data/widowx", episodes=50)
     meta = record_demos("simpler_google", "data/google-dart", noise=0.1, noise_hold=8)   # recoveries (DART)
+    meta = record_demos("simpler_widowx", "data/widowx-lerobot", data_format="lerobot")   # LeRobot v3.0 layout
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import math
 
 from tasks.errors import UserInputError
 
+FORMATS = ("actdistill", "lerobot")  # tasks.datasets.DemoWriter, tasks.lerobot.LeRobotWriter
+
 
 def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, variant: str | None = None,
                  episodes: int = 50, max_attempts: int | None = None, seed: int = 1, crf: int = 0,
                  overwrite: bool = False, progress: bool = True, codec: str = "h264", noise: float = 0.0,
-                 noise_hold: int = 1) -> dict:
+                 noise_hold: int = 1, data_format: str = "actdistill") -> dict:
     """Record ``episodes`` successful expert episodes per task into ``out``; return the dataset meta.
 
     ``noise`` > 0: the env executes the expert's action plus Gaussian noise of that std on the six arm
@@ -24,6 +27,9 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
     how to recover from drift (DART, Laskey et al. 2017). The noise of episode ``i`` of a task comes
     from a generator seeded by ``(seed, task, i)``, so a recording is reproducible.
 
+    ``data_format``: ``"actdistill"`` (:mod:`tasks.datasets`) or ``"lerobot"`` (the LeRobot v3.0 layout,
+    :mod:`tasks.lerobot`; the same meta keys are returned).
+
     ``meta["expert_success"][task]`` holds ``{"attempts", "successes", "rate"}``; a task where the
     expert never succeeds is reported and contributes no episodes. Raises ``ValueError`` for
     unknown names or when no task yields a successful episode.
@@ -31,9 +37,12 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
     import tasks as suites
     from harness.rollout import rollout
     from tasks.datasets import DemoWriter
+    from tasks.lerobot import LeRobotWriter
     from tasks.provenance import versions
     from tasks.registry import resolve_task, resolve_variant
 
+    if data_format not in FORMATS:
+        raise UserInputError(f"unknown --format {data_format!r}; valid formats: {', '.join(FORMATS)}")
     if episodes < 1:
         raise UserInputError(f"--episodes must be >= 1, got {episodes}")
     check_noise(noise, noise_hold)
@@ -42,7 +51,8 @@ def record_demos(suite: str, out: str, *, tasks: list[str] | None = None, varian
         raise UserInputError(f"--max-attempts {attempts_cap} is below --episodes {episodes}")
     task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
     variant = resolve_variant(suite, variant)
-    writer = DemoWriter(out, suite=suite, variant=variant, crf=crf, overwrite=overwrite, versions=versions(),
+    writer_class = LeRobotWriter if data_format == "lerobot" else DemoWriter
+    writer = writer_class(out, suite=suite, variant=variant, crf=crf, overwrite=overwrite, versions=versions(),
                         codec=codec)
     stats: dict[str, dict] = {}
     failures: dict[str, dict[str, int]] = {}

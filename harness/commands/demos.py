@@ -3,11 +3,13 @@
     actdistill demos --suite simpler_widowx --episodes 50 --out data/widowx
     actdistill demos --suite simpler_google --tasks move_near,0 --episodes 20 --out data/google --overwrite
     actdistill demos --family simpler --out data/simpler    # the reference teacher's set (harness/demo_sets.py)
+    actdistill demos --suite simpler_widowx --format lerobot --out data/widowx-lerobot   # LeRobot v3.0 layout
 
 Per task it runs the expert on episode indices 0, 1, 2, ... (initial states from --seed; the
 default seed 1 keeps demonstrations off the evaluation states of seed 0) and keeps successful
 episodes until --episodes are stored or --max-attempts were tried, then reports the expert's
-success rate. An existing dataset is never overwritten without --overwrite.
+success rate. An existing dataset is never overwritten without --overwrite. --format lerobot writes the
+LeRobot dataset layout v3.0 (tasks/lerobot.py) for one --suite; --family writes our format only.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--crf", type=int, default=0, help="H.264 constant rate factor; 0 = lossless (default)")
     parser.add_argument("--codec", default="h264", choices=["h264", "npy"],
                         help="image storage: h264 (lossless at --crf 0, needs ffmpeg) or npy (raw uint8; default h264)")
+    parser.add_argument("--format", default="actdistill", choices=["actdistill", "lerobot"],
+                        help="dataset layout: actdistill (tasks/datasets.py; default) or lerobot (LeRobot "
+                             "v3.0: meta/info.json, parquet, one mp4 per camera; tasks/lerobot.py)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="with --family: record that many folders at once, one per task (default 1)")
     parser.add_argument("--noise", type=float, default=0.0,
@@ -47,6 +52,9 @@ def run(args) -> int:
     if (args.suite is None) == (args.family is None):
         raise UserInputError("give exactly one of --suite SUITE or --family FAMILY")
     if args.family is not None:
+        if args.format != "actdistill":
+            raise UserInputError(f"--family records one folder per task in the actdistill format; --format "
+                                 f"{args.format} records one --suite at a time (run it per suite)")
         from harness.demo_sets import record_family
 
         folders = record_family(args.family, args.out, scale=args.scale, jobs=args.jobs, codec=args.codec,
@@ -59,7 +67,7 @@ def run(args) -> int:
     meta = record_demos(args.suite, args.out, tasks=task_list, variant=args.variant, episodes=args.episodes,
                         max_attempts=args.max_attempts, seed=args.seed, crf=args.crf,
                         overwrite=args.overwrite, codec=args.codec, noise=args.noise,
-                        noise_hold=args.noise_hold)
+                        noise_hold=args.noise_hold, data_format=args.format)
     short = [t for t, s in meta["expert_success"].items() if s["successes"] < args.episodes]
     print(f"[demos] wrote {meta['episodes']} episodes ({meta['steps']} steps, {meta['bytes'] / 1e6:.1f} MB of images, "
           f"max pixel error {meta['image_codec']['max_abs_error']}) to {args.out}")
