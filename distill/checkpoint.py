@@ -8,8 +8,10 @@
 
 ``config.json`` holds ``vla`` (the :class:`distill.vla.VLAConfig`: architecture, tokenizer vocabulary,
 action/proprio normalisation statistics), ``kind`` (the registry name of its loader, :data:`POLICY_KINDS`:
-``"vla"`` for a plain VLA such as a teacher, ``"routed_student"``) and free metadata (training settings,
-suites and data dirs, package versions, code commit). The stored name never names a module, so code can move
+``"vla"`` for a plain VLA such as a teacher, ``"routed_student"``, and ``"hf_vla"`` / ``"hf_routed_student"``
+for a real VLM backbone, :mod:`distill.hf_vla`, whose ``vla`` is an :class:`distill.hf_vla.HFVLAConfig` and whose
+folder also holds ``tokenizer/``) and free metadata (training settings, suites and data dirs, package versions,
+code commit). The stored name never names a module, so code can move
 without breaking stored checkpoints; :func:`load_policy` opens every kind.
 """
 
@@ -45,7 +47,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 POLICY_KINDS = {
     "vla": "distill.checkpoint:load_vla_policy",
     "routed_student": "distill.routed:load_student_policy",
+    "hf_vla": "distill.hf_vla:load_hf_policy",  # a real VLM backbone (distill.hf_vla.HFVLA) with an action head
+    "hf_routed_student": "distill.hf_vla:load_hf_student_policy",
 }
+# The unrouted kinds, which can be a teacher (distill, fine-tuning): kind -> ``function(path, device=)`` returning
+# ``(model, config.json)``.
+TEACHER_KINDS = {"vla": "distill.checkpoint:load_vla", "hf_vla": "distill.hf_vla:load_hf_vla"}
 DEFAULT_KIND = "vla"  # checkpoints without a kind field are plain VLAs
 LEGACY_KINDS = {"student": "routed_student"}  # kind values written before the registry
 LEGACY_LOADERS = {"distill.student:load_student_policy": "routed_student"}  # the old "policy_loader" field
@@ -87,13 +94,17 @@ def save_checkpoint(
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": DEFAULT_KIND,
+        "kind": getattr(model, "CHECKPOINT_KIND", DEFAULT_KIND),  # hf_vla for distill.hf_vla.HFVLA
         "vla": model.config.to_dict(),
         **dict(meta or {}),
         "versions": checkpoint_versions(),
         "code": code_version(),
     }
-    return _write_checkpoint(path, model.state_dict(), config, dtype)
+    written = _write_checkpoint(path, model.state_dict(), config, dtype)
+    side_files = getattr(model, "save_side_files", None)  # an HF VLA's tokenizer files
+    if side_files is not None:
+        side_files(written)
+    return written
 
 
 def _write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], config: Mapping,
@@ -113,6 +124,7 @@ def _write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], con
 
 
 SIDE_FILES = ("loss.png", "train_log.json", "history.json", "README.md")  # copied along by convert_checkpoint
+SIDE_DIRS = ("tokenizer",)  # likewise (an HF VLA's tokenizer files)
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | torch.dtype = "float16",
@@ -137,6 +149,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | torch.dtyp
     for side in SIDE_FILES:
         if (src / side).is_file():
             shutil.copyfile(src / side, dst / side)
+    for side in SIDE_DIRS:
+        if (src / side).is_dir():
+            shutil.copytree(src / side, dst / side, dirs_exist_ok=True)
     return {"src_bytes": (src / WEIGHTS).stat().st_size, "dst_bytes": (dst / WEIGHTS).stat().st_size, "dtype": name}
 
 
@@ -200,6 +215,18 @@ def load_vla(path: str | Path, device: str | torch.device = "cpu") -> tuple[VLA,
     check_state_dict(model, tensors, str(Path(path) / WEIGHTS))
     model.load_state_dict(tensors)
     return model.to(device).eval(), config
+
+
+def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The unrouted model in the checkpoint folder ``path`` (float32, eval, on ``device``) and its config.json: a
+    :class:`VLA` (kind ``vla``) or a :class:`distill.hf_vla.HFVLA` (kind ``hf_vla``). Raises ``UserInputError``
+    naming the kind of any other checkpoint (a routed student is no teacher) and the valid ones."""
+    kind = checkpoint_kind(read_config(path), Path(path) / CONFIG)
+    if kind not in TEACHER_KINDS:
+        raise UserInputError(f"{Path(path) / CONFIG} is a {kind!r} checkpoint, not a teacher; teacher kinds: "
+                             f"{', '.join(TEACHER_KINDS)}")
+    module_name, _, func_name = TEACHER_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module_name), func_name)(path, device=device)
 
 
 class VLAPolicy:

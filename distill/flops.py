@@ -8,6 +8,9 @@
     measured_flops(vla, batch, layer_mask)        # the same forward under torch.utils.flop_counter
     routed_share(vla, batch)                      # decoder layers (routable) vs vision, embedding, head
 
+Every function takes a :class:`distill.vla.VLA` or a :class:`distill.hf_vla.HFVLA` (whose vision tower and
+projector, a fixed cost like the reference encoder, are counted once per image size with :func:`count_flops`).
+
 Conventions (the same as ``torch.utils.flop_counter.FlopCounterMode``, so the two agree exactly):
 
 - One multiply-add is 2 FLOPs. Only matrix products are counted: linear layers (``mm``/``addmm``),
@@ -38,7 +41,7 @@ CPU with ``sdpa``; :func:`measured_flops` registers the standard SDPA formula fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -94,8 +97,9 @@ def _conv_flops(stack: nn.Module, size: int) -> tuple[int, int]:
 
 
 def vision_flops(model: VLA, batch_size: int) -> int:
-    """FLOPs of the vision encoder (:class:`distill.vla.PatchEncoder` or :class:`distill.vla.DeepEncoder`)
-    on every camera of ``batch_size`` rows.
+    """FLOPs of the vision encoder (:class:`distill.vla.PatchEncoder` or :class:`distill.vla.DeepEncoder`, or an
+    HF VLA's vision tower and projector, :meth:`distill.hf_vla.HFVLA.vision_flops_per_image`) on every camera of
+    ``batch_size`` rows.
 
     Read off the modules themselves: every ``Conv2d`` of the stem with its output size; for the deep encoder
     the projection of the G*G pooled cells (C -> D each); with keypoints, the 1x1 heat-map conv on the
@@ -105,6 +109,9 @@ def vision_flops(model: VLA, batch_size: int) -> int:
     element) they would add about 4% to the stem's count, under 1% of a call.
     """
     cfg = model.config
+    per_image = getattr(model, "vision_flops_per_image", None)
+    if per_image is not None:  # a transformers vision tower and projector (distill.hf_vla): counted by count_flops
+        return batch_size * len(cfg.cameras) * per_image()
     enc = model.vision
     if cfg.vision_encoder == "state":  # the MLP on every entity
         return batch_size * cfg.vision_tokens * sum(2 * lin.in_features * lin.out_features
@@ -235,6 +242,14 @@ def _extra_formulas() -> dict:
     if op is None:
         return {}
     return {op: _cpu_flash_attention_flop}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` counted by ``torch.utils.flop_counter.FlopCounterMode`` with the conventions
+    and extra formulas of this module (what :func:`measured_flops` counts for a whole forward)."""
+    with FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def measured_flops(model: VLA, batch: Mapping[str, torch.Tensor], layer_mask: torch.Tensor | None = None) -> dict:

@@ -40,29 +40,18 @@ STUDENT_KIND = "routed_student"  # the registry name of distill.checkpoint.POLIC
 BUDGET_RULE = "topk"
 
 
-class StudentVLA(VLA):
-    """A :class:`VLA` plus a :class:`Router`; every input runs its ``layers_per_input`` best-scored layers.
+class RoutedMixin:
+    """The router and budget rule of a routed student, over any model with the VLA interface (``embed``,
+    ``run_layers``, ``head``, ``num_layers``, ``config.hidden_size``): :class:`StudentVLA` over the reference
+    :class:`VLA`, :class:`distill.hf_vla.HFStudentVLA` over a real VLM backbone."""
 
-    ``forward(batch, layer_mask=None)`` routes when no mask is given. ``route(emb) -> (B, L) bool``.
-    The state dict is the teacher's plus ``router.*``, so the teacher's weights load directly.
-    """
-
-    def __init__(self, config: VLAConfig, budget: float, router_dim: int = 128):
-        super().__init__(config)
+    def attach_router(self, budget: float, router_dim: int) -> None:
+        """Add the :class:`Router` (``self.router``) and the budget (``budget``, ``layers_per_input``)."""
         self.budget = float(budget)
         self.layers_per_input = layers_for_budget(budget, self.num_layers)
         # soft gates start at the budget, so the budget term starts near 0 (the initial order is random)
         init_logit = math.log(min(budget, 0.99) / (1 - min(budget, 0.99)))
-        self.router = Router(config.hidden_size, self.num_layers, router_dim, init_logit)
-
-    @classmethod
-    def from_teacher(cls, teacher: VLA, budget: float, router_dim: int = 128) -> StudentVLA:
-        """A student whose VLA weights are a copy of ``teacher``'s and whose router is freshly initialised."""
-        student = cls(VLAConfig.from_dict(teacher.config.to_dict()), budget, router_dim)
-        missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-        if unexpected or any(not name.startswith("router.") for name in missing):
-            raise ValueError(f"teacher weights do not fit the student: missing {missing}, unexpected {unexpected}")
-        return student.to(next(teacher.parameters()).device)
+        self.router = Router(self.config.hidden_size, self.num_layers, router_dim, init_logit)
 
     def route(self, emb: Embedded) -> torch.Tensor:
         """Layers to run (B, L) bool: the top ``layers_per_input`` router scores of each row."""
@@ -73,6 +62,34 @@ class StudentVLA(VLA):
         emb = self.embed(batch)
         mask = self.route(emb) if layer_mask is None else layer_mask
         return self.head(self.run_layers(emb.hidden, emb, mask), emb)
+
+
+class StudentVLA(RoutedMixin, VLA):
+    """A :class:`VLA` plus a :class:`Router`; every input runs its ``layers_per_input`` best-scored layers.
+
+    ``forward(batch, layer_mask=None)`` routes when no mask is given. ``route(emb) -> (B, L) bool``.
+    The state dict is the teacher's plus ``router.*``, so the teacher's weights load directly.
+    """
+
+    def __init__(self, config: VLAConfig, budget: float, router_dim: int = 128):
+        super().__init__(config)
+        self.attach_router(budget, router_dim)
+
+    @classmethod
+    def from_teacher(cls, teacher: VLA, budget: float, router_dim: int = 128) -> StudentVLA:
+        """A student whose VLA weights are a copy of ``teacher``'s and whose router is freshly initialised; for an
+        :class:`distill.hf_vla.HFVLA` teacher, an :class:`distill.hf_vla.HFStudentVLA`."""
+        if not isinstance(teacher, VLA):
+            from distill.hf_vla import HFVLA, HFStudentVLA
+
+            if not isinstance(teacher, HFVLA):
+                raise UserInputError(f"cannot route a {type(teacher).__name__}; teachers are VLA or HFVLA models")
+            return HFStudentVLA.from_teacher(teacher, budget, router_dim)
+        student = cls(VLAConfig.from_dict(teacher.config.to_dict()), budget, router_dim)
+        missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+        if unexpected or any(not name.startswith("router.") for name in missing):
+            raise ValueError(f"teacher weights do not fit the student: missing {missing}, unexpected {unexpected}")
+        return student.to(next(teacher.parameters()).device)
 
 
 class StudentPolicy(VLAPolicy):
@@ -114,7 +131,7 @@ class StudentPolicy(VLAPolicy):
 def export_student(student: StudentVLA, path: str | Path, meta: Mapping | None = None) -> Path:
     """Save the inference student (VLA weights, router, budget rule; nothing graph-related) to ``path``."""
     student_meta = {
-        "kind": STUDENT_KIND,
+        "kind": getattr(student, "CHECKPOINT_KIND", STUDENT_KIND),  # hf_routed_student for an HF backbone
         "student": {"budget": student.budget, "rule": BUDGET_RULE, "layers_per_input": student.layers_per_input,
                     "num_layers": student.num_layers, "router": {"router_dim": student.router.router_dim}},
     }

@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from distill.checkpoint import CONFIG, WEIGHTS, check_device, file_hash, load_vla
+from distill.checkpoint import CONFIG, WEIGHTS, check_device, file_hash, load_teacher
 from distill.data import Batch, Data, ItemCollate, collate, open_dataset, random_shift, step_generator
 from distill.graph import GraphEncapsulation
 from distill.loop import STATE, LoopSettings, TrainingLoop, save_loss_plot
@@ -330,7 +330,7 @@ def distill(teacher: str | Path, data: Data, budgets: Sequence[float], out: str 
     budgets = [float(b) for b in budgets]
     if not budgets:
         raise UserInputError("need at least one budget, e.g. 0.25,0.5,0.75")
-    teacher_vla, _ = load_vla(teacher, device)
+    teacher_vla, _ = load_teacher(teacher, device)  # a VLA, or an HF VLA (distill.hf_vla)
     for b in budgets:
         layers_for_budget(b, teacher_vla.num_layers)
     source = {"path": str(teacher), "hash": file_hash(Path(teacher) / WEIGHTS)}

@@ -23,6 +23,8 @@ probability, the normalised hand position (proprio dims 0-2) to 0 during trainin
 ``drop_hand_position`` does so always, inference included.
 
     actdistill train-teacher --data data/simpler --out runs/teacher_aux --aux-targets expert_target,objects
+    actdistill train-teacher --data data/simpler --out runs/pg_teacher --init hf:/models/paligemma-3b-pt-224 \
+        --device cuda --lr 5e-5   # a real VLM backbone (distill.hf_vla): action head trained, the rest fine-tuned
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from distill.checkpoint import CONFIG, WEIGHTS, check_device, file_hash, load_vla, save_checkpoint
+from distill.checkpoint import CONFIG, WEIGHTS, check_device, file_hash, load_teacher, save_checkpoint
 from distill.data import ItemCollate, collate, dataset_dirs, open_dataset, random_shift, step_generator
 from distill.loop import LoopSettings, TrainingLoop, WeightAverage, episode_ids
 from distill.tokenizer import WordTokenizer, split_words
@@ -184,14 +186,24 @@ def _override_clash(cfg: VLAConfig, overrides: Mapping | None) -> dict[str, tupl
 def _init_from(init: str | Path, info: dict, model_overrides: Mapping | None, chunk: int) -> tuple[VLA, dict]:
     """The model of a fine-tuning run: ``init``'s weights, with its architecture, vocabulary and action /
     proprio normalisation (the weights were fitted to those statistics, so the new data's are not used).
-    Raises ``ValueError`` where the new data does not fit the checkpoint."""
+    ``init`` may also be ``hf:PATH``, a raw ``transformers`` VLM folder (:class:`distill.hf_vla.HFVLA`): its
+    weights, a fresh action head and the new data's statistics. Raises ``ValueError`` where the new data does not
+    fit the checkpoint."""
     if model_overrides:
         raise UserInputError(f"--init takes the architecture of {init}; model overrides {dict(model_overrides)} conflict")
-    model, config = load_vla(init)
+    if str(init).startswith("hf:"):
+        from distill.hf_vla import HFVLA, parse_hf_spec
+
+        folder = parse_hf_spec(str(init))
+        model = HFVLA.from_pretrained(folder, action_stats=info["action_stats"], proprio_stats=info["proprio_stats"],
+                                      instructions=info["instructions"], chunk=chunk)
+        return model, {**info, "init": {"path": str(init), "hf_folder": str(folder)}}
+    model, config = load_teacher(init)
     if model.config.chunk != chunk:
         raise UserInputError(f"{init} predicts chunks of {model.config.chunk} actions, not {chunk}")
     known = set(model.config.vocab)
-    unknown = sorted({w for text in info["instructions"] for w in split_words(text)} - known)
+    words = {w for text in info["instructions"] for w in split_words(text)}
+    unknown = sorted(words - known) if isinstance(model.tokenizer, WordTokenizer) else []
     if unknown:
         raise UserInputError(f"the data's instructions use words {unknown} that {init}'s vocabulary lacks; "
                          "train from scratch (no --init) to build a new vocabulary")
@@ -394,7 +406,7 @@ def _start(loop: TrainingLoop, out: Path, dataset: Dataset, profile: str, seed: 
     statistics and seed of the run: those of the run being resumed (``loop.state``), or new ones. The model has
     the aux head of the run's aux targets (the saved checkpoint has none: a resumed head comes from the state)."""
     if loop.state is not None:
-        model, _ = load_vla(out)
+        model, _ = load_teacher(out)
         extra = loop.state["extra"]
         held = extra.get("aux_targets", [])
         clash = _override_clash(model.config, model_overrides)
@@ -417,6 +429,9 @@ def _start(loop: TrainingLoop, out: Path, dataset: Dataset, profile: str, seed: 
     info = dataset_stats(dataset, episode_ids(dataset), seed)
     if init is not None:
         model, info = _init_from(init, info, model_overrides, chunk)
+        if targets and not isinstance(model, VLA):
+            raise UserInputError(f"aux targets {targets} need the reference VLA's aux head; {init} is an HF VLM "
+                                 "backbone: train it without --aux-targets")
         if targets:
             torch.manual_seed(seed)  # the fresh aux head's initialisation
             model = model.with_aux_targets(targets)

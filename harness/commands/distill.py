@@ -5,6 +5,9 @@
     actdistill distill --teacher runs/teacher_full --data data/libero_spatial --budgets 0.5 --out runs/distill \\
         --device cuda --steps 20000 --stage1-steps 5000 --batch-size 64
     actdistill distill --teacher runs/teacher_small --data data/widowx --budgets 0.5 --out runs/router_only --no-graph
+    actdistill train-teacher --init hf:/models/smolvlm2-500m --data data/simpler --out runs/smol_teacher --device cuda
+    actdistill distill --teacher runs/smol_teacher --data data/simpler --budgets 0.5 --out runs/smol_distill \
+        --device cuda   # a real VLM backbone: the router picks among its language model's decoder layers
 
 OUT/encapsulation holds stage 1 (graph extractors, per-layer heads, the teacher cache keyed by sample id,
 loss.png), shared by every budget. OUT/student-b<B> holds the student at budget B (fraction of decoder
@@ -24,7 +27,9 @@ HELP = "distill a teacher into routed students (ActDistill)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--teacher", required=True, help="teacher checkpoint folder (from train-teacher)")
+    parser.add_argument("--teacher", required=True,
+                        help="teacher checkpoint folder (from train-teacher; for a transformers VLM, from "
+                             "train-teacher --init hf:PATH, which trains its action head first)")
     parser.add_argument("--data", nargs="+", required=True, help="demonstration folders (from actdistill demos)")
     parser.add_argument("--budgets", default="0.25,0.5,0.75",
                         help="comma-separated fractions of decoder layers run per input (default 0.25,0.5,0.75)")
@@ -85,6 +90,10 @@ def run(args) -> int:
     from distill.router import parse_budgets
     from distill.student import ActDistillConfig, distill
 
+    if args.teacher.startswith("hf:"):
+        raise UserInputError(f"--teacher {args.teacher}: a raw VLM folder has no trained action head to distill; "
+                             f"first run actdistill train-teacher --init {args.teacher} --data ... --out "
+                             "runs/hf_teacher, then distill --teacher runs/hf_teacher")
     budgets = parse_budgets(args.budgets)
     if args.threads is not None:
         if args.threads < 1:

@@ -8,6 +8,9 @@
         --vision-keypoints 32   # the overlapping-conv encoder with keypoints on its 16x16 map
     actdistill train-teacher --data data/simpler data/simpler-dart --out runs/ft --init results/checkpoints/teacher-simpler \
         --steps 3000 --lr 2e-4   # fine-tune a checkpoint
+    actdistill train-teacher --data data/simpler --out runs/pg_teacher --init hf:/models/paligemma-3b-pt-224 \
+        --device cuda --lr 5e-5   # a transformers VLM folder (PaliGemma, SmolVLM, Idefics3): a fresh action head
+        # on its vision tower and decoder layers, all fine-tuned; distill OUT afterwards (distill.hf_vla)
     actdistill train-teacher --data data/simpler --out runs/teacher_aux --aux-targets expert_target,objects \
         --aux-weight 0.1   # an aux head on privileged simulator fields, trained only (not in the checkpoint)
     actdistill train-teacher --data data/simpler --out runs/teacher_pdrop --proprio-dropout 0.5   # hide the hand
@@ -50,7 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: profile's)")
     parser.add_argument("--init", default=None,
                         help="fine-tune: start from this checkpoint's weights, architecture, vocabulary and "
-                             "normalisation (fresh optimiser and schedule); OUT must be new or hold this run's state")
+                             "normalisation (fresh optimiser and schedule); OUT must be new or hold this run's state. "
+                             "hf:PATH: a transformers VLM folder (PaliGemma, SmolVLM, Idefics3; local files only) "
+                             "with a fresh action head and the data's normalisation")
     parser.add_argument("--keep-every", type=int, default=None,
                         help="also keep the checkpoint of every N-th step (a multiple of --ckpt-every) as "
                              "OUT/snapshots/step-N, to choose among them by closed-loop success on a held-out draw")
