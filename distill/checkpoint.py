@@ -242,7 +242,9 @@ class VLAPolicy:
          "flops": 3.9e8,                    # analytic FLOPs of the call for one row (distill.flops)
          "model_ms": 4.2}                   # wall time of the model call (device synchronised)
 
-    Routed students subclass it and override :meth:`model_call`.
+    Routed students subclass it and override :meth:`model_call`. ``execute`` (:meth:`set_execute`): how many
+    actions of each K-step chunk run open loop before the next model call (default: all K); compute per
+    environment step is the call's divided by it.
     """
 
     def __init__(self, model: VLA, checkpoint_hash: str = "", path: str | None = None):
@@ -250,7 +252,15 @@ class VLAPolicy:
         self.checkpoint_hash = checkpoint_hash
         self.path = path
         self.last_info: dict = {}
+        self.execute: int | None = None
         self._queue: deque[np.ndarray] = deque()
+
+    def set_execute(self, k: int | None) -> None:
+        """Execute the first ``k`` actions of each chunk (1 <= k <= the chunk length K; None: all K)."""
+        chunk = int(self.model.config.chunk)
+        if k is not None and not 1 <= int(k) <= chunk:
+            raise UserInputError(f"--execute {k} must be between 1 and the policy's chunk length {chunk}")
+        self.execute = None if k is None else int(k)
 
     @property
     def device(self) -> torch.device:
@@ -300,7 +310,7 @@ class VLAPolicy:
     def act(self, obs: Mapping) -> np.ndarray:
         """Next action (7,) in [-1, 1]; calls the model only when the queued chunk is used up."""
         if not self._queue:
-            self._queue.extend(self.predict([obs])[0])
+            self._queue.extend(self.predict([obs])[0][:self.execute])
         return self._queue.popleft()
 
 

@@ -173,3 +173,35 @@ def test_convert_checkpoint_to_float16(ckpt, tmp_path, capsys):
     assert "is the source checkpoint itself" in capsys.readouterr().err
     assert main(["convert", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_execute_k_runs_the_first_k_actions_of_each_chunk_then_calls_again():
+    import numpy as np
+
+    from distill.checkpoint import load_policy
+    from tasks.errors import UserInputError
+
+    policy = load_policy("results/checkpoints/teacher-simpler")
+    rng = np.random.default_rng(0)
+    obs = {"agentview": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+           "wrist": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+           "proprio": np.zeros(8, np.float32), "instruction": "open top drawer"}
+    chunk = policy.predict([obs])[0]  # (8, 7)
+    calls = []
+    predict = policy.predict
+    policy.predict = lambda obs_list: calls.append(1) or predict(obs_list)
+    policy.set_execute(2)
+    policy.reset()
+    actions = [policy.act(obs) for _ in range(6)]
+    assert len(calls) == 3  # a model call every 2 steps
+    np.testing.assert_array_equal(actions[0], chunk[0])
+    np.testing.assert_array_equal(actions[1], chunk[1])
+    np.testing.assert_array_equal(actions[2], chunk[0])  # the same observation: the same chunk again
+    policy.set_execute(None)
+    policy.reset()
+    calls.clear()
+    [policy.act(obs) for _ in range(8)]
+    assert len(calls) == 1
+    for bad in (0, 9):
+        with pytest.raises(UserInputError, match="between 1 and the policy's chunk length 8"):
+            policy.set_execute(bad)
