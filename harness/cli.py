@@ -31,6 +31,7 @@ VERBS = {
     "fit": "harness.commands.fit",
     "probe": "harness.commands.probe",
     "bench": "harness.commands.bench",
+    "doctor": "harness.commands.doctor",
     "gpu-run": "harness.gpu_run",
 }
 

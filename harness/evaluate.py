@@ -271,7 +271,8 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
              videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
              env_kwargs: dict[str, Any] | None = None, progress: bool = True, table: bool = True,
              quiet: bool = False, episodes_by_variant: Mapping[str, int] | None = None,
-             distinct_states: bool = False) -> dict[str, Any]:
+             distinct_states: bool = False,
+             provenance: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run the missing episodes of ``policy`` on ``suite`` and return the run folder's summary.
 
     ``tasks``: task names or indices (default: all); ``variant``: a name, ``"all"`` or ``None``
@@ -285,7 +286,8 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     (with ``table``) the summary table unless ``quiet``. Unknown names raise ``ValueError`` listing the valid ones.
     An episode lost to a policy server that went away (:func:`harness.results.lost_to_server`) is stored as lost
     and stops the run with :class:`~tasks.errors.MissingInputError`: rerunning, once the server is back, runs it
-    and the episodes not started.
+    and the episodes not started. ``provenance``: fields added to every row's ``versions`` (the
+    sweep's ``{"doctor": fingerprint}``, :mod:`harness.doctor`).
     """
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
@@ -317,7 +319,7 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
         print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {_plan_shape(counts, distinct_states)}; "
               f"{total - len(jobs)} already done, {len(jobs)} to run"
               + (f" ({again} of them again: their worker or policy server died)" if again else "") + f" -> {out}")
-    run_versions = versions()
+    run_versions = {**versions(), **(provenance or {})}
     bar = None
     if progress and jobs:
         from tqdm import tqdm

@@ -20,6 +20,12 @@ drawer tasks have longer limits than pick tasks), so it is a rough guide, not a 
 Within a suite the plan gives every episode of a task its own initial state: the variants take
 consecutive blocks of episode indices (``harness.evaluate.episode_indices``), so the variant
 episodes are not replays of visual matching's first states.
+
+Before the first stage that builds an environment the simulator check (:mod:`harness.doctor`) runs on the
+suite families the stages use (with a Ray worker when the profile evaluates on Ray): a FAIL stops the sweep
+with exit status 2 before anything is written; ``--skip-doctor`` goes without it. Every episode records the
+check's fingerprint (or ``skipped``) under ``doctor`` in its ``versions``, and the report of each
+fingerprint is kept in ``runs/<profile>/doctor/``.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class Context:
     root: Path
     seed: int = 0
     summaries: dict[str, dict] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)  # added to every episode's versions: the doctor
 
 
 @dataclass
@@ -166,7 +173,8 @@ def _expert_run(ctx: Context) -> None:
     for suite in simpler_suites():
         task_names, counts = plan(ctx.profile, suite)
         summary = evaluate("expert", suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
-                           seed=ctx.seed, out=_expert_dir(ctx), table=False)
+                           seed=ctx.seed, out=_expert_dir(ctx), table=False,
+                           provenance=ctx.provenance)
     if summary is not None:
         ctx.summaries["scripted experts"] = summary
 
@@ -279,7 +287,8 @@ def _policy_run(ctx: Context) -> None:
         for suite in simpler_suites():
             task_names, counts = plan(ctx.profile, suite, policies=True)
             summary = evaluate(spec, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
-                               seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend)
+                               seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend,
+                               provenance=ctx.provenance)
         if summary is not None:
             ctx.summaries[name] = summary
 
@@ -355,7 +364,7 @@ def _libero_run(ctx: Context) -> None:
     suite, n_tasks, episodes = ctx.profile.libero
     ctx.summaries[f"scripted expert on {suite}"] = evaluate(
         "expert", suite, tasks=list(range(n_tasks)), episodes=episodes, seed=ctx.seed,
-        out=ctx.root / "libero-expert", table=False, videos=0)
+        out=ctx.root / "libero-expert", table=False, videos=0, provenance=ctx.provenance)
 
 
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -403,7 +412,7 @@ def _libero_policy_run(ctx: Context) -> None:
         summary = None
         for suite in LIBERO_SUITES:
             summary = evaluate(str(folder), suite, episodes=episodes, seed=ctx.seed, out=ctx.root / name,
-                               table=False, videos=0, backend=backend)
+                               table=False, videos=0, backend=backend, provenance=ctx.provenance)
         if summary is not None:
             ctx.summaries[name] = summary
 
@@ -436,6 +445,60 @@ def stages() -> list[Stage]:
     ]
 
 
+SIMULATOR_STAGES = ("expert_eval", "models", "policy_eval", "libero_expert", "libero_policies")
+
+
+def doctor_plan(ctx: Context, todo: list[Stage]) -> tuple[list[str], int]:
+    """(suites, Ray CPUs) of the simulator check before ``todo``: the doctor's suites of the families the
+    stages use (SIMPLER-style for the first three stages, LIBERO where the profile runs LIBERO episodes) and
+    the profile's workers when a stage evaluates on Ray (0: no Ray check)."""
+    from harness import doctor
+
+    names = {stage.name for stage in todo}
+    suites = []
+    if names & {"expert_eval", "models", "policy_eval"}:
+        suites += [s for s in simpler_suites() if s in doctor.SUITES]
+    libero_policies = ctx.profile.libero_policy_episodes and libero_policy_specs(ctx.profile)
+    if ("libero_expert" in names and ctx.profile.libero) or ("libero_policies" in names and libero_policies):
+        suites += [s for s in doctor.SUITES if s.startswith("libero_")]
+    ray = names & {"policy_eval", "libero_policies"}
+    return suites, ctx.profile.workers if ray else 0
+
+
+def run_doctor_first(ctx: Context, todo: list[Stage], skip: bool = False) -> dict[str, str]:
+    """Run the simulator check (:mod:`harness.doctor`) for the stages in ``todo`` and return what every
+    episode records (``{"doctor": fingerprint}``; ``"skipped"`` with ``skip``; nothing when no stage builds an
+    environment). Writes the report to ``ROOT/doctor/FINGERPRINT.json``; raises
+    :class:`~harness.doctor.DoctorFailed` (exit 2), writing nothing, when a check FAILs."""
+    import json
+
+    from harness import doctor
+
+    if not {stage.name for stage in todo} & set(SIMULATOR_STAGES):
+        return {}
+    if skip:
+        print("[sweep] warning: --skip-doctor: the simulator stack is not checked; every result records "
+              "doctor=skipped")
+        return {"doctor": "skipped"}
+    suites, workers = doctor_plan(ctx, todo)
+    print(f"[sweep] doctor: {', '.join(suites) or 'versions only'}{' and a Ray worker' if workers else ''} "
+          "(actdistill doctor runs every check)")
+    report = doctor.run_doctor(suites, ray_workers=workers)
+    for line in report.lines():
+        print(line)
+    if report.failed:
+        first = "; ".join(f"{c.name}: {c.reason}" for c in report.failed[:3])
+        raise doctor.DoctorFailed(
+            f"the simulator check FAILed ({len(report.failed)} of {len(report.checks)} checks): {first}. "
+            "Nothing was run. Run actdistill doctor for every check and the differing frames, fix the stack "
+            "(or record new references with actdistill doctor --update-references if it changed on purpose), "
+            "or pass --skip-doctor to run anyway (recorded as doctor=skipped in every result)")
+    out = ctx.root / "doctor" / f"{report.fingerprint}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    return {"doctor": report.fingerprint}
+
+
 def _fmt_s(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
@@ -452,6 +515,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default=None,
                         help="comma-separated stages to run (default: all, in order: "
                              f"{', '.join(stage.name for stage in stages())})")
+    parser.add_argument("--skip-doctor", action="store_true",
+                        help="start without the simulator check (actdistill doctor); every result records "
+                             "doctor=skipped")
 
 
 def select_stages(text: str | None) -> list[Stage]:
@@ -474,6 +540,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = Context(PROFILES[args.profile], Path(args.out) / args.profile, seed=args.seed)
     todo = select_stages(args.stages)
     print(f"[sweep] profile {args.profile} -> {ctx.root}; stages: {', '.join(s.name for s in todo)}")
+    ctx.provenance = run_doctor_first(ctx, todo, skip=args.skip_doctor)
     estimates = {}
     for stage in todo:
         estimates[stage.name] = stage.estimate_s(ctx)
