@@ -81,3 +81,30 @@ def test_encapsulation_shapes():
     states = [torch.randn(2, 5, 16) for _ in range(3)]
     semantics, actions = enc(states, torch.ones(2, 5, dtype=torch.bool))
     assert semantics.shape == (3, 2, 8) and actions.shape == (3, 2, 4, 7)
+
+
+def test_graph_attention_layer_by_hand():
+    """One head, identity projection, the pre-norm output: alpha_ij = softmax_j(LeakyReLU(a_s.z_i + a_d.z_j)
+    + log w_ij), out_i = x_i + ELU(sum_j alpha_ij z_j)."""
+    from distill.graph import GraphAttentionLayer
+
+    layer = GraphAttentionLayer(2, heads=1)
+    with torch.no_grad():
+        layer.linear.weight.copy_(torch.eye(2))
+        layer.att_src.copy_(torch.tensor([[-1.0, 0.0]]))
+        layer.att_dst.copy_(torch.tensor([[0.0, 1.0]]))
+    layer.norm = nn.Identity()
+    x = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # (1, 2, 2)
+    index = torch.tensor([[[0, 1], [0, 1]]])
+    weight = torch.tensor([[[0.5, 0.5], [0.25, 0.75]]])
+    out = layer(x, index, weight)
+    # e_src = (-1, 0), e_dst = (0, 2). Node 0: LeakyReLU(-1 + 0) = -0.2, LeakyReLU(-1 + 2) = 1, equal priors
+    a0 = torch.softmax(torch.tensor([-0.2, 1.0]), 0)
+    # node 1: LeakyReLU(0 + 0) = 0, LeakyReLU(0 + 2) = 2, priors 0.25 and 0.75
+    a1 = torch.softmax(torch.tensor([0.0, 2.0]) + torch.tensor([0.25, 0.75]).log(), 0)
+    expected = torch.stack([x[0, 0] + (a0[0] * x[0, 0] + a0[1] * x[0, 1]),  # ELU is the identity here (> 0)
+                            x[0, 1] + (a1[0] * x[0, 0] + a1[1] * x[0, 1])])
+    torch.testing.assert_close(out[0], expected)
+    # a zero-weight neighbour (fewer real tokens than k) gets no attention at all
+    out_masked = layer(x, index, torch.tensor([[[1.0, 0.0], [0.25, 0.75]]]))
+    torch.testing.assert_close(out_masked[0, 0], x[0, 0] + x[0, 0])

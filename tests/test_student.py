@@ -121,6 +121,21 @@ def test_gate_center_option_trains_and_is_in_the_fingerprint(tmp_path, teacher, 
     assert student_fingerprint(0.25, tiny_config())["gate_center"] is False  # a resume may not switch it
 
 
+def test_the_graph_terms_alone_reach_the_routers_parameters(teacher, data):
+    """Each graph-informed term (alignment, structure, per-layer action consistency), back-propagated on its
+    own, moves the router: the per-layer supervision shapes the route, not only the final head and budget."""
+    config = tiny_config()
+    enc = build_encapsulation(teacher, config).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    batch = collate(teacher, [data[i] for i in range(4)])
+    for term in ("align", "struct", "action"):
+        student = StudentVLA.from_teacher(teacher, budget=0.5, router_dim=8)
+        terms = student_losses(student, enc, batch, cache, config, layer_weights(4, 2.0), noise=0.0)
+        terms[term].backward()
+        grads = [p.grad for p in student.router.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), term
+
+
 # -- loss terms against hand computation ---------------------------------------------------------------
 
 
