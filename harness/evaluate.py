@@ -85,7 +85,8 @@ def _expert_hash(env) -> str:
     return "expert-" + files_hash(list(folder.glob("*.py")), folder)
 
 
-def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu") -> PolicySource:
+def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu",
+                  execute: int | None = None) -> PolicySource:
     """``"expert"`` (the suite's scripted expert), a checkpoint folder for ``distill.load_policy``, a
     baseline spec ``baseline:<name>@<budget>:<teacher folder>`` (:func:`distill.baselines.parse_policy_spec`),
     a policy server ``ws://HOST:PORT`` (:func:`harness.serving.client.served_source`, with ``obs_map``: a
@@ -96,7 +97,13 @@ def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu") 
     ``config.json``, ``*.safetensors`` and the loaded policy's ``checkpoint_hash`` if it has one.
     Raises :class:`~tasks.errors.MissingInputError` naming the path when ``policy`` is none of these, and
     :class:`~tasks.errors.UserInputError` for an ``obs_map`` given with a policy that is not served.
+
+    ``execute``: a checkpoint's or baseline's actions executed per model call (the first K of each chunk;
+    :meth:`distill.checkpoint.VLAPolicy.set_execute`); part of the hash and of ``meta["execute"]``.
     """
+    if execute is not None and (policy == "expert" or policy.startswith(("ws://", "wss://", "py:"))):
+        raise UserInputError(f"--execute applies to checkpoints and baselines, not to --policy {policy!r} "
+                             "(a served policy's open-loop count is the obs map's 'execute')")
     if policy.startswith(("ws://", "wss://")):
         from harness.serving.client import served_source  # lazy: websockets loads only here
 
@@ -114,9 +121,11 @@ def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu") 
         from distill.baselines import parse_policy_spec  # lazy, like load_policy below
 
         baseline = parse_policy_spec(policy).build(device)
+        baseline.set_execute(execute)
         # The baseline's hash covers its teacher's weights, name, budget and seed.
-        digest = "baseline-" + str(baseline.checkpoint_hash)
-        meta = {"policy": policy, "kind": "baseline", "budget": baseline.budget, "method": baseline.name}
+        digest = "baseline-" + str(baseline.checkpoint_hash) + (f"-exec{execute}" if execute else "")
+        meta = {"policy": policy, "kind": "baseline", "budget": baseline.budget, "method": baseline.name,
+                **({"execute": execute} if execute else {})}
         return PolicySource(policy, build=lambda env: baseline, hash_for=lambda env: digest, meta=meta)
     path = Path(policy)
     if not path.is_dir():
@@ -125,10 +134,12 @@ def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu") 
     from distill.checkpoint import checkpoint_kind, load_policy, read_config  # lazy: torch loads only here
 
     loaded = load_policy(path, device=device)
+    loaded.set_execute(execute)
     # Weights and config identify the policy; training state, logs and plots do not. A policy that
     # reads weights from elsewhere (e.g. a baseline over a teacher) names them in checkpoint_hash.
     digest = "ckpt-" + hashlib.sha256(
         (weights_hash(path) + str(getattr(loaded, "checkpoint_hash", ""))).encode()).hexdigest()[:16]
+    digest += f"-exec{execute}" if execute else ""
     config = read_config(path)
     if checkpoint_kind(config, path / "config.json") == "routed_student":
         meta = {"policy": str(path), "kind": "student", "budget": config["student"]["budget"],
@@ -136,6 +147,8 @@ def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu") 
                 else "router without graph supervision"}
     else:
         meta = {"policy": str(path), "kind": "teacher", "method": "teacher"}
+    if execute:
+        meta["execute"] = execute
     state = config.get("vla", {}).get("vision_encoder") == "state"
     if state:
         meta["method"] = "state-input ceiling (privileged scene state, no cameras)"

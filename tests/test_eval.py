@@ -225,3 +225,24 @@ def test_distinct_states_give_each_variant_its_own_initial_states(tmp_path, monk
         evaluate("expert", suite, tasks=["reach"], episodes_by_variant={"base": 3, "dark": 2}, out=shared,
                  distinct_states=True, quiet=True)
     assert len(pd.read_parquet(shared / "episodes.parquet")) == 5  # nothing stored was touched
+
+
+def test_execute_k_calls_the_model_every_k_steps_and_keys_the_run_apart(tmp_path):
+    import json
+
+    from harness.evaluate import evaluate, policy_source
+    from harness.results import read_episodes
+    from tasks.errors import UserInputError
+
+    teacher = "results/checkpoints/teacher-simpler"
+    out = tmp_path / "run"
+    for k in (None, 2):
+        evaluate(policy_source(teacher, execute=k), "simpler_widowx", tasks=["put_carrot_on_plate"], episodes=1,
+                 seed=0, out=out, max_steps=10, progress=False, quiet=True)
+    rows = read_episodes(out)
+    assert rows["policy_hash"].nunique() == 2  # K is part of the policy's identity: no result reused
+    calls = sorted(json.loads(info)["flops"]["n"] for info in rows["info"])
+    assert calls == [2, 5]  # 10 steps: chunks of 8 -> 2 calls; K = 2 -> 5 calls
+    assert json.loads((out / "meta.json").read_text())["execute"] == 2
+    with pytest.raises(UserInputError, match="--execute applies to checkpoints"):
+        policy_source("expert", execute=2)

@@ -5,6 +5,7 @@
     actdistill eval --policy expert --suite libero_spatial --episodes 50 --videos 2 --out runs/libero
     actdistill eval --policy ckpt/teacher --suite simpler_google --workers 2      # Ray, 2 workers
     actdistill eval --policy baseline:first_k@0.5:ckpt/teacher --suite simpler_widowx
+    actdistill eval --policy ckpt/student --suite simpler_google --execute 4   # a model call every 4 steps
     actdistill eval --policy ckpt/student --suite simpler_google --plan default --workers 2 --videos 0
                                      # the episodes the sweep's default profile gives a policy
     actdistill eval --policy ws://127.0.0.1:8000 --suite simpler_widowx --workers 2
@@ -32,6 +33,9 @@ def add_arguments(parser) -> None:
                         help="with --policy ws://...: how observations become the server's request and its "
                              "actions ours; a preset (actdistill: our keys, the default; openpi-libero: openpi's "
                              "LIBERO example) or a JSON file (see harness/serving/obs_map.py)")
+    parser.add_argument("--execute", type=int, default=None, metavar="K",
+                        help="actions of each predicted chunk executed open loop before the next model call "
+                             "(1..chunk; default: the whole chunk); compute per step is the call's / K")
     parser.add_argument("--suite", required=True, help="suite name, e.g. simpler_widowx")
     parser.add_argument("--tasks", default=None, help="comma-separated task names or indices (default: all)")
     parser.add_argument("--variant", default=None, help="variant name or 'all' (default: the suite's first)")
@@ -77,7 +81,9 @@ def run(args) -> int:
         from harness.ray_backend import register
 
         backend = register(args.workers or None, address=args.address)
-    policy = args.policy if args.obs_map is None else policy_source(args.policy, obs_map=args.obs_map)
+    policy = args.policy
+    if args.obs_map is not None or args.execute is not None:
+        policy = policy_source(args.policy, obs_map=args.obs_map, execute=args.execute)
     evaluate(policy, args.suite, tasks=task_list, variant=args.variant, episodes=args.episodes,
              seed=args.seed, out=out, videos=args.videos, max_steps=args.max_steps,
              progress=not args.no_progress, backend=backend, episodes_by_variant=counts,
