@@ -431,6 +431,8 @@ def build_report(
     written += _suite_tables(suites, out)
     written += _variant_tables(runs, out, base_variant, notes)
     written += _tradeoff(suites, "flops_per_call", "FLOPs per model call", out, "success_vs_flops")
+    if suites["flops_per_step"].notna().any():  # compute per environment step: per call / actions per call
+        written += _tradeoff(suites, "flops_per_step", "FLOPs per environment step", out, "success_vs_flops_per_step")
     written += _tradeoff(
         suites, "latency_ms", "latency per model call (ms, batch 1)", out, "success_vs_latency"
     )

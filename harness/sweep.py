@@ -62,6 +62,9 @@ class Profile:
     demo_scale: float = 1.0  # of harness.demo_sets' recipe, when models must be rebuilt
     teacher_steps: int | None = None  # None: the training profile's default
     distill_steps: int | None = None
+    # actions executed per model call (the replanning axis): the teacher and students are run again at each
+    # K here, beside their default runs (the whole chunk), so FLOPs per environment step can be compared
+    execute: tuple[int, ...] = ()
 
 
 PROFILES = {
@@ -74,7 +77,8 @@ PROFILES = {
     "full": Profile("full", episodes=50, tasks_per_suite=None, variant_episodes=50, policy_episodes=50,
                     policy_variant_episodes=50,
                     baselines=("first_k", "uniform", "redundancy", "early_exit", "random"),
-                    libero=("libero_spatial", 10, 50), libero_policy_episodes=50, latency_iters=200, workers=2),
+                    libero=("libero_spatial", 10, 50), libero_policy_episodes=50, latency_iters=200, workers=2,
+                    execute=(1, 2, 4)),
 }
 
 CHECKPOINTS = Path("results/checkpoints")  # reference models, relative to the project root
@@ -293,6 +297,37 @@ def _policy_run(ctx: Context) -> None:
             ctx.summaries[name] = summary
 
 
+def replanning_specs(profile: Profile) -> list[tuple[str, str, int]]:
+    """(run name, policy spec, K) of the teacher and students at every ``profile.execute`` K."""
+    base = [(name, spec) for name, spec in policy_specs(profile) if not spec.startswith("baseline:")]
+    return [(f"{name}-exec{k}", spec, k) for k in profile.execute for name, spec in base]
+
+
+def _replanning_estimate(ctx: Context) -> float:
+    if not ctx.profile.execute:
+        return 0.0
+    episodes = sum(len(t) * sum(c.values()) for t, c in (plan(ctx.profile, s, policies=True) for s in simpler_suites()))
+    return 5.0 * episodes * len(replanning_specs(ctx.profile)) / max(1, ctx.profile.workers)
+
+
+def _replanning_run(ctx: Context) -> None:
+    """The teacher and students executing K actions per model call, for success against FLOPs per step."""
+    if not ctx.profile.execute:
+        print(f"[sweep] replanning: profile {ctx.profile.name!r} has no --execute axis, skipped")
+        return
+    from harness.evaluate import evaluate, policy_source, write_meta
+
+    backend = _backend(ctx)
+    for name, spec, k in replanning_specs(ctx.profile):
+        write_meta(ctx.root / name, {"policy": name})
+        source = policy_source(spec, execute=k)
+        for suite in simpler_suites():
+            task_names, counts = plan(ctx.profile, suite, policies=True)
+            evaluate(source, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
+                     seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend,
+                     provenance=ctx.provenance)
+
+
 def _latency_estimate(ctx: Context) -> float:
     return 0.1 * ctx.profile.latency_iters * len(policy_specs(ctx.profile))
 
@@ -421,6 +456,7 @@ def _report_run(ctx: Context) -> None:
     from harness.report import build_report
 
     runs = [ctx.root / "expert"] + [ctx.root / name for name, _ in policy_specs(ctx.profile)]
+    runs += [ctx.root / name for name, _, _ in replanning_specs(ctx.profile)]
     runs += [ctx.root / "libero-expert"] + [ctx.root / name for name, _ in libero_policy_specs(ctx.profile)]
     from harness.results import has_results
 
@@ -436,6 +472,8 @@ def stages() -> list[Stage]:
               _models_run),
         Stage("policy_eval", "teacher, students and baselines on the SIMPLER-style suites", _policy_estimate,
               _policy_run),
+        Stage("replanning", "teacher and students executing K actions per model call (profile's execute axis)",
+              _replanning_estimate, _replanning_run),
         Stage("latency", "model-call latency of every policy, against the teacher", _latency_estimate,
               _latency_run),
         Stage("libero_expert", "scripted expert on a LIBERO subset", _libero_estimate, _libero_run),
@@ -445,7 +483,7 @@ def stages() -> list[Stage]:
     ]
 
 
-SIMULATOR_STAGES = ("expert_eval", "models", "policy_eval", "libero_expert", "libero_policies")
+SIMULATOR_STAGES = ("expert_eval", "models", "policy_eval", "replanning", "libero_expert", "libero_policies")
 
 
 def doctor_plan(ctx: Context, todo: list[Stage]) -> tuple[list[str], int]:
@@ -456,12 +494,12 @@ def doctor_plan(ctx: Context, todo: list[Stage]) -> tuple[list[str], int]:
 
     names = {stage.name for stage in todo}
     suites = []
-    if names & {"expert_eval", "models", "policy_eval"}:
+    if names & {"expert_eval", "models", "policy_eval", "replanning"}:
         suites += [s for s in simpler_suites() if s in doctor.SUITES]
     libero_policies = ctx.profile.libero_policy_episodes and libero_policy_specs(ctx.profile)
     if ("libero_expert" in names and ctx.profile.libero) or ("libero_policies" in names and libero_policies):
         suites += [s for s in doctor.SUITES if s.startswith("libero_")]
-    ray = names & {"policy_eval", "libero_policies"}
+    ray = names & {"policy_eval", "replanning", "libero_policies"}
     return suites, ctx.profile.workers if ray else 0
 
 
