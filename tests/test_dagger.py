@@ -81,7 +81,7 @@ def test_guards_never_fire_on_the_experts_own_episodes(suite):
             expert = suites.expert(env)
             result = rollout(expert, env, episode_index=0, seed=1)
             assert result.success, task
-            assert expert.replans == 0, task
+            assert expert.replans == 0 and expert.skips == 0, task
         finally:
             env.close()
 
@@ -202,3 +202,44 @@ def test_cli_dagger_needs_exactly_one_of_suite_and_family(tmp_path, capsys):
 
     assert main(["dagger", "--policy", TEACHER, "--out", str(tmp_path / "d")]) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+def _gripping_handle(env) -> bool:
+    from tasks.simpler.google import HANDLE_REACH, _site
+
+    hand = env.eef_pose()[0]
+    return bool(np.linalg.norm(hand - _site(env, "top_handle")) < HANDLE_REACH and env.gripper_opening() < 0.5)
+
+
+@pytest.mark.parametrize("suite,task,reached", [
+    ("simpler_google", "pick_coke_can_vertical", lambda env: env.is_grasped("coke_can")),
+    ("simpler_google", "move_near", lambda env: env.is_grasped(env.task_spec.source.name)),
+    ("simpler_google", "open_top_drawer", _gripping_handle),
+    ("simpler_widowx", "put_carrot_on_plate", lambda env: env.is_grasped(env.task_spec.source)),
+])
+def test_a_fresh_expert_started_mid_task_continues_from_the_state_not_from_its_plans_start(suite, task, reached):
+    # One expert runs until the object (or the handle) is in the hand, then a new expert takes over: its plan
+    # starts at "approach with the gripper open", so without the skip predicates its first label would open
+    # the fingers and drop what the first one grasped.
+    env = suites.make(suite, task, seed=3)
+    try:
+        raw = env.unwrapped
+        obs, _ = env.reset(seed=3, options={"episode_index": 0})
+        first = suites.expert(env)
+        held_for, steps, done = 0, 0, False
+        while held_for < 3:
+            obs, _, terminated, truncated, info = env.step(first.act(obs), render=False)
+            steps += 1
+            held_for = held_for + 1 if reached(raw) else 0
+            assert not (terminated or truncated), "the first expert never got the object in hand"
+        second = suites.expert(env)
+        second.reset()
+        label = second.act(obs)
+        assert label[6] == 1.0  # keeps the fingers closed
+        assert second.skips >= 1
+        while not done:
+            obs, _, terminated, truncated, info = env.step(second.act(obs), render=False)
+            done = terminated or truncated
+        assert info["success"]
+    finally:
+        env.close()

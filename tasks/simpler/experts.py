@@ -27,7 +27,12 @@ class Waypoint:
     ``guard(env) -> bool``: what must hold while this phase runs (the object is in the hand, the drawer
     is open, ...). When it fails on ``WaypointExpert.guard_patience`` consecutive steps the expert
     replans from the current state, so it gives a correct action from states its own plan would
-    never reach (a learner's drift, a dropped object): what relabelling (DAgger) needs."""
+    never reach (a learner's drift, a dropped object): what relabelling (DAgger) needs.
+
+    ``skip(env) -> bool``: this phase is already done in the current state (a learner grasped the object
+    while the expert still meant to approach it); the expert moves on to the next phase at once. Without it
+    an expert started (or lagging) mid-way labels from its own history, e.g. "open the gripper and approach"
+    with the object already in the hand."""
 
     pos: np.ndarray | Callable[[SimplerEnv], np.ndarray]
     grip: float = -1.0
@@ -37,6 +42,7 @@ class Waypoint:
     max_steps: int = 30
     hold: int = 0
     guard: Callable[[SimplerEnv], bool] | None = None
+    skip: Callable[[SimplerEnv], bool] | None = None
 
 
 class WaypointExpert:
@@ -84,6 +90,7 @@ class WaypointExpert:
         self._resolved: tuple[np.ndarray, np.ndarray] | None = None
         self._guard_failures = 0
         self.replans = 0
+        self.skips = 0
         self.last_privileged: np.ndarray | None = None
 
     def replan(self) -> None:
@@ -120,6 +127,12 @@ class WaypointExpert:
             self.waypoints = self.plan(env)
         if self.index < len(self.waypoints):
             self._check_guard()
+        while self.index < len(self.waypoints) and self.waypoints[self.index].skip is not None \
+                and self.waypoints[self.index].skip(env):
+            self.index += 1
+            self._phase_steps = self._held = 0
+            self._resolved = None
+            self.skips += 1
         if self.index >= len(self.waypoints):
             last = self.waypoints[-1] if self.waypoints else Waypoint(pos=env.eef_pose()[0])
             self.last_privileged = np.array([0, 0, 0, last.grip, 1.0], dtype=np.float32)
@@ -193,8 +206,8 @@ def pick_and_place_plan(obj: str, place: Callable[[SimplerEnv], np.ndarray], *, 
 
         held = holding(obj)
         return [
-            Waypoint(above_obj, -1, q, tol=0.015, max_steps=25),
-            Waypoint(at_obj, -1, q, tol=0.008, max_steps=15),
+            Waypoint(above_obj, -1, q, tol=0.015, max_steps=25, skip=held),
+            Waypoint(at_obj, -1, q, tol=0.008, max_steps=15, skip=held),
             Waypoint(at_obj, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at_obj, GRASP_REACH)),
             Waypoint(lifted, 1, q, tol=0.02, max_steps=12, guard=held),
             Waypoint(over_place, 1, q, tol=0.02, max_steps=20, guard=held),

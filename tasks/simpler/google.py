@@ -184,8 +184,8 @@ class _PickCan(Task):
             q = down_quat(yaw(e))
             at = e.body_pos(name) + [0, 0, grasp_dz]
             return [
-                Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25),
-                Waypoint(at, -1, q, tol=0.007, max_steps=15),
+                Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25, skip=holding(name)),
+                Waypoint(at, -1, q, tol=0.007, max_steps=15, skip=holding(name)),
                 Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
                 Waypoint(at + [0, 0, 0.15], 1, q, tol=0.02, max_steps=80, guard=holding(name)),
             ]
@@ -289,8 +289,8 @@ class MoveNear(Task):
                 return _planar_dist(env.body_pos(src.name), env.body_pos(tgt.name)) < NEAR_THRESHOLD
 
             return [
-                Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25),
-                Waypoint(at, -1, q, tol=0.007, max_steps=15),
+                Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25, skip=held),
+                Waypoint(at, -1, q, tol=0.007, max_steps=15, skip=held),
                 Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
                 Waypoint(np.array([at[0], at[1], carry]), 1, q, tol=0.02, max_steps=15, guard=held),
                 Waypoint(np.array([place[0], place[1], carry]), 1, q, tol=0.02, max_steps=20, guard=held),
@@ -442,11 +442,18 @@ def _open_drawer_waypoints(env: SimplerEnv, level: str) -> list[Waypoint]:
     def opened(e: SimplerEnv) -> bool:
         return drawer_qpos(e, level) >= OPEN_THRESHOLD
 
+    def gripping(e: SimplerEnv) -> bool:  # the fingers closed at the handle: the approach is done
+        return on_handle(e) and e.gripper_opening() < 0.5
+
+    def approached(e: SimplerEnv) -> bool:  # in a clean run neither holds before the grasp
+        return gripping(e) or opened(e)
+
     return [
-        Waypoint(cab_point(env, [h[0] - 0.1, h[1], max(h[2], 0.15)]), -1, q, tol=0.02, rot_tol=0.1, max_steps=25),
-        Waypoint(cab_point(env, h + [-0.1, 0, 0]), -1, q, tol=0.01, max_steps=15),
-        Waypoint(cab_point(env, h), -1, q, tol=0.007, max_steps=15),
-        Waypoint(cab_point(env, h), 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=on_handle),
+        Waypoint(cab_point(env, [h[0] - 0.1, h[1], max(h[2], 0.15)]), -1, q, tol=0.02, rot_tol=0.1, max_steps=25,
+                 skip=approached),
+        Waypoint(cab_point(env, h + [-0.1, 0, 0]), -1, q, tol=0.01, max_steps=15, skip=approached),
+        Waypoint(cab_point(env, h), -1, q, tol=0.007, max_steps=15, skip=approached),
+        Waypoint(cab_point(env, h), 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=on_handle, skip=opened),
         Waypoint(cab_point(env, h - [pull / 2, 0, 0]), 1, q, tol=0.015, max_steps=10, guard=on_handle),
         Waypoint(cab_point(env, h - [pull, 0, 0]), 1, q, tol=0.01, max_steps=15, guard=on_handle),
         Waypoint(cab_point(env, h - [pull, 0, 0]), -1, q, tol=1.0, rot_tol=10, max_steps=3, hold=2),
@@ -465,8 +472,9 @@ def _close_drawer_waypoints(env: SimplerEnv, level: str) -> list[Waypoint]:
         return drawer_qpos(e, level) <= CLOSED_THRESHOLD
 
     return [
-        Waypoint(cab_point(env, [front - 0.07, side, max(h[2], 0.15)]), 1, q, tol=0.02, rot_tol=0.1, max_steps=25),
-        Waypoint(cab_point(env, [front - 0.07, side, h[2]]), 1, q, tol=0.01, max_steps=15),
+        Waypoint(cab_point(env, [front - 0.07, side, max(h[2], 0.15)]), 1, q, tol=0.02, rot_tol=0.1, max_steps=25,
+                 skip=closed),
+        Waypoint(cab_point(env, [front - 0.07, side, h[2]]), 1, q, tol=0.01, max_steps=15, skip=closed),
         Waypoint(cab_point(env, [-0.01, side, h[2]]), 1, q, tol=0.01, max_steps=30),
         Waypoint(cab_point(env, [-0.1, side, h[2]]), 1, q, tol=0.02, max_steps=15, guard=closed),
     ]
@@ -549,9 +557,10 @@ class PlaceAppleInClosedTopDrawer(Task):
             carry_z = CAB_TOP + 0.02 + 0.14
             drop = cab_point(e, [-PULL_TO + 0.09, 0.0, DRAWER_LEVELS["top"] + 0.1])
             return opened + [
-                Waypoint(np.array([back[0], back[1], carry_z]), -1, down, tol=0.03, rot_tol=0.15, max_steps=25),
-                Waypoint(at + [0, 0, 0.1], -1, down, tol=0.015, max_steps=25),
-                Waypoint(at, -1, down, tol=0.007, max_steps=15),
+                Waypoint(np.array([back[0], back[1], carry_z]), -1, down, tol=0.03, rot_tol=0.15, max_steps=25,
+                         skip=held),
+                Waypoint(at + [0, 0, 0.1], -1, down, tol=0.015, max_steps=25, skip=held),
+                Waypoint(at, -1, down, tol=0.007, max_steps=15, skip=held),
                 Waypoint(at, 1, down, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
                 Waypoint(np.array([at[0], at[1], carry_z]), 1, down, tol=0.02, max_steps=15, guard=held),
                 Waypoint(np.array([drop[0], drop[1], carry_z]), 1, down, tol=0.02, max_steps=20, guard=held),
