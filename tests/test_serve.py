@@ -220,7 +220,7 @@ def test_server_killed_mid_eval_then_rerun_finishes_the_rest_exactly_once(teache
         evaluate(policy_source(url), SUITE, **run)
         assert "1 already done, 2 to run (1 of them again" in capsys.readouterr().out
         proc.send_signal(signal.SIGINT)  # Ctrl-C stops it cleanly
-        assert proc.wait(timeout=60) == 0 and "[serve] stopped" in proc.stdout.read()
+        assert proc.wait(timeout=120) == 0 and "[serve] stopped" in proc.stdout.read()
     finally:
         proc.kill()
         proc.wait()

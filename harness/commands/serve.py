@@ -56,6 +56,15 @@ def run(args) -> int:
     budget = f", budget {metadata['budget']}" if "budget" in metadata else ""
     print(f"[serve] {source.name} ({metadata.get('kind', 'policy')}{budget}, {metadata.get('layers', '?')} layers, "
           f"chunk {metadata.get('chunk', 1)}) listening on {server.url}; Ctrl-C stops", flush=True)
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM stop the server even where SIGINT was inherited as ignored (a job started with & from
+    # a non-interactive shell, e.g. under CI)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
