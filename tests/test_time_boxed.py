@@ -224,3 +224,7 @@ def test_boost_multiplies_one_tasks_episodes_and_names_unknown_tasks(tmp_path, m
         demo_sets.record_family("simpler", tmp_path, boost={"move_far": 2})
     with pytest.raises(UserInputError, match="TASK=FACTOR"):
         demo_sets.parse_boost("move_near=0")
+    from harness.cli import main
+
+    assert main(["demos", "--family", "simpler", "--boost", "move_far=2", "--out", str(tmp_path / "x")]) == 2
+    assert main(["demos", "--suite", "simpler_widowx", "--boost", "move_near=2", "--out", str(tmp_path / "y")]) == 2

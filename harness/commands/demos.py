@@ -3,6 +3,7 @@
     actdistill demos --suite simpler_widowx --episodes 50 --out data/widowx
     actdistill demos --suite simpler_google --tasks move_near,0 --episodes 20 --out data/google --overwrite
     actdistill demos --family simpler --out data/simpler    # the reference teacher's set (harness/demo_sets.py)
+    actdistill demos --family simpler --scale 2 --boost move_near=3 --jobs 2 --out data/simpler-s2   # issue 21's scale
     actdistill demos --suite simpler_widowx --format lerobot --out data/widowx-lerobot   # LeRobot v3.0 layout
 
 Per task it runs the expert on episode indices 0, 1, 2, ... (initial states from --seed; the
@@ -25,6 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--family", default=None,
                         help="record a family's reference set instead of one suite (see harness/demo_sets.py)")
     parser.add_argument("--scale", type=float, default=1.0, help="with --family: scale the episode counts")
+    parser.add_argument("--boost", default=None, metavar="TASK=FACTOR[,...]",
+                        help="with --family: multiply some tasks' episode counts, e.g. move_near=3 (folders per task)")
     parser.add_argument("--tasks", default=None, help="comma-separated task names or indices (default: all)")
     parser.add_argument("--variant", default=None, help="variant name (default: the suite's first)")
     parser.add_argument("--episodes", type=int, default=50, help="successful episodes per task (default 50)")
@@ -51,14 +54,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if (args.suite is None) == (args.family is None):
         raise UserInputError("give exactly one of --suite SUITE or --family FAMILY")
+    if args.boost and args.family is None:
+        raise UserInputError("--boost applies to --family recordings; with --suite give --episodes instead")
     if args.family is not None:
         if args.format != "actdistill":
             raise UserInputError(f"--family records one folder per task in the actdistill format; --format "
                                  f"{args.format} records one --suite at a time (run it per suite)")
-        from harness.demo_sets import record_family
+        from harness.demo_sets import parse_boost, record_family
 
         folders = record_family(args.family, args.out, scale=args.scale, jobs=args.jobs, codec=args.codec,
-                                noise=args.noise, noise_hold=args.noise_hold)
+                                noise=args.noise, noise_hold=args.noise_hold, boost=parse_boost(args.boost))
         print(f"[demos] {args.family}: {len(folders)} dataset folders under {args.out}")
         return 0
     from harness.demos import record_demos
