@@ -220,7 +220,7 @@ def route_diversity(counts: dict[tuple[int, ...], int], num_layers: int) -> dict
         usage[list(route)] += c / n
     q = usage[(usage > 0) & (usage < 1)]
     binary = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
-    return {"distinct_routes": len(counts), "route_entropy_bits": float(-(p * np.log2(p)).sum()),
+    return {"distinct_routes": len(counts), "route_entropy_bits": float(-(p * np.log2(p)).sum()) + 0.0,  # no -0.0
             "usage_entropy_bits": float(binary.sum() / len(usage))}
 
 
