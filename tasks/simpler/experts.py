@@ -172,6 +172,12 @@ def holding(body: str) -> Callable[[SimplerEnv], bool]:
     return lambda env: env.is_grasped(body)
 
 
+def either(*guards: Callable[[SimplerEnv], bool]) -> Callable[[SimplerEnv], bool]:
+    """Guard: any of ``guards`` holds (a grasp phase is fine with the hand at the object or the object already
+    in the hand, e.g. grasped off-centre by a learner: else skip and replan would cycle)."""
+    return lambda env: any(g(env) for g in guards)
+
+
 def pick_and_place_plan(obj: str, place: Callable[[SimplerEnv], np.ndarray], *, grasp_height: float,
                         yaw: Callable[[SimplerEnv], float] | float = 0.0, lift: float = 0.12,
                         release_height: float = 0.03,
@@ -208,7 +214,7 @@ def pick_and_place_plan(obj: str, place: Callable[[SimplerEnv], np.ndarray], *, 
         return [
             Waypoint(above_obj, -1, q, tol=0.015, max_steps=25, skip=held),
             Waypoint(at_obj, -1, q, tol=0.008, max_steps=15, skip=held),
-            Waypoint(at_obj, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at_obj, GRASP_REACH)),
+            Waypoint(at_obj, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=either(held, hand_near(at_obj, GRASP_REACH))),
             Waypoint(lifted, 1, q, tol=0.02, max_steps=12, guard=held),
             Waypoint(over_place, 1, q, tol=0.02, max_steps=20, guard=held),
             Waypoint(down_place, 1, q, tol=0.015, max_steps=10, guard=held),

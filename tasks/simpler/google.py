@@ -23,7 +23,7 @@ import mujoco
 import numpy as np
 
 from tasks.simpler.env import SimplerEnv, Task, _quat_mul, _rotvec_to_quat
-from tasks.simpler.experts import GRASP_REACH, Waypoint, WaypointExpert, down_quat, hand_near, holding
+from tasks.simpler.experts import GRASP_REACH, Waypoint, WaypointExpert, down_quat, either, hand_near, holding
 
 ARM = "google"
 
@@ -186,7 +186,8 @@ class _PickCan(Task):
             return [
                 Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25, skip=holding(name)),
                 Waypoint(at, -1, q, tol=0.007, max_steps=15, skip=holding(name)),
-                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
+                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3,
+                         guard=either(holding(name), hand_near(at, GRASP_REACH))),
                 Waypoint(at + [0, 0, 0.15], 1, q, tol=0.02, max_steps=80, guard=holding(name)),
             ]
 
@@ -291,7 +292,7 @@ class MoveNear(Task):
             return [
                 Waypoint(at + [0, 0, 0.1], -1, q, tol=0.015, max_steps=25, skip=held),
                 Waypoint(at, -1, q, tol=0.007, max_steps=15, skip=held),
-                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
+                Waypoint(at, 1, q, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=either(held, hand_near(at, GRASP_REACH))),
                 Waypoint(np.array([at[0], at[1], carry]), 1, q, tol=0.02, max_steps=15, guard=held),
                 Waypoint(np.array([place[0], place[1], carry]), 1, q, tol=0.02, max_steps=20, guard=held),
                 Waypoint(place, 1, q, tol=0.01, max_steps=12, guard=held),
@@ -561,7 +562,8 @@ class PlaceAppleInClosedTopDrawer(Task):
                          skip=held),
                 Waypoint(at + [0, 0, 0.1], -1, down, tol=0.015, max_steps=25, skip=held),
                 Waypoint(at, -1, down, tol=0.007, max_steps=15, skip=held),
-                Waypoint(at, 1, down, tol=1.0, rot_tol=10, max_steps=4, hold=3, guard=hand_near(at, GRASP_REACH)),
+                Waypoint(at, 1, down, tol=1.0, rot_tol=10, max_steps=4, hold=3,
+                         guard=either(held, hand_near(at, GRASP_REACH))),
                 Waypoint(np.array([at[0], at[1], carry_z]), 1, down, tol=0.02, max_steps=15, guard=held),
                 Waypoint(np.array([drop[0], drop[1], carry_z]), 1, down, tol=0.02, max_steps=20, guard=held),
                 Waypoint(drop, 1, down, tol=0.015, max_steps=12, guard=held),
