@@ -76,7 +76,16 @@ from distill.checkpoint import (
 from distill.flops import count_flops
 from distill.routed import BUDGET_RULE, RoutedMixin, StudentPolicy
 from distill.tokenizer import WordTokenizer
-from distill.vla import ACTION_DIM, CAMERAS, IMAGE_SIZE, PROPRIO_DIM, VLA, Embedded, prepare_observations
+from distill.vla import (
+    ACTION_DIM,
+    CAMERAS,
+    IMAGE_SIZE,
+    PROPRIO_DIM,
+    VLA,
+    Embedded,
+    assemble_tokens,
+    prepare_observations,
+)
 from tasks.errors import MissingInputError, UserInputError
 
 HF_PREFIX = "hf:"  # command-line spec of a raw VLM folder: hf:PATH
@@ -403,33 +412,8 @@ class HFVLA(nn.Module):
         prop = self.proprio_proj(proprio.to(dtype))[:, None]  # (B, 1, D)
         text = self.text_embed(batch["input_ids"]).to(dtype)  # (B, T, D)
         queries = self.action_queries.expand(b, -1, -1)  # (B, K, D)
-        hidden = torch.cat([vis, prop, text, queries], dim=1)  # (B, N, D)
-
-        n_vis, n_text, k = vis.shape[1], text.shape[1], cfg.chunk
-        dev = hidden.device
-
-        def ones(n: int) -> torch.Tensor:
-            return torch.ones(b, n, dtype=torch.bool, device=dev)
-
-        def zeros(n: int) -> torch.Tensor:
-            return torch.zeros(b, n, dtype=torch.bool, device=dev)
-
-        text_mask = batch["text_mask"].to(dev, torch.bool)  # (B, T)
-        attention_mask = torch.cat([ones(n_vis + 1), text_mask, ones(k)], dim=1)  # (B, N)
-        position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0) + self.position_offset  # (B, N)
-        bias = torch.zeros(b, 1, 1, attention_mask.shape[1], dtype=dtype, device=dev)  # (B, 1, 1, N)
-        bias = bias.masked_fill(~attention_mask[:, None, None, :], torch.finfo(dtype).min)
-        return Embedded(
-            hidden=hidden,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            vision_mask=torch.cat([ones(n_vis), zeros(1 + n_text + k)], dim=1),
-            text_mask=torch.cat([zeros(n_vis + 1), text_mask, zeros(k)], dim=1),
-            query_mask=torch.cat([zeros(n_vis + 1 + n_text), ones(k)], dim=1),
-            position_embeddings=self.rotary_emb(hidden, position_ids),  # cos, sin: (B, N, head_dim)
-            attention_bias=bias,
-            spans=(n_vis, n_vis + 1, n_vis + 1 + n_text),
-        )
+        return assemble_tokens(vis, prop, text, queries, batch["text_mask"], self.rotary_emb, dtype,
+                               self.position_offset)
 
     def export(self) -> HFVLA:
         """The inference model: this model itself (an HF VLA has no training-only parts)."""

@@ -311,6 +311,41 @@ class Embedded:
         )
 
 
+
+def assemble_tokens(vis: torch.Tensor, prop: torch.Tensor, text: torch.Tensor, queries: torch.Tensor,
+                    text_mask: torch.Tensor, rotary_emb: nn.Module, dtype: torch.dtype,
+                    position_offset: int = 0) -> Embedded:
+    """The decoder input [vision (B,V,D), proprio (B,1,D), text (B,T,D), action queries (B,K,D)] as an
+    :class:`Embedded`: padding of the instruction (``text_mask`` (B, T)) masked out by an additive bias,
+    1-D positions over the real tokens starting at ``position_offset``, the spans the router reads. Shared by
+    :class:`VLA` and :class:`distill.hf_vla.HFVLA`."""
+    b, dev = vis.shape[0], vis.device
+    hidden = torch.cat([vis, prop, text, queries], dim=1)  # (B, N, D)
+    n_vis, n_text, k = vis.shape[1], text.shape[1], queries.shape[1]
+
+    def ones(n: int) -> torch.Tensor:
+        return torch.ones(b, n, dtype=torch.bool, device=dev)
+
+    def zeros(n: int) -> torch.Tensor:
+        return torch.zeros(b, n, dtype=torch.bool, device=dev)
+
+    text_mask = text_mask.to(dev, torch.bool)  # (B, T)
+    attention_mask = torch.cat([ones(n_vis + 1), text_mask, ones(k)], dim=1)  # (B, N)
+    position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0) + position_offset  # (B, N)
+    bias = torch.zeros(b, 1, 1, attention_mask.shape[1], dtype=dtype, device=dev)  # (B, 1, 1, N)
+    bias = bias.masked_fill(~attention_mask[:, None, None, :], torch.finfo(dtype).min)
+    return Embedded(
+        hidden=hidden,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        vision_mask=torch.cat([ones(n_vis), zeros(1 + n_text + k)], dim=1),
+        text_mask=torch.cat([zeros(n_vis + 1), text_mask, zeros(k)], dim=1),
+        query_mask=torch.cat([zeros(n_vis + 1 + n_text), ones(k)], dim=1),
+        position_embeddings=rotary_emb(hidden, position_ids),  # cos, sin: (B, N, head_dim)
+        attention_bias=bias,
+        spans=(n_vis, n_vis + 1, n_vis + 1 + n_text),
+    )
+
 def _stem_input(images: torch.Tensor, dtype: torch.dtype, coord_grid: torch.Tensor | None) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) in [-1, 1], with the two CoordConv channels appended when
     ``coord_grid`` (1, 2, H, W) is given: (B, 5, H, W)."""
@@ -617,33 +652,7 @@ class VLA(nn.Module):
         prop = self.proprio_proj(proprio.to(dtype))[:, None]  # (B, 1, D)
         text = self.text_embed(batch["input_ids"])  # (B, T, D)
         queries = self.action_queries.expand(b, -1, -1)  # (B, K, D)
-        hidden = torch.cat([vis, prop, text, queries], dim=1)  # (B, N, D)
-
-        n_vis, n_text, k = vis.shape[1], text.shape[1], cfg.chunk
-        dev = hidden.device
-
-        def ones(n: int) -> torch.Tensor:
-            return torch.ones(b, n, dtype=torch.bool, device=dev)
-
-        def zeros(n: int) -> torch.Tensor:
-            return torch.zeros(b, n, dtype=torch.bool, device=dev)
-
-        text_mask = batch["text_mask"].to(dev, torch.bool)  # (B, T)
-        attention_mask = torch.cat([ones(n_vis + 1), text_mask, ones(k)], dim=1)  # (B, N)
-        position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0)  # (B, N)
-        bias = torch.zeros(b, 1, 1, attention_mask.shape[1], dtype=dtype, device=dev)  # (B, 1, 1, N)
-        bias = bias.masked_fill(~attention_mask[:, None, None, :], torch.finfo(dtype).min)
-        return Embedded(
-            hidden=hidden,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            vision_mask=torch.cat([ones(n_vis), zeros(1 + n_text + k)], dim=1),
-            text_mask=torch.cat([zeros(n_vis + 1), text_mask, zeros(k)], dim=1),
-            query_mask=torch.cat([zeros(n_vis + 1 + n_text), ones(k)], dim=1),
-            position_embeddings=self.rotary_emb(hidden, position_ids),  # cos, sin: (B, N, head_dim)
-            attention_bias=bias,
-            spans=(n_vis, n_vis + 1, n_vis + 1 + n_text),
-        )
+        return assemble_tokens(vis, prop, text, queries, batch["text_mask"], self.rotary_emb, dtype)
 
     def run_layer(self, idx: int, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:
         """Decoder layer ``idx`` on ``hidden`` (B, N, D) -> (B, N, D); ``emb`` must hold the same B rows."""
