@@ -75,7 +75,7 @@ from distill.checkpoint import (
 )
 from distill.flops import count_flops
 from distill.routed import BUDGET_RULE, RoutedMixin, StudentPolicy
-from distill.tokenizer import WordTokenizer
+from distill.tokenizer import WordTokenizer, pad_ids
 from distill.vla import (
     ACTION_DIM,
     CAMERAS,
@@ -256,13 +256,7 @@ class HFTokenizer:
         included; T = longest, at least 1, at most ``max_len``."""
         encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
                                  max_length=max_len)["input_ids"]
-        width = max(1, max((len(e) for e in encoded), default=1))
-        ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(texts), width), dtype=torch.bool)  # (B, T)
-        for row, e in enumerate(encoded):
-            ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
-            mask[row, : len(e)] = True
-        return ids, mask
+        return pad_ids(encoded, self.pad_id)
 
     def save(self, folder: Path) -> None:
         """Write the tokenizer's files to ``folder`` (``save_pretrained``)."""

@@ -57,11 +57,16 @@ class WordTokenizer:
 
     def batch_encode(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids (B, T) int64 and mask (B, T) bool (False = padding); T = longest, at least 1."""
-        encoded = [self.encode(t, max_len) for t in texts]
-        width = max(1, max((len(e) for e in encoded), default=1))
-        ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(texts), width), dtype=torch.bool)  # (B, T)
-        for row, e in enumerate(encoded):
-            ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
-            mask[row, : len(e)] = True
-        return ids, mask
+        return pad_ids([self.encode(t, max_len) for t in texts], self.pad_id)
+
+
+def pad_ids(encoded: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (B, T) int64 and mask (B, T) bool (False = padding) of token-id lists; T = longest,
+    at least 1. Shared by :class:`WordTokenizer` and :class:`distill.hf_vla.HFTokenizer`."""
+    width = max(1, max((len(e) for e in encoded), default=1))
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(encoded), width), dtype=torch.bool)  # (B, T)
+    for row, e in enumerate(encoded):
+        ids[row, : len(e)] = torch.tensor(list(e), dtype=torch.long)
+        mask[row, : len(e)] = True
+    return ids, mask
