@@ -129,6 +129,23 @@ def read_frames(path: Path) -> np.ndarray:
     return frames
 
 
+
+def record_arrays(record: dict[str, Any], task: str, episode_index: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``agentview``, ``wrist`` (T, H, W, 3), ``proprio`` (T, 8) and ``actions`` (T, 7) float32 of a rollout
+    record, checked: raises ``ValueError`` for an empty record or inconsistent shapes (used by every writer)."""
+    agent, wrist = record["agentview"], record["wrist"]
+    proprio = np.asarray(record["proprio"], np.float32)  # (T, 8)
+    actions = np.asarray(record["actions"], np.float32)  # (T, 7)
+    length = len(actions)
+    if length == 0 or agent is None or wrist is None:
+        raise ValueError(f"episode {episode_index} of {task!r} has no recorded steps or images")
+    if agent.shape != wrist.shape or agent.shape[0] != length or proprio.shape != (length, PROPRIO_DIM) \
+            or actions.shape != (length, ACTION_DIM):
+        raise ValueError(f"inconsistent record shapes: agentview {agent.shape}, wrist {wrist.shape}, "
+                         f"proprio {proprio.shape}, actions {actions.shape}")
+    return agent, wrist, proprio, actions
+
 class DemoWriter:
     """Writes a dataset folder (see the module docstring); refuses to touch an existing dataset
     unless ``overwrite`` (then only the dataset's own files are removed first)."""
@@ -157,16 +174,8 @@ class DemoWriter:
 
     def add(self, record: dict[str, Any], *, task: str, seed: int, episode_index: int) -> int:
         """Store one episode from ``rollout(..., record=True).record``; return its episode number."""
-        agent, wrist = record["agentview"], record["wrist"]
-        proprio = np.asarray(record["proprio"], np.float32)  # (T, 8)
-        actions = np.asarray(record["actions"], np.float32)  # (T, 7)
+        agent, wrist, proprio, actions = record_arrays(record, task, episode_index)
         length = len(actions)
-        if length == 0 or agent is None or wrist is None:
-            raise ValueError(f"episode {episode_index} of {task!r} has no recorded steps or images")
-        if agent.shape != wrist.shape or agent.shape[0] != length or proprio.shape != (length, PROPRIO_DIM) \
-                or actions.shape != (length, ACTION_DIM):
-            raise ValueError(f"inconsistent record shapes: agentview {agent.shape}, wrist {wrist.shape}, "
-                             f"proprio {proprio.shape}, actions {actions.shape}")
         if self.image_shape is None:
             self.image_shape = tuple(agent.shape[1:])
         elif tuple(agent.shape[1:]) != self.image_shape:

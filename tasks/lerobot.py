@@ -85,6 +85,7 @@ from tasks.datasets import (
     DemoDataset,
     _Folder,
     _read_parquet,
+    record_arrays,
 )
 from tasks.errors import ExistingOutputError, UserInputError
 from tasks.provenance import file_hash
@@ -452,22 +453,8 @@ class LeRobotWriter:
 
     def add(self, record: dict[str, Any], *, task: str, seed: int, episode_index: int) -> int:
         """Store one episode from ``rollout(..., record=True).record``; return its ``episode_index`` here."""
-        agent, wrist = record["agentview"], record["wrist"]
-        proprio = np.asarray(record["proprio"], np.float32)  # (T, 8)
-        actions = np.asarray(record["actions"], np.float32)  # (T, 7)
+        agent, wrist, proprio, actions = record_arrays(record, task, episode_index)
         length = len(actions)
-        if length == 0 or agent is None or wrist is None:
-            raise ValueError(f"episode {episode_index} of {task!r} has no recorded steps or images")
-        if (
-            agent.shape != wrist.shape
-            or agent.shape[0] != length
-            or proprio.shape != (length, PROPRIO_DIM)
-            or actions.shape != (length, ACTION_DIM)
-        ):
-            raise ValueError(
-                f"inconsistent record shapes: agentview {agent.shape}, wrist {wrist.shape}, "
-                f"proprio {proprio.shape}, actions {actions.shape}"
-            )
         if self.image_shape is None:
             self.image_shape = tuple(agent.shape[1:])
         elif tuple(agent.shape[1:]) != self.image_shape:
