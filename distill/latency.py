@@ -17,7 +17,9 @@ host read happens at all (:class:`ConditionalGraphCall`, ``capture`` says ``cuda
 with ``capture_fallback`` saying why). If any capture
 fails, every policy of the run is timed eagerly with events, ``capture`` says ``eager`` and
 ``capture_error`` says why. With ``vs`` both policies are timed
-in one run with alternating calls and ``speedup`` = vs median / policy median.
+in one run with alternating calls and ``speedup`` = vs median / policy median; :func:`measure_latency_group`
+times any number of policies in one interleaved round-robin pass (what a figure comparing them needs: the
+speed of a shared machine drifts between passes minutes apart), in rounds whose medians show the spread.
 
 The breakdown times ``embed`` and ``head`` alone with the same timer; ``layers_ms`` is the total median
 minus both (it includes any routing).
@@ -314,23 +316,77 @@ def measure_latency(
     use_cuda_graph: bool = True,
     routed_capture: str = "auto",
     instruction: str | None = None,
+    rounds: int = 5,
 ) -> dict:
-    """Time ``policy.model_call`` (and ``vs``'s, alternating) as described in the module docstring.
+    """Time ``policy.model_call`` (and ``vs``'s, interleaved) as described in the module docstring.
 
     Returns a JSON-able dict: median_ms, p90_ms, mean_ms, breakdown {embed_ms, layers_ms, head_ms},
     device, dtype, attention, torch_threads, batch, iters, warmup, timer, capture, tokens, num_layers,
-    checkpoint_hash, mean_executed_fraction (when the policy has it), ``other_cpu_load`` (see
-    :class:`OtherCpuLoad`) and, with ``vs``, ``vs`` (the same fields for it) and ``speedup``.
+    checkpoint_hash, round_medians_ms, mean_executed_fraction (when the policy has it), ``other_cpu_load``
+    (see :class:`OtherCpuLoad`), ``pass`` (see :func:`measure_latency_group`) and, with ``vs``, ``vs`` (the
+    same fields for it), ``speedup`` and ``speedup_rounds`` ([lowest, highest] over the rounds).
     """
+    if vs is None:
+        return measure_latency_group([policy], reference=None, batch=batch, iters=iters, warmup=warmup,
+                                     use_cuda_graph=use_cuda_graph, routed_capture=routed_capture,
+                                     instruction=instruction, rounds=rounds)[0]
+    out, ref = measure_latency_group([policy, vs], reference=1, batch=batch, iters=iters, warmup=warmup,
+                                     use_cuda_graph=use_cuda_graph, routed_capture=routed_capture,
+                                     instruction=instruction, rounds=rounds)
+    for key in ("speedup", "speedup_rounds", "other_cpu_load", "capture_error", "pass"):
+        ref.pop(key, None)
+    out["vs"] = ref
+    return out
+
+
+def measure_latency_group(
+    policies: list,
+    *,
+    reference: int | None = 0,
+    names: list[str] | None = None,
+    batch: int = 1,
+    iters: int = 50,
+    warmup: int = 10,
+    use_cuda_graph: bool = True,
+    routed_capture: str = "auto",
+    instruction: str | None = None,
+    rounds: int = 5,
+) -> list[dict]:
+    """Time every policy's model call in one interleaved round-robin pass, so that their figures compare like
+    with like (a machine whose speed drifts between two separate passes moves every policy alike here).
+
+    The ``iters`` timed calls per policy are split into ``rounds`` rounds; within a round the policies are
+    called in turn, the starting policy rotating call by call, so no policy always follows the same one.
+    Each result (one per policy, in order) holds :func:`measure_latency`'s fields, ``round_medians_ms`` (the
+    median of each round: the spread a reader should see), ``pass`` (``id``, shared by every policy of this
+    pass, ``policies``, their ``names``, ``reference``, ``rounds``) and, with ``reference`` (an index into
+    ``policies``; None for none), ``speedup`` = reference median / this median and ``speedup_rounds`` (its
+    lowest and highest value over the rounds), and every result the pass's ``other_cpu_load``.
+    """
+    import hashlib
+    import uuid
+
     if routed_capture not in ROUTED_CAPTURES:
         raise UserInputError(f"routed_capture must be one of {', '.join(ROUTED_CAPTURES)}, got {routed_capture!r}")
-    if iters < 1 or warmup < 0 or batch < 1:
+    if iters < 1 or warmup < 0 or batch < 1 or rounds < 1:
         raise UserInputError(
-            f"need iters >= 1, warmup >= 0, batch >= 1; got iters={iters}, warmup={warmup}, batch={batch}"
+            f"need iters >= 1, warmup >= 0, batch >= 1, rounds >= 1; got iters={iters}, warmup={warmup}, "
+            f"batch={batch}, rounds={rounds}"
         )
-    policies = [policy] if vs is None else [policy, vs]
-    device = next(policy.model.parameters()).device
-    obs = synthetic_observations(policy, batch, instruction=instruction)
+    if not policies:
+        raise UserInputError("no policies to time")
+    if reference is not None and not 0 <= reference < len(policies):
+        raise UserInputError(f"reference must index one of the {len(policies)} policies, got {reference}")
+    if names is None:
+        names = [str(getattr(p, "path", None) or f"policy{i}") for i, p in enumerate(policies)]
+    if len(names) != len(policies):
+        raise UserInputError(f"{len(names)} names for {len(policies)} policies")
+    rounds = min(rounds, iters)
+    devices = {next(p.model.parameters()).device for p in policies}
+    if len(devices) != 1:
+        raise UserInputError(f"policies of one pass must share a device, got {sorted(map(str, devices))}")
+    device = devices.pop()
+    obs = synthetic_observations(policies[0], batch, instruction=instruction)
     targets = [_Target(p, p.model.prepare(obs)) for p in policies]
     timer = _Timer(device)
     capture, capture_error = "eager", None
@@ -357,24 +413,40 @@ def measure_latency(
                 for fn in target.calls.values():
                     fn()
         times = [{k: [] for k in t.calls} for t in targets]
+        per_round = [[[] for _ in range(rounds)] for _ in targets]  # total-call times by round
+        bounds = np.linspace(0, iters, rounds + 1).round().astype(int)
+        n = len(targets)
         probe = OtherCpuLoad()
-        for part in ("total", "embed", "head"):
-            for _ in range(iters):
-                for target, record in zip(targets, times):  # alternate the policies call by call
-                    record[part].append(timer(target.calls[part]))
+        for r in range(rounds):
+            for part in ("total", "embed", "head"):
+                for i in range(bounds[r], bounds[r + 1]):
+                    for j in range(n):  # round robin, the first policy rotating call by call
+                        k = (i + j) % n
+                        ms = timer(targets[k].calls[part])
+                        times[k][part].append(ms)
+                        if part == "total":
+                            per_round[k][r].append(ms)
     other_load = probe.stop()
     for target in targets:
         if isinstance(target.calls["total"], ConditionalGraphCall):
             target.calls["total"].flush()
     results = [_summarise(t, rec, device, batch, iters, warmup, capture) for t, rec in zip(targets, times)]
-    out = results[0]
-    out["other_cpu_load"] = other_load
-    if capture_error is not None:
-        out["capture_error"] = capture_error  # why the CUDA graphs were not used
-    if vs is not None:
-        out["vs"] = results[1]
-        out["speedup"] = results[1]["median_ms"] / out["median_ms"]
-    return out
+    pass_id = hashlib.sha256(f"{uuid.uuid4()}|{'|'.join(names)}".encode()).hexdigest()[:12]
+    info = {"id": pass_id, "names": list(names), "policies": [r.get("policy") for r in results],
+            "reference": None if reference is None else names[reference], "rounds": rounds}
+    for result, record in zip(results, per_round):
+        result["round_medians_ms"] = [float(np.median(x)) for x in record]
+        result["other_cpu_load"] = other_load
+        result["pass"] = info
+        if capture_error is not None:
+            result["capture_error"] = capture_error  # why the CUDA graphs were not used
+    if reference is not None:
+        ref = results[reference]
+        for result in results:
+            result["speedup"] = ref["median_ms"] / result["median_ms"]
+            ratios = [a / b for a, b in zip(ref["round_medians_ms"], result["round_medians_ms"])]
+            result["speedup_rounds"] = [min(ratios), max(ratios)]
+    return results
 
 
 def _routed_graph(target: _Target, warmup: int, how: str) -> tuple[Callable[[], object], str]:

@@ -33,7 +33,8 @@ Outputs (under ``out``)
 -----------------------
 ``success_vs_flops.{png,pdf}``, ``success_vs_latency.{png,pdf}`` (one panel per suite: overall
 success with 95% Wilson error bars, teacher/students/baselines, the Pareto front, the expert as a
-dashed reference line), ``per_task_success.{md,csv}``, ``suite_summary.{md,csv}``,
+dashed reference line; latency only of policies timed in one pass, with the spread of its rounds),
+``success_vs_speedup.{png,pdf}`` (where latency.json has a speedup against the teacher from the same pass), ``per_task_success.{md,csv}``, ``suite_summary.{md,csv}``,
 ``variant_aggregation.{md,csv}`` (SIMPLER-style: ``visual_matching`` vs the mean over the other
 variants' rates), ``routing_<run>.{png,pdf}`` (task x layer fraction of calls that ran the layer)
 and ``report.md`` listing all of them with notes.
@@ -80,6 +81,13 @@ class Run:
     flops_per_call: float | None = None
     latency_ms: float | None = None
     latency_p90_ms: float | None = None
+    # the latency pass (latency.json "pass": policies timed together, interleaved) and its spread
+    latency_pass: str | None = None
+    latency_lo_ms: float | None = None  # lowest and highest median over the pass's rounds
+    latency_hi_ms: float | None = None
+    speedup: float | None = None  # reference (teacher) median / this median, measured in the same pass
+    speedup_lo: float | None = None
+    speedup_hi: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,6 +151,10 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if flops is None and len(df):
         pooled = _pooled_mean(_info(df), "flops")
         flops = None if pooled is None else float(pooled)
+    rounds = [v for v in map(_float, latency.get("round_medians_ms") or []) if v is not None]
+    speedups = [v for v in map(_float, latency.get("speedup_rounds") or []) if v is not None]
+    timed = "latency_ms" not in meta  # meta.json's own figure overrides the pass and its spread
+    pass_info = latency.get("pass") if isinstance(latency.get("pass"), dict) else {}
     return Run(
         dir=path,
         name=name,
@@ -153,6 +165,12 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         flops_per_call=flops,
         latency_ms=_float(meta.get("latency_ms", latency.get("median_ms"))),
         latency_p90_ms=_float(meta.get("latency_p90_ms", latency.get("p90_ms"))),
+        latency_pass=str(pass_info["id"]) if timed and pass_info.get("id") else None,
+        latency_lo_ms=min(rounds) if timed and rounds else None,
+        latency_hi_ms=max(rounds) if timed and rounds else None,
+        speedup=_float(latency.get("speedup")) if timed else None,
+        speedup_lo=min(speedups) if timed and speedups else None,
+        speedup_hi=max(speedups) if timed and speedups else None,
         meta=meta,
     )
 
@@ -213,6 +231,12 @@ def suite_table(runs: list[Run]) -> pd.DataFrame:
                     "flops_per_call": run.flops_per_call,
                     "latency_ms": run.latency_ms,
                     "latency_p90_ms": run.latency_p90_ms,
+                    "latency_lo_ms": run.latency_lo_ms,
+                    "latency_hi_ms": run.latency_hi_ms,
+                    "latency_pass": run.latency_pass,
+                    "speedup": run.speedup,
+                    "speedup_lo": run.speedup_lo,
+                    "speedup_hi": run.speedup_hi,
                     **per_step_compute(g),
                     "rollout_policy_ms": float(ms.mean()) if len(ms) else math.nan,
                 }
@@ -329,50 +353,102 @@ def _label_points(ax, pts: pd.DataFrame, x: str) -> None:
         ax.annotate(r["run"], (r[x], r["rate"]), textcoords="offset points", xytext=(4, 4 + 8 * near), fontsize=7)
 
 
-def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str) -> list[Path]:
+_PALETTE = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+            "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a")
+
+
+def policy_group(row: Any) -> str:
+    """The legend entry of a point: ``teacher``, the student method (``ActDistill``, ...) or the baseline's
+    name (``first_k``, ...), so that budgets of one method share a colour; else the run's name."""
+    kind, method = row["kind"], row.get("method")
+    if kind == "teacher":
+        return "teacher"
+    if isinstance(method, str) and method:
+        return method
+    return "student" if kind == "student" else re.sub(r"-b\d+(\.\d+)?$", "", str(row["run"]))
+
+
+def group_colours(table: pd.DataFrame) -> dict[str, str]:
+    """One colour per :func:`policy_group` over every panel of every figure (the teacher black), in order of
+    first appearance, so a policy has the same colour wherever it is drawn."""
+    colours = {"teacher": _STYLE["teacher"][0]}
+    for _, row in table[table["kind"] != "expert"].iterrows():
+        group = policy_group(row)
+        if group not in colours:
+            colours[group] = _PALETTE[(len(colours) - 1) % len(_PALETTE)]
+    return colours
+
+
+def latency_points(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The points of one latency panel that were timed together, and why any others were left out.
+
+    Medians from separate passes are not comparable on a shared machine (a teacher timed at 14 ms in one pass
+    and 22 ms in another, minutes apart), so where the runs' ``latency.json`` name more than one pass, only
+    the pass holding the teacher (else the most runs) is drawn; the others are left out with a note (their
+    speedups, each measured against the teacher in its own pass, are in ``success_vs_speedup``)."""
+    pts = rows[(rows["kind"] != "expert") & rows["latency_ms"].notna()]
+    passes = pts["latency_pass"].dropna()
+    if passes.nunique() <= 1:
+        return pts, []
+    teacher = pts[(pts["kind"] == "teacher") & pts["latency_pass"].notna()]
+    keep = teacher["latency_pass"].iloc[0] if len(teacher) else passes.value_counts().index[0]
+    left = pts[pts["latency_pass"] != keep]
+    note = (f"{rows['suite'].iloc[0]}: {', '.join(left['run'])} timed in another latency pass than "
+            f"{', '.join(pts[pts['latency_pass'] == keep]['run'])}: left out of success_vs_latency (time them "
+            "together: actdistill latency --policy A B ... --vs TEACHER, or the sweep's latency stage)")
+    return pts[pts["latency_pass"] == keep], [note]
+
+
+def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str,
+              notes: list[str] | None = None) -> list[Path]:
+    """Success against ``x``, one panel per suite: error bars are 95% Wilson intervals (and, where the table
+    has ``{x}_lo``/``{x}_hi`` or, for latency, the round medians, the spread of ``x``); the expert a dashed
+    line; colours by :func:`policy_group`, the same in every panel; markers by kind."""
     import matplotlib.pyplot as plt
 
+    colours = group_colours(table)
+    lo_col, hi_col = {"latency_ms": ("latency_lo_ms", "latency_hi_ms"),
+                      "speedup": ("speedup_lo", "speedup_hi")}.get(x, (None, None))
     suites = sorted(table["suite"].unique())
-    fig, axes = plt.subplots(1, len(suites), figsize=(4.8 * len(suites), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(suites), figsize=(5.2 * len(suites), 4.2), squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, suite in zip(axes[0], suites):
         rows = table[table["suite"] == suite]
         for _, r in rows[rows["kind"] == "expert"].iterrows():
-            ax.axhline(
-                r["rate"],
-                color=_STYLE["expert"][0],
-                ls="--",
-                lw=1,
-                label="expert" if r["run"] == "expert" else f"{r['run']} (expert)",
-            )
-        pts = rows[(rows["kind"] != "expert") & rows[x].notna()]
-        for kind in KINDS:
-            sub = pts[pts["kind"] == kind]
-            if sub.empty:
-                continue
-            color, marker = _STYLE[kind]
-            yerr = np.vstack([sub["rate"] - sub["ci_low"], sub["ci_high"] - sub["rate"]])  # (2, N)
-            ax.errorbar(
-                sub[x],
-                sub["rate"],
-                yerr=yerr,
-                fmt=marker,
-                color=color,
-                ms=8 if marker == "*" else 6,
-                capsize=3,
-                label=kind,
-            )
+            line = ax.axhline(r["rate"], color=_STYLE["expert"][0], ls="--", lw=1)
+            handles.setdefault("expert" if r["run"] == "expert" else f"{r['run']} (expert)", line)
+        if x == "latency_ms":
+            pts, why = latency_points(rows)
+            if notes is not None:
+                notes.extend(why)
+        else:
+            pts = rows[(rows["kind"] != "expert") & rows[x].notna()]
+        for _, r in pts.iterrows():
+            group = policy_group(r)
+            marker = _STYLE.get(r["kind"], _STYLE["policy"])[1]
+            xerr = None
+            if lo_col and lo_col in pts and pd.notna(r.get(lo_col)) and pd.notna(r.get(hi_col)):
+                xerr = [[max(0.0, r[x] - r[lo_col])], [max(0.0, r[hi_col] - r[x])]]
+            handle = ax.errorbar([r[x]], [r["rate"]], yerr=[[r["rate"] - r["ci_low"]], [r["ci_high"] - r["rate"]]],
+                                 xerr=xerr, fmt=marker, color=colours.get(group, _STYLE["policy"][0]),
+                                 ms=9 if marker == "*" else 6, capsize=3)
+            handles.setdefault(group, handle)
         _label_points(ax, pts, x)
         if len(pts) > 1:
-            front = pareto_front(pts[x].to_numpy(float), pts["rate"].to_numpy(float))
+            cost = pts[x].to_numpy(float) if x != "speedup" else -pts[x].to_numpy(float)  # higher speedup is better
+            front = pareto_front(cost, pts["rate"].to_numpy(float))
             fx, fy = pts[x].to_numpy(float)[front], pts["rate"].to_numpy(float)[front]
-            ax.step(fx, fy, where="post", color="#9467bd", lw=1, alpha=0.8, label="Pareto front")
+            line, = ax.step(fx, fy, where="post" if x != "speedup" else "pre", color="#9467bd", lw=1, alpha=0.6)
+            handles.setdefault("Pareto front", line)
         ax.set_title(suite)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("success rate")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    # one legend for the figure, below the panels, so no panel's points are hidden under it
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(handles) - 1) // 6), 1, 1))
     paths = _save(fig, out, stem)
     plt.close(fig)
     return paths
@@ -433,9 +509,11 @@ def build_report(
     written += _tradeoff(suites, "flops_per_call", "FLOPs per model call", out, "success_vs_flops")
     if suites["flops_per_step"].notna().any():  # compute per environment step: per call / actions per call
         written += _tradeoff(suites, "flops_per_step", "FLOPs per environment step", out, "success_vs_flops_per_step")
-    written += _tradeoff(
-        suites, "latency_ms", "latency per model call (ms, batch 1)", out, "success_vs_latency"
-    )
+    written += _tradeoff(suites, "latency_ms", "latency per model call (ms, batch 1; bars: spread over rounds)",
+                         out, "success_vs_latency", notes)
+    if suites["speedup"].notna().any():  # each measured against the teacher in one pass: comparable anywhere
+        written += _tradeoff(suites, "speedup", "model-call speedup vs the teacher (same pass)", out,
+                             "success_vs_speedup")
     for run in runs:
         if run.kind == "expert":
             continue
@@ -476,7 +554,7 @@ def _suite_tables(suites: pd.DataFrame, out: Path) -> list[Path]:
     """``suite_summary.{csv,md}`` from :func:`suite_table`; returns the paths written."""
     suites.to_csv(out / "suite_summary.csv", index=False)
     shown = suites.assign(success=[_pct(r.rate, r.ci_low, r.ci_high) for r in suites.itertuples()])
-    cols = ["suite", "run", "kind", "budget", "success", "n", "tasks", "flops_per_call", "latency_ms",
+    cols = ["suite", "run", "kind", "budget", "success", "n", "tasks", "flops_per_call", "latency_ms", "speedup",
             "actions_per_call", "flops_per_step", "rollout_policy_ms"]
     (out / "suite_summary.md").write_text(_markdown(shown.sort_values(["suite", "run"])[cols]))
     return [out / "suite_summary.csv", out / "suite_summary.md"]

@@ -9,7 +9,7 @@ Stages: ``expert_eval`` (the scripted experts over the SIMPLER-style suites: the
 of every table), ``models`` (the reference teacher and the students at each budget under
 ``results/checkpoints/``: used as committed, or recorded, trained and distilled when missing),
 ``policy_eval`` (teacher, students and the profile's baselines on the SIMPLER-style suites),
-``latency`` (each policy's model call in its own pass, students and baselines timed against
+``latency`` (every policy's model call in one interleaved round-robin pass, students and baselines against
 the teacher), ``libero_expert`` (the LIBERO expert on a subset), ``libero_policies`` (the LIBERO
 teacher and students where committed, on the four LIBERO suites) and ``report`` (figures and
 tables from the stored results). Each stage writes under ``runs/<profile>/``; episodes and
@@ -329,58 +329,71 @@ def _replanning_run(ctx: Context) -> None:
 
 
 def _latency_estimate(ctx: Context) -> float:
-    return 0.1 * ctx.profile.latency_iters * len(policy_specs(ctx.profile))
+    groups = _latency_groups(ctx.profile)
+    return 0.1 * ctx.profile.latency_iters * sum(len(specs) for _, specs in groups)
 
 
-def _latency_hash(spec: str) -> str:
+def _latency_hash(spec: str, teacher: Path | None = None) -> str:
     """Hash of the weights behind a policy spec and of the teacher it is timed against."""
     import hashlib
 
     from harness.evaluate import weights_hash
 
-    folders = [teacher_dir()] + ([] if spec.startswith("baseline:") else [Path(spec)])
+    folders = [teacher or teacher_dir()] + ([] if spec.startswith("baseline:") else [Path(spec)])
     return hashlib.sha256("|".join([spec, *map(weights_hash, folders)]).encode()).hexdigest()[:16]
 
 
+def _latency_groups(profile: Profile) -> list[tuple[Path, list[tuple[str, str]]]]:
+    """(teacher, [(run name, spec)]) of each latency pass: the SIMPLER-style teacher with its students and
+    baselines, and the LIBERO teacher with its students where committed. Every policy of one figure panel is
+    timed in the same pass."""
+    groups = [(teacher_dir(), policy_specs(profile))]
+    libero = [(name, str(folder)) for name, folder in libero_policy_specs(profile)]
+    if libero:
+        groups.append((Path(libero[0][1]), libero))
+    return groups
+
+
 def _latency_run(ctx: Context) -> None:
-    """Each policy's model call timed in its own pass (never from rollout time), against the teacher."""
+    """Every policy's model call timed in one interleaved round-robin pass per teacher (never from rollout
+    time; see :func:`distill.latency.measure_latency_group`), so the latency figure compares like with like."""
+    import hashlib
     import json
 
     import torch
 
     from distill import load_policy
     from distill.baselines import parse_policy_spec
-    from distill.latency import busy_warning, measure_latency
+    from distill.latency import busy_warning, measure_latency_group
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    teacher = load_policy(teacher_dir())
-    for name, spec in policy_specs(ctx.profile):
-        out = ctx.root / name / "latency.json"
-        # the stored figure counts only if it timed these weights (and this teacher, for the speedup)
-        digest = _latency_hash(spec)
-        if out.exists():
-            stored = json.loads(out.read_text())
-            if stored.get("policy_hash") == digest:
-                print(f"[sweep] latency of {name}: stored in {out}, skipped")
-                continue
-            print(f"[sweep] latency of {name}: {out} timed other weights; measuring again")
-        if spec.startswith("baseline:"):
-            policy = parse_policy_spec(spec).build()
-        else:
-            policy = load_policy(spec)
-        vs = None if name == "teacher" else teacher
-        result = measure_latency(policy, iters=ctx.profile.latency_iters, vs=vs)
-        result["policy_hash"] = digest
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        line = f"[sweep] latency of {name}: median {result['median_ms']:.2f} ms"
-        if "speedup" in result:
-            line += f", {result['speedup']:.2f}x vs the teacher"
-        print(line)
-        warning = busy_warning(result)
+    for teacher, specs in _latency_groups(ctx.profile):
+        digests = [_latency_hash(spec, teacher) for _, spec in specs]
+        # stored figures count only if one pass timed exactly these weights (and this teacher)
+        group_hash = hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
+        outs = [ctx.root / name / "latency.json" for name, _ in specs]
+        stored = [json.loads(o.read_text()) if o.exists() else {} for o in outs]
+        if all(s.get("pass_hash") == group_hash for s in stored):
+            print(f"[sweep] latency of {', '.join(n for n, _ in specs)}: stored (one pass), skipped")
+            continue
+        if any(stored):
+            print(f"[sweep] latency: the stored pass of {specs[0][0]} and its policies timed other weights or "
+                  "other policies; timing them all again in one pass")
+        policies = [parse_policy_spec(spec).build() if spec.startswith("baseline:") else load_policy(spec)
+                    for _, spec in specs]
+        names = [name for name, _ in specs]
+        results = measure_latency_group(policies, names=names, iters=ctx.profile.latency_iters, reference=0)
+        for (name, _), out, result, digest in zip(specs, outs, results, digests):
+            result["policy_hash"], result["pass_hash"] = digest, group_hash
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            low, high = result["speedup_rounds"]
+            print(f"[sweep] latency of {name}: median {result['median_ms']:.2f} ms, {result['speedup']:.2f}x vs "
+                  f"{names[0]} (rounds {low:.2f}-{high:.2f}x)")
+        warning = busy_warning(results[0])
         if warning:
-            print(f"[sweep] warning: {name}: {warning}. For figures to report, delete {out} and rerun the "
-                  "sweep on a quiet machine.")
+            print(f"[sweep] warning: {warning}. For figures to report, delete {outs[0]} and rerun the "
+                  "sweep's latency stage on a quiet machine.")
 
 
 def _libero_estimate(ctx: Context) -> float:
@@ -474,7 +487,7 @@ def stages() -> list[Stage]:
               _policy_run),
         Stage("replanning", "teacher and students executing K actions per model call (profile's execute axis)",
               _replanning_estimate, _replanning_run),
-        Stage("latency", "model-call latency of every policy, against the teacher", _latency_estimate,
+        Stage("latency", "model-call latency of every policy in one interleaved pass per teacher", _latency_estimate,
               _latency_run),
         Stage("libero_expert", "scripted expert on a LIBERO subset", _libero_estimate, _libero_run),
         Stage("libero_policies", "LIBERO teacher and students, where committed, on the four LIBERO suites",

@@ -247,3 +247,41 @@ def test_bugs_show_their_traceback_and_user_errors_do_not(monkeypatch, capsys):
     monkeypatch.setattr(eval_verb, "run", refuses)
     assert main(["eval", "--policy", "expert", "--suite", "x"]) == 2
     assert capsys.readouterr().err == "actdistill eval: error: --suite 'x' is unknown; valid suites: a, b\n"
+
+
+def test_sweep_latency_stage_times_every_policy_in_one_pass(tmp_path, monkeypatch, capsys):
+    """One interleaved pass for the teacher, its student and the baselines: one pass id in every latency.json,
+    speedups against the teacher of that pass; a rerun skips it; a retrained student re-times them all."""
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    from test_student import tiny_teacher
+
+    from distill.checkpoint import save_checkpoint
+    from distill.routed import StudentVLA, export_student
+
+    root = tmp_path / "ckpts"
+    teacher = tiny_teacher(num_layers=4)
+    save_checkpoint(root / "teacher-simpler", teacher)
+    export_student(StudentVLA.from_teacher(teacher, 0.5), root / "student-simpler-b0.50")
+    monkeypatch.setattr(sweep, "CHECKPOINTS", root)
+    profile = dataclasses.replace(sweep.PROFILES["smoke"], budgets=(0.5,), baselines=("first_k", "random"),
+                                  latency_iters=4)
+    ctx = sweep.Context(profile=profile, root=tmp_path / "run")
+    sweep._latency_run(ctx)
+    names = ["teacher", "student-b0.50", "first_k-b0.50", "random-b0.50"]
+    results = {n: json.loads((ctx.root / n / "latency.json").read_text()) for n in names}
+    assert len({r["pass"]["id"] for r in results.values()}) == 1
+    assert results["teacher"]["speedup"] == 1.0 and results["teacher"]["pass"]["names"] == names
+    for r in results.values():
+        assert r["speedup"] == pytest.approx(results["teacher"]["median_ms"] / r["median_ms"])
+    capsys.readouterr()
+    sweep._latency_run(ctx)
+    assert "stored (one pass), skipped" in capsys.readouterr().out
+    student = StudentVLA.from_teacher(teacher, 0.5)
+    torch.nn.init.normal_(student.router.gate.weight)
+    export_student(student, root / "student-simpler-b0.50")  # retrained: the whole pass is timed again
+    sweep._latency_run(ctx)
+    assert "timing them all again in one pass" in capsys.readouterr().out
+    again = {n: json.loads((ctx.root / n / "latency.json").read_text())["pass"]["id"] for n in names}
+    assert len(set(again.values())) == 1 and again["teacher"] != results["teacher"]["pass"]["id"]

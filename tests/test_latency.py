@@ -227,3 +227,62 @@ def test_auto_capture_falls_back_to_per_route_and_says_why(monkeypatch):
     assert target.capture_fallback == "RuntimeError: torch 2.11 has no CUDA graph conditional nodes"
     with pytest.raises(RuntimeError, match="no CUDA graph conditional nodes"):
         latency._routed_graph(type("T", (), {"policy": None, "batch": {}})(), 1, "conditional")
+
+
+class _Logged(VLAPolicy):
+    """A policy that appends its name to a shared log at every whole model call."""
+
+    def __init__(self, model, name, log):
+        super().__init__(model)
+        self.name, self.log = name, log
+
+    def model_call(self, batch):
+        self.log.append(self.name)
+        return super().model_call(batch)
+
+
+def test_group_pass_interleaves_every_policy_and_shares_one_pass():
+    from distill.latency import measure_latency_group
+
+    log: list[str] = []
+    policies = [_Logged(tiny_vla(seed=0, num_layers=n), name, log) for n, name in ((4, "t"), (2, "s"), (1, "b"))]
+    results = measure_latency_group(policies, names=["t", "s", "b"], iters=6, warmup=0, rounds=2)
+    # round robin: every block of three consecutive timed whole calls holds each policy once, and the first
+    # policy of a block rotates (t s b, s b t, b t s, ...), so no policy always follows the same one
+    timed = log[-18:]  # the 6 x 3 whole calls (embed and head timings do not call model_call)
+    blocks = [timed[i:i + 3] for i in range(0, 18, 3)]
+    assert all(sorted(b) == ["b", "s", "t"] for b in blocks)
+    assert [b[0] for b in blocks[:3]] == ["t", "s", "b"]
+    assert len({r["pass"]["id"] for r in results}) == 1 and results[0]["pass"]["names"] == ["t", "s", "b"]
+    assert all(len(r["round_medians_ms"]) == 2 for r in results)
+    assert results[0]["speedup"] == 1.0
+    for r in results:
+        assert r["speedup"] == pytest.approx(results[0]["median_ms"] / r["median_ms"])
+        low, high = r["speedup_rounds"]
+        assert low <= high
+    # two separate passes get different ids: a figure can tell them apart
+    again = measure_latency_group(policies[:1], iters=1, warmup=0)
+    assert again[0]["pass"]["id"] != results[0]["pass"]["id"]
+
+
+def test_group_pass_rejects_bad_arguments():
+    from distill.latency import measure_latency_group
+
+    policy = VLAPolicy(tiny_vla(seed=0, num_layers=1))
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        measure_latency_group([policy], iters=2, rounds=0)
+    with pytest.raises(ValueError, match="reference must index one of the 1 policies, got 3"):
+        measure_latency_group([policy], reference=3)
+    with pytest.raises(ValueError, match="no policies"):
+        measure_latency_group([])
+
+
+def test_cli_times_several_policies_in_one_pass(ckpts, capsys):
+    a, b = ckpts
+    assert main(["latency", "--policy", str(a), str(a), "--vs", str(b), "--iters", "4", "--warmup", "0",
+                 "--rounds", "2"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(results) == 3 and len({r["pass"]["id"] for r in results}) == 1
+    assert results[0]["pass"]["reference"] == str(b) and results[2]["speedup"] == 1.0
+    assert results[0]["num_layers"] == 2 and results[2]["num_layers"] == 4
+    assert all(len(r["round_medians_ms"]) == 2 for r in results)

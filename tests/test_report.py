@@ -243,3 +243,39 @@ def test_episode_video_has_every_frame_and_the_overlay(tmp_path):
     red = bad[outcome_band][..., 0].astype(int) - bad[outcome_band][..., 1]
     assert green.max() > 100 and red.max() > 100  # SUCCESS drawn in green, FAILURE in red
     assert good[:BAND].max() > 200  # title and step counter drawn
+
+
+def test_latency_figure_draws_only_one_pass_and_the_speedup_figure_all(tmp_path):
+    """Medians from separate latency passes are never drawn side by side; speedups (each against the teacher
+    in its own pass) are, and every policy keeps one colour across figures."""
+    from harness.report import group_colours, latency_points, policy_group, suite_table
+
+    rates = {"pick_can": 1.0}
+    names = ("teacher", "student_50", "first_k_50", "random_50")
+    kinds = ("teacher", "student", "baseline", "baseline")
+    passes = ("p1", "p1", "p1", "p2")  # random_50 was timed on its own, minutes later
+    dirs = []
+    for name, kind, pid, median in zip(names, kinds, passes, (20.0, 11.0, 10.5, 30.0)):
+        d = tmp_path / name
+        meta = {"policy": name, "kind": kind, **({"method": name[:-3]} if kind == "baseline" else {})}
+        write_run(d, name, rates, meta=meta, flops=1e9)
+        (d / "latency.json").write_text(json.dumps({
+            "median_ms": median, "p90_ms": median, "round_medians_ms": [median - 1, median, median + 2],
+            "pass": {"id": pid}, "speedup": 20.0 / median if pid == "p1" else 1.6, "speedup_rounds": [1.0, 2.0]}))
+        dirs.append(d)
+    runs = [load_run(d) for d in dirs]
+    table = suite_table(runs)
+    pts, notes = latency_points(table)
+    assert sorted(pts["run"]) == ["first_k_50", "student_50", "teacher"]
+    assert len(notes) == 1 and "random_50 timed in another latency pass" in notes[0]
+    assert table.set_index("run").loc["student_50", "latency_lo_ms"] == 10.0
+    assert table.set_index("run").loc["random_50", "speedup"] == 1.6
+    # one colour per method, distinct, the teacher black
+    colours = group_colours(table)
+    assert colours["teacher"] == "#111111"
+    assert [policy_group(r) for _, r in table.iterrows()] == ["teacher", "student", "first_k", "random"]
+    assert len(set(colours.values())) == 4
+    written = build_report(dirs, tmp_path / "figures")
+    assert {p.name for p in written} >= {"success_vs_latency.pdf", "success_vs_speedup.png", "success_vs_speedup.pdf"}
+    report = (tmp_path / "figures" / "report.md").read_text()
+    assert "random_50 timed in another latency pass" in report
