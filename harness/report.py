@@ -446,9 +446,10 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str,
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     # one legend for the figure, below the panels, so no panel's points are hidden under it
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(handles) - 1) // 6), 1, 1))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)),
+                   fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(handles) - 1) // 6), 1, 1) if handles else None)
     paths = _save(fig, out, stem)
     plt.close(fig)
     return paths

@@ -167,17 +167,18 @@ def _expert_estimate(ctx: Context) -> float:
         if left > 0:
             build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed)
             total += left * episode_s + len(task_names) * len(counts) * build_s
-    return total
+    return total / max(1, ctx.profile.workers)
 
 
 def _expert_run(ctx: Context) -> None:
     from harness.evaluate import evaluate
 
     summary = None
+    backend = _backend(ctx)  # the profile's Ray workers: every core, not one process
     for suite in simpler_suites():
         task_names, counts = plan(ctx.profile, suite)
         summary = evaluate("expert", suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
-                           seed=ctx.seed, out=_expert_dir(ctx), table=False,
+                           seed=ctx.seed, out=_expert_dir(ctx), table=False, backend=backend,
                            provenance=ctx.provenance)
     if summary is not None:
         ctx.summaries["scripted experts"] = summary
@@ -400,7 +401,7 @@ def _libero_estimate(ctx: Context) -> float:
     if ctx.profile.libero is None:
         return 0.0
     _, n_tasks, episodes = ctx.profile.libero
-    return n_tasks * episodes * 60.0
+    return n_tasks * episodes * 60.0 / max(1, ctx.profile.workers)
 
 
 def _libero_run(ctx: Context) -> None:
@@ -412,7 +413,7 @@ def _libero_run(ctx: Context) -> None:
     suite, n_tasks, episodes = ctx.profile.libero
     ctx.summaries[f"scripted expert on {suite}"] = evaluate(
         "expert", suite, tasks=list(range(n_tasks)), episodes=episodes, seed=ctx.seed,
-        out=ctx.root / "libero-expert", table=False, videos=0, provenance=ctx.provenance)
+        out=ctx.root / "libero-expert", table=False, videos=0, backend=_backend(ctx), provenance=ctx.provenance)
 
 
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -512,7 +513,7 @@ def doctor_plan(ctx: Context, todo: list[Stage]) -> tuple[list[str], int]:
     libero_policies = ctx.profile.libero_policy_episodes and libero_policy_specs(ctx.profile)
     if ("libero_expert" in names and ctx.profile.libero) or ("libero_policies" in names and libero_policies):
         suites += [s for s in doctor.SUITES if s.startswith("libero_")]
-    ray = names & {"policy_eval", "replanning", "libero_policies"}
+    ray = names & {"expert_eval", "policy_eval", "replanning", "libero_expert", "libero_policies"}
     return suites, ctx.profile.workers if ray else 0
 
 
