@@ -88,7 +88,7 @@ class ActDistillConfig:
     batch_size: int = 32
     lr: float = 3e-4  # student backbone (the reference code uses 1e-4)
     router_lr: float = 1e-3
-    graph_lr: float = 3e-4  # student extractors and heads
+    graph_lr: float = 3e-4  # student extractors and heads; 0 freezes them at stage 1's weights
     stage1_lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.0
@@ -115,9 +115,11 @@ class ActDistillConfig:
                      "weight_decay"):
             if getattr(self, name) < 0:
                 raise UserInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("lr", "router_lr", "graph_lr", "stage1_lr", "grad_clip"):
+        for name in ("lr", "router_lr", "stage1_lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise UserInputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.graph_lr >= 0:
+            raise UserInputError(f"graph_lr must be >= 0 (0 freezes the student's extractors), got {self.graph_lr!r}")
         for name in ("k", "semantic_dim", "gat_heads", "gat_layers", "head_hidden", "router_dim", "steps",
                      "stage1_steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
@@ -274,14 +276,18 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
     device = teacher.action_mean.device
     torch.manual_seed(config.student_seed)
     student = StudentVLA.from_teacher(teacher, budget, config.router_dim).train().requires_grad_(True)
-    student_enc = copy.deepcopy(enc).train().requires_grad_(True)
+    # graph_lr 0: the extractors and heads stay stage 1's (frozen), so the alignment terms can only fall by moving
+    # the student's own states, not by the extractors adapting to them
+    frozen = config.graph_lr == 0
+    student_enc = copy.deepcopy(enc).train().requires_grad_(not frozen)
     weights = layer_weights(student.num_layers, config.gamma, config.depth_norm)
     router_params = list(student.router.parameters())
     router_ids = {id(p) for p in router_params}
     optimizer = torch.optim.AdamW([
         {"params": [p for p in student.parameters() if id(p) not in router_ids], "lr": config.lr},
         {"params": router_params, "lr": config.router_lr},
-        *([{"params": list(student_enc.parameters()), "lr": config.graph_lr}] if config.graph_supervision else []),
+        *([{"params": list(student_enc.parameters()), "lr": config.graph_lr}]
+          if config.graph_supervision and not frozen else []),
     ], weight_decay=config.weight_decay)
 
     def step_fn(items: dict, step: int, total: int) -> dict[str, torch.Tensor]:

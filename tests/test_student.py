@@ -237,6 +237,23 @@ def test_student_losses_start_at_teacher_and_training_moves_router(tmp_path, tea
     assert (tmp_path / "work" / "training_state.pt").is_file()  # written at step 2 and at the end
 
 
+def test_graph_lr_zero_freezes_the_students_extractors(tmp_path, teacher, data):
+    """--graph-lr 0: stage 2 moves the student (and its router) but leaves the extractors at stage 1's weights;
+    the default rate trains them."""
+    enc = build_encapsulation(teacher, tiny_config()).eval()
+    cache = build_teacher_cache(teacher, enc, data, batch_size=8)
+    moved = {}
+    for name, lr in (("frozen", 0.0), ("trained", 3e-3)):
+        config = tiny_config(graph_lr=lr)
+        student, _ = train_student(teacher, enc, cache, data, 0.5, tmp_path / name, config, progress=False)
+        saved = torch.load(tmp_path / name / "training_state.pt", weights_only=False)["modules"]["enc"]
+        moved[name] = any(not torch.equal(saved[k], v) for k, v in enc.state_dict().items())
+        assert not torch.equal(student.router.gate.bias, torch.zeros(4))
+    assert moved == {"frozen": False, "trained": True}
+    with pytest.raises(ValueError, match="graph_lr must be >= 0"):
+        ActDistillConfig(graph_lr=-1.0)
+
+
 def test_router_only_ablation_has_no_graph_terms(teacher, data):
     config = tiny_config(graph_supervision=False)
     cache = build_teacher_cache(teacher, build_encapsulation(teacher, config).eval(), data, batch_size=12)

@@ -59,6 +59,9 @@ def add_arguments(parser) -> None:
     method.add_argument("--lr", type=float, default=None,
                         help="student backbone learning rate (default 3e-4; the committed b0.50 student used 1e-3)")
     method.add_argument("--router-lr", type=float, default=None, help="router learning rate (default 1e-3)")
+    method.add_argument("--graph-lr", type=float, default=None,
+                        help="stage-2 learning rate of the student's extractors and heads (default 3e-4); 0 keeps "
+                             "them frozen at stage 1's weights, so alignment falls only if the student's states move")
     method.add_argument("--shift-pad", type=int, default=None,
                         help="stage-2 random-shift image augmentation in pixels, 0 = off (default 0)")
     method.add_argument("--budget-weight", type=float, default=None,
@@ -103,7 +106,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # flags named like ActDistillConfig fields; unset ones keep the config's defaults
     names = ("steps", "stage1_steps", "batch_size", "save_every", "alpha", "beta", "eta", "gamma", "depth_norm", "lr",
-             "router_lr", "shift_pad", "budget_weight", "gate_center", "stage2_seed", "final_teacher_weight")
+             "router_lr", "graph_lr", "shift_pad", "budget_weight", "gate_center", "stage2_seed", "final_teacher_weight")
     overrides = {key: getattr(args, key) for key in names if getattr(args, key) is not None}
     if args.minutes_per_budget is not None:
         overrides["time_budget_s"] = 60.0 * args.minutes_per_budget
