@@ -187,9 +187,18 @@ class EnvSlot:
         if key != self.key:
             self.close()
             self.env = suites.make(job.suite, job.task, variant=job.variant, seed=job.seed, **self.options.env_kwargs)
-            self.key, self.policy = key, self.build_policy(self.env)
+            self.key = key
+        if self.policy is None:
+            self.policy = self.build_policy(self.env)
         return rollout(self.policy, self.env, episode_index=job.episode_index, seed=job.seed,
                        max_steps=self.options.max_steps, videos=job.video)
+
+    def switch(self, build_policy: Callable[[Any], Any], options: RunOptions) -> None:
+        """Run another policy from now on: the environment is kept when ``options`` build the same ones (the
+        next job of the same (suite, task, variant, seed) skips the build), the policy is built anew."""
+        if options.env_kwargs != self.options.env_kwargs:
+            self.close()
+        self.build_policy, self.options, self.policy = build_policy, options, None
 
     def close(self) -> None:
         """Close the environment held (if any)."""

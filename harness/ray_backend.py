@@ -199,6 +199,10 @@ class _EpisodeWorkerImpl:
         """Run one episode (building the environment first if the job needs another one)."""
         return job, self.slot.run(job)
 
+    def switch(self, source: PolicySource, options: RunOptions) -> None:
+        """Run ``source``'s policy from the next job on, keeping the environment where it still serves."""
+        self.slot.switch(source.build, options)
+
     def pid(self) -> int:
         """The worker's process id (tests kill it)."""
         return os.getpid()
@@ -226,6 +230,11 @@ class RayBackend:
     ``max_task_retries``: Ray's own restart and retry of a worker killed mid-episode;
     ``max_attempts``: deaths on one episode before it is recorded as a failure. ``server``: run
     the policy in one shared batching :class:`PolicyServer` instead of in each worker.
+    ``keep_workers``: keep the actors between calls (a sweep evaluates many policies: each call then skips the
+    workers' start-up, imports and, where a worker's environment serves the next policy too, its build); the
+    next call's policy replaces the last one in every worker. Not with ``server``. :meth:`close` ends them.
+    Kept actors are never restarted by Ray (that would bring back the policy they started with): a killed one
+    is replaced by the backend, which runs its episode again (``max_attempts``).
     """
 
     def __init__(
@@ -240,6 +249,7 @@ class RayBackend:
         max_task_retries: int = 2,
         max_attempts: int = 3,
         server: ServerSpec | None = None,
+        keep_workers: bool = False,
     ):
         if num_workers is not None and num_workers < 1:
             raise UserInputError(f"num_workers must be >= 1 (or None for all CPUs), got {num_workers}")
@@ -255,6 +265,16 @@ class RayBackend:
             "runtime_env": env,
         }
         self.last_server_stats: dict[str, float] | None = None
+        self.keep_workers = keep_workers and server is None
+        self._pool: list = []  # kept actors (keep_workers)
+        self._pool_env: dict[int, tuple] = {}  # the environment each kept actor holds
+        self.started = 0  # actors started over the backend's life (tests read it)
+
+    def close(self) -> None:
+        """End the kept workers (keep_workers); a later call starts new ones."""
+        for worker in self._pool:
+            ray.kill(worker, no_restart=True)
+        self._pool, self._pool_env = [], {}
 
     def _workers(self) -> int:
         if self.num_workers is not None:
@@ -280,11 +300,23 @@ class RayBackend:
         setup_ref = ray.put(self.worker_setup)
         count = min(self._workers(), len(jobs))
 
-        def spawn():
-            return EpisodeWorker.options(**self.actor_options).remote(source_ref, options, setup_ref, server)
+        actor_options = self.actor_options
+        if self.keep_workers:  # Ray would restart a kept actor with the policy it was started with: never let it
+            actor_options = {**actor_options, "max_restarts": 0, "max_task_retries": 0}
 
-        workers = [spawn() for _ in range(count)]
-        last_env: dict[int, tuple] = {}
+        def spawn():
+            self.started += 1
+            return EpisodeWorker.options(**actor_options).remote(source_ref, options, setup_ref, server)
+
+        kept = self._pool if self.keep_workers else []
+        self._pool, last_env = [], {}
+        for slot, worker in enumerate(kept[:count]):
+            worker.switch.remote(source_ref, options)  # runs before the worker's next episode (actor order)
+            if slot in self._pool_env:
+                last_env[slot] = self._pool_env[slot]
+        for worker in kept[count:]:
+            ray.kill(worker, no_restart=True)
+        workers = kept[:count] + [spawn() for _ in range(count - len(kept[:count]))]
         pending = deque(jobs)
         attempts: dict[Job, int] = {}
         in_flight: dict[ray.ObjectRef, tuple[int, Job]] = {}
@@ -322,8 +354,11 @@ class RayBackend:
                     self.last_server_stats = ray.get(server.stats.remote())
                 except ray.exceptions.RayError:
                     self.last_server_stats = None
-            for worker in workers:
-                ray.kill(worker, no_restart=True)
+            if self.keep_workers and not in_flight:  # a finished call: the workers wait for the next one
+                self._pool, self._pool_env = workers, dict(last_env)
+            else:  # stopped early (episodes still running) or not kept: end them
+                for worker in workers:
+                    ray.kill(worker, no_restart=True)
             if server is not None:
                 ray.kill(server, no_restart=True)
 

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,7 @@ class Context:
     seed: int = 0
     summaries: dict[str, dict] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)  # added to every episode's versions: the doctor
+    backend: Any = None  # the Ray backend of the sweep, started on first use and kept (see _backend)
 
 
 @dataclass
@@ -274,12 +276,25 @@ def _policy_estimate(ctx: Context) -> float:
 
 
 def _backend(ctx: Context) -> str:
-    """The evaluation backend of the profile: Ray with ``workers`` workers, or sequential."""
+    """The evaluation backend of the profile: Ray with ``workers`` workers, or sequential. One backend serves
+    the whole sweep and keeps its workers between evaluations (``keep_workers``): each of the sweep's many
+    (policy, suite) evaluations then skips the workers' start-up; :func:`close_backend` ends them."""
     if not ctx.profile.workers:
         return "sequential"
+    from harness.evaluate import BACKENDS
     from harness.ray_backend import register
 
-    return register(ctx.profile.workers)
+    if ctx.backend is None or BACKENDS.get("ray") is not ctx.backend:
+        register(ctx.profile.workers, keep_workers=True)
+        ctx.backend = BACKENDS["ray"]
+    return "ray"
+
+
+def close_backend(ctx: Context) -> None:
+    """End the kept Ray workers of the sweep, if any were started."""
+    if ctx.backend is not None:
+        ctx.backend.close()
+        ctx.backend = None
 
 
 def _policy_run(ctx: Context) -> None:
@@ -599,11 +614,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"[sweep] estimate {stage.name}: ~{_fmt_s(estimates[stage.name])} ({stage.description})")
     print(f"[sweep] estimated total: ~{_fmt_s(sum(estimates.values()))} (rerun to resume)")
     start = time.perf_counter()
-    for i, stage in enumerate(todo, 1):
-        print(f"[sweep] stage {i}/{len(todo)}: {stage.name}: {stage.description}")
-        t0 = time.perf_counter()
-        stage.run(ctx)
-        print(f"[sweep] stage {stage.name} done in {_fmt_s(time.perf_counter() - t0)}")
+    try:
+        for i, stage in enumerate(todo, 1):
+            print(f"[sweep] stage {i}/{len(todo)}: {stage.name}: {stage.description}")
+            t0 = time.perf_counter()
+            stage.run(ctx)
+            print(f"[sweep] stage {stage.name} done in {_fmt_s(time.perf_counter() - t0)}")
+    finally:
+        close_backend(ctx)
     for title, summary in ctx.summaries.items():
         print(f"\n[sweep] {title}\n{format_table(summary)}")
     print(f"\n[sweep] finished in {_fmt_s(time.perf_counter() - start)}; results under {ctx.root}")

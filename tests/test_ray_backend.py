@@ -314,3 +314,28 @@ def test_bench_scaling_prints_a_line_per_worker_count_and_a_summary(fake):
     assert summary["outcomes_match"] and set(summary["scaling_efficiency"]) == {1, 2}
     with pytest.raises(ValueError, match="positive integers, got '0,2'"):
         _counts("0,2")
+
+
+def test_kept_workers_run_each_calls_policy_and_start_once(fake, tmp_path, monkeypatch):
+    """keep_workers: the second and third policies run on the same two actors (started once), each call on its own
+    policy (a NaN policy after the expert fails every episode); a worker killed under a kept pool is replaced with
+    the current policy, never the one it started with."""
+    kept = backend(keep_workers=True)
+    kw = {"tasks": ["reach", "unreachable"], "episodes": 3}
+    try:
+        first = run(fake, tmp_path / "a", source("expert", FakeExpert), ray_backend=kept, monkeypatch=monkeypatch,
+                    **kw)
+        assert kept.started == 2 and len(kept._pool) == 2
+        nan = run(fake, tmp_path / "b", source("nan", NaNPolicy), ray_backend=kept, monkeypatch=monkeypatch, **kw)
+        assert kept.started == 2  # the same actors, now running the NaN policy
+        assert first.loc[first["task"] == "reach", "success"].all() and not nan["success"].any()
+        assert nan["failure_reason"].notna().all()
+        marker = str(tmp_path / "killed")
+        kill_once = PolicySource("kill", build=lambda env: KillOncePolicy(env, marker), hash_for=lambda env: "h-kill")
+        par = run(fake, tmp_path / "c", kill_once, ray_backend=kept, monkeypatch=monkeypatch, **kw)
+        assert Path(marker).exists() and kept.started == 3  # one actor died and was replaced
+        seq = run(fake, tmp_path / "seq", source("kill", FakeExpert), **kw)
+        pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])  # nothing ran the NaN policy again
+    finally:
+        kept.close()
+    assert kept._pool == []
