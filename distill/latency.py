@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -326,13 +327,11 @@ def measure_latency(
     (see :class:`OtherCpuLoad`), ``pass`` (see :func:`measure_latency_group`) and, with ``vs``, ``vs`` (the
     same fields for it), ``speedup`` and ``speedup_rounds`` ([lowest, highest] over the rounds).
     """
+    options = {"batch": batch, "iters": iters, "warmup": warmup, "use_cuda_graph": use_cuda_graph,
+               "routed_capture": routed_capture, "instruction": instruction, "rounds": rounds}
     if vs is None:
-        return measure_latency_group([policy], reference=None, batch=batch, iters=iters, warmup=warmup,
-                                     use_cuda_graph=use_cuda_graph, routed_capture=routed_capture,
-                                     instruction=instruction, rounds=rounds)[0]
-    out, ref = measure_latency_group([policy, vs], reference=1, batch=batch, iters=iters, warmup=warmup,
-                                     use_cuda_graph=use_cuda_graph, routed_capture=routed_capture,
-                                     instruction=instruction, rounds=rounds)
+        return measure_latency_group([policy], reference=None, **options)[0]
+    out, ref = measure_latency_group([policy, vs], reference=1, **options)
     for key in ("speedup", "speedup_rounds", "other_cpu_load", "capture_error", "pass"):
         ref.pop(key, None)
     out["vs"] = ref
@@ -363,7 +362,6 @@ def measure_latency_group(
     ``policies``; None for none), ``speedup`` = reference median / this median and ``speedup_rounds`` (its
     lowest and highest value over the rounds), and every result the pass's ``other_cpu_load``.
     """
-    import hashlib
     import uuid
 
     if routed_capture not in ROUTED_CAPTURES:
@@ -413,8 +411,7 @@ def measure_latency_group(
                 for fn in target.calls.values():
                     fn()
         times = [{k: [] for k in t.calls} for t in targets]
-        per_round = [[[] for _ in range(rounds)] for _ in targets]  # total-call times by round
-        bounds = np.linspace(0, iters, rounds + 1).round().astype(int)
+        bounds = np.linspace(0, iters, rounds + 1).round().astype(int)  # round r: calls bounds[r]..bounds[r+1]-1
         n = len(targets)
         probe = OtherCpuLoad()
         for r in range(rounds):
@@ -422,20 +419,17 @@ def measure_latency_group(
                 for i in range(bounds[r], bounds[r + 1]):
                     for j in range(n):  # round robin, the first policy rotating call by call
                         k = (i + j) % n
-                        ms = timer(targets[k].calls[part])
-                        times[k][part].append(ms)
-                        if part == "total":
-                            per_round[k][r].append(ms)
+                        times[k][part].append(timer(targets[k].calls[part]))
     other_load = probe.stop()
     for target in targets:
         if isinstance(target.calls["total"], ConditionalGraphCall):
             target.calls["total"].flush()
     results = [_summarise(t, rec, device, batch, iters, warmup, capture) for t, rec in zip(targets, times)]
-    pass_id = hashlib.sha256(f"{uuid.uuid4()}|{'|'.join(names)}".encode()).hexdigest()[:12]
-    info = {"id": pass_id, "names": list(names), "policies": [r.get("policy") for r in results],
+    info = {"id": uuid.uuid4().hex[:12], "names": list(names), "policies": [r.get("policy") for r in results],
             "reference": None if reference is None else names[reference], "rounds": rounds}
-    for result, record in zip(results, per_round):
-        result["round_medians_ms"] = [float(np.median(x)) for x in record]
+    for result, record in zip(results, times):
+        total = record["total"]
+        result["round_medians_ms"] = [float(np.median(total[a:b])) for a, b in pairwise(bounds)]
         result["other_cpu_load"] = other_load
         result["pass"] = info
         if capture_error is not None:

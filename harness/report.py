@@ -401,9 +401,9 @@ def latency_points(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str,
               notes: list[str] | None = None) -> list[Path]:
-    """Success against ``x``, one panel per suite: error bars are 95% Wilson intervals (and, where the table
-    has ``{x}_lo``/``{x}_hi`` or, for latency, the round medians, the spread of ``x``); the expert a dashed
-    line; colours by :func:`policy_group`, the same in every panel; markers by kind."""
+    """Success against ``x``, one panel per suite: error bars are 95% Wilson intervals (and, for latency and
+    speedup, the spread of ``x`` over the latency pass's rounds); the expert a dashed line; colours by
+    :func:`policy_group`, the same in every panel; markers by kind."""
     import matplotlib.pyplot as plt
 
     colours = group_colours(table)
@@ -427,7 +427,7 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str,
             group = policy_group(r)
             marker = _STYLE.get(r["kind"], _STYLE["policy"])[1]
             xerr = None
-            if lo_col and lo_col in pts and pd.notna(r.get(lo_col)) and pd.notna(r.get(hi_col)):
+            if lo_col and pd.notna(r.get(lo_col)) and pd.notna(r.get(hi_col)):
                 xerr = [[max(0.0, r[x] - r[lo_col])], [max(0.0, r[hi_col] - r[x])]]
             handle = ax.errorbar([r[x]], [r["rate"]], yerr=[[r["rate"] - r["ci_low"]], [r["ci_high"] - r["rate"]]],
                                  xerr=xerr, fmt=marker, color=colours.get(group, _STYLE["policy"][0]),
