@@ -46,7 +46,13 @@ from distill.loop import STATE, LoopSettings, TrainingLoop, save_loss_plot
 from distill.losses import DEPTH_NORMS, budget_loss, hierarchical_loss, layer_weights, masked_mse
 from distill.routed import StudentVLA, export_student
 from distill.router import centered_gates, layers_for_budget, topk_mask
-from distill.teacher_cache import TeacherCache, build_teacher_cache, teacher_states
+from distill.teacher_cache import (
+    TeacherCache,
+    build_teacher_cache,
+    cache_dtype,
+    stage_autocast,
+    teacher_states,
+)
 from distill.vla import VLA, Embedded
 from tasks.errors import UserInputError
 
@@ -167,10 +173,6 @@ def build_encapsulation(vla: VLA, config: ActDistillConfig) -> GraphEncapsulatio
                               head_hidden=config.head_hidden)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 # -- stage 1 ---------------------------------------------------------------------------------------------------
 
 
@@ -191,9 +193,9 @@ def train_encapsulation(teacher: VLA, dataset: Dataset, workdir: str | Path, con
 
     def step_fn(items: dict, step: int, total: int) -> dict[str, torch.Tensor]:
         batch = collate(teacher, items)
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), stage_autocast(device):
             emb, states, final = teacher_states(teacher, batch.inputs)
-        with _autocast(device):
+        with stage_autocast(device):
             _, actions = enc([h.float() for h in states], emb.attention_mask)  # (L, B, K, 7)
         actions, final = actions.float(), final.float()
         gt = torch.stack([masked_mse(a, batch.actions, batch.mask) for a in actions]).mean()
@@ -297,7 +299,7 @@ def train_student(teacher: VLA, enc: GraphEncapsulation, cache: TeacherCache, da
             for cam in student.config.cameras:
                 batch.inputs[cam] = random_shift(batch.inputs[cam], config.shift_pad, aug)
         noise = config.gate_noise * max(0.0, 1.0 - step / max(1, total - 1))
-        with _autocast(device):
+        with stage_autocast(device):
             return student_losses(student, student_enc, batch, cache, config, weights, noise)
 
     loop = TrainingLoop(f"student b={budget:g}", workdir, fingerprint or student_fingerprint(budget, config),
@@ -356,8 +358,9 @@ def _stage1(teacher: VLA, source: dict, dataset: Dataset, folder: Path, config: 
     """Stage 1 in ``folder``: reused when finished (with the same teacher, data size and graph settings), else
     trained and cached. Returns the encapsulation (eval), the teacher cache and the stage's summary entry."""
     meta = {"teacher": source["path"], "teacher_hash": source["hash"], "num_samples": len(dataset),
-            "graph": config.graph_settings()}
-    fingerprint = {k: v for k, v in meta.items() if k != "teacher"}
+            "graph": config.graph_settings(), "cache_dtype": cache_dtype(teacher.action_mean.device)}
+    # the cache's precision is recorded, not matched: extractors and cache are always made together, at one precision
+    fingerprint = {k: v for k, v in meta.items() if k not in ("teacher", "cache_dtype")}
     if (folder / ENC_CONFIG).is_file() and (folder / CACHE_FILE).is_file():
         saved = json.loads((folder / ENC_CONFIG).read_text())
         if {k: saved.get(k) for k in fingerprint} != json.loads(json.dumps(fingerprint)):

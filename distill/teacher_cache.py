@@ -7,7 +7,8 @@ chunk for every training sample, looked up by ``sample_id`` (arXiv 2511.18082, S
 
 Keyed by sample id, so stage 2 may shuffle, resume or change batch size freely (the reference code indexes
 its cache by data order and breaks when that order changes). Semantics are stored as float16 to halve the
-cache's size.
+cache's size. The cache is computed at the precision stage 1 trained at (:func:`stage_autocast`: bfloat16
+autocast on CUDA, float32 on the CPU), so the targets stage 2 reads are the states the extractors were fitted on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ from torch.utils.data import DataLoader, Dataset
 from distill.data import ItemCollate, collate
 from distill.graph import GraphEncapsulation
 from distill.vla import VLA, Embedded
+
+
+def stage_autocast(device: torch.device):
+    """The autocast context of both distillation stages and of the teacher cache: bfloat16 on CUDA, off on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def cache_dtype(device: torch.device) -> str:
+    """Name of the precision :func:`build_teacher_cache` computes at on ``device`` (recorded with stage 1)."""
+    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def teacher_states(teacher: VLA, batch: Mapping[str, torch.Tensor]) -> tuple[Embedded, list[torch.Tensor], torch.Tensor]:
@@ -81,7 +92,8 @@ class TeacherCache:
 @torch.no_grad()
 def build_teacher_cache(teacher: VLA, enc: GraphEncapsulation, dataset: Dataset, batch_size: int = 64,
                         num_workers: int = 0, progress: bool = False) -> TeacherCache:
-    """Run the frozen teacher and stage-1 encapsulation over every sample of ``dataset`` (any order)."""
+    """Run the frozen teacher and stage-1 encapsulation over every sample of ``dataset`` (any order), under
+    :func:`stage_autocast` like stage 1's training (values stored as float16 semantics, float32 actions)."""
     from tqdm.auto import tqdm
 
     teacher.eval()
@@ -91,10 +103,11 @@ def build_teacher_cache(teacher: VLA, enc: GraphEncapsulation, dataset: Dataset,
                         num_workers=num_workers, pin_memory=teacher.action_mean.device.type == "cuda")
     for items in tqdm(loader, desc="teacher cache", disable=not progress, dynamic_ncols=True):
         batch = collate(teacher, items)
-        emb, states, final = teacher_states(teacher, batch.inputs)
-        s, a = enc(states, emb.attention_mask)  # (L, B, d_s), (L, B, K, 7)
+        with stage_autocast(teacher.action_mean.device):
+            emb, states, final = teacher_states(teacher, batch.inputs)
+            s, a = enc([h.float() for h in states], emb.attention_mask)  # (L, B, d_s), (L, B, K, 7)
         ids.append(batch.sample_ids)
-        sems.append(s.transpose(0, 1).cpu())
-        acts.append(a.transpose(0, 1).cpu())
-        finals.append(final.cpu())
+        sems.append(s.float().transpose(0, 1).cpu())
+        acts.append(a.float().transpose(0, 1).cpu())
+        finals.append(final.float().cpu())
     return TeacherCache(torch.cat(ids), torch.cat(sems), torch.cat(acts), torch.cat(finals))

@@ -43,3 +43,24 @@ def test_teacher_cache_roundtrip_and_duplicates(tmp_path, teacher, data):
     assert torch.equal(loaded.semantics, cache.semantics) and torch.equal(loaded.final, cache.final)
     with pytest.raises(ValueError, match="unique"):
         TeacherCache(torch.tensor([3, 3]), cache.semantics[:2], cache.actions[:2], cache.final[:2])
+
+
+def test_teacher_cache_is_computed_at_the_stage_precision(monkeypatch, teacher, data):
+    """The cache runs under the same autocast as stage 1 (bfloat16 on CUDA): here a CPU bfloat16 autocast stands
+    in for it, and the cached targets are the bfloat16 computation, not the float32 one."""
+    import distill.teacher_cache as tc
+
+    enc = build_encapsulation(teacher, tiny_config()).eval()
+    fp32 = build_teacher_cache(teacher, enc, data, batch_size=8)
+    monkeypatch.setattr(tc, "stage_autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    bf16 = build_teacher_cache(teacher, enc, data, batch_size=8)
+    one = collate(teacher, [data.items[2]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        emb, states, final = teacher_states(teacher, one.inputs)
+        _, act = enc([h.float() for h in states], emb.attention_mask)
+    _, a_c, f_c = bf16.lookup(one.sample_ids)
+    assert a_c.dtype == torch.float32 and f_c.dtype == torch.float32
+    torch.testing.assert_close(a_c, act.float(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(f_c, final.float(), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(bf16.final, fp32.final, atol=1e-6)  # the precision did change the targets
+    assert tc.cache_dtype(torch.device("cpu")) == "float32" and tc.cache_dtype(torch.device("cuda")) == "bfloat16"
