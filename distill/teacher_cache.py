@@ -26,14 +26,17 @@ from distill.graph import GraphEncapsulation
 from distill.vla import VLA, Embedded
 
 
+CUDA_STAGE_DTYPE = torch.bfloat16  # the autocast dtype of both stages and of the cache on CUDA
+
+
 def stage_autocast(device: torch.device):
     """The autocast context of both distillation stages and of the teacher cache: bfloat16 on CUDA, off on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast("cuda", dtype=CUDA_STAGE_DTYPE, enabled=device.type == "cuda")
 
 
 def cache_dtype(device: torch.device) -> str:
-    """Name of the precision :func:`build_teacher_cache` computes at on ``device`` (recorded with stage 1)."""
-    return "bfloat16" if device.type == "cuda" else "float32"
+    """Name of the precision :func:`stage_autocast` gives on ``device`` (recorded with stage 1)."""
+    return str(CUDA_STAGE_DTYPE if device.type == "cuda" else torch.float32).removeprefix("torch.")
 
 
 def teacher_states(teacher: VLA, batch: Mapping[str, torch.Tensor]) -> tuple[Embedded, list[torch.Tensor], torch.Tensor]:
