@@ -25,7 +25,6 @@ from distill.data import ItemCollate, collate
 from distill.graph import GraphEncapsulation
 from distill.vla import VLA, Embedded
 
-
 CUDA_STAGE_DTYPE = torch.bfloat16  # the autocast dtype of both stages and of the cache on CUDA
 
 
