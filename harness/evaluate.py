@@ -145,6 +145,8 @@ def policy_source(policy: str, obs_map: str | None = None, device: str = "cpu",
         meta = {"policy": str(path), "kind": "student", "budget": config["student"]["budget"],
                 "method": "ActDistill" if config.get("training", {}).get("graph_supervision", True)
                 else "router without graph supervision"}
+        if config.get("teacher", {}).get("path"):
+            meta["teacher"] = str(config["teacher"]["path"])  # whom it was distilled from (the report says)
     else:
         meta = {"policy": str(path), "kind": "teacher", "method": "teacher"}
     if execute:

@@ -361,8 +361,8 @@ def policy_group(row: Any) -> str:
     """The legend entry of a point: ``teacher``, the student method (``ActDistill``, ...) or the baseline's
     name (``first_k``, ...), so that budgets of one method share a colour; else the run's name."""
     kind, method = row["kind"], row.get("method")
-    if kind == "teacher":
-        return "teacher"
+    if kind == "teacher":  # a teacher with a method of its own (a previous teacher, the state ceiling) stands apart
+        return method if isinstance(method, str) and method and method != "teacher" else "teacher"
     if isinstance(method, str) and method:
         return method
     return "student" if kind == "student" else re.sub(r"-b\d+(\.\d+)?$", "", str(row["run"]))
@@ -515,6 +515,7 @@ def build_report(
     if suites["speedup"].notna().any():  # each measured against the teacher in one pass: comparable anywhere
         written += _tradeoff(suites, "speedup", "model-call speedup vs the teacher (same pass)", out,
                              "success_vs_speedup")
+    previous = [r for r in runs if r.kind == "teacher" and r.method == "previous teacher"]
     for run in runs:
         if run.kind == "expert":
             continue
@@ -525,6 +526,9 @@ def build_report(
                 f"{run.name}: no measured latency (meta.json latency_ms or latency.json); "
                 f"left out of success_vs_latency"
             )
+        if run.kind == "student" and run.meta.get("teacher") and previous:
+            notes.append(f"{run.name}: distilled from {run.meta['teacher']} (the report holds more than one "
+                         "teacher: read a student's gap against its own)")
         routing = routing_matrix(run)
         if routing is None:
             notes.append(f"{run.name}: no info['layer_mask'] records: no routing heatmap")

@@ -241,10 +241,32 @@ def _models_run(ctx: Context) -> None:
             shutil.copytree(budget_dir(work, b), student_dir(b), dirs_exist_ok=True)
 
 
+def student_teacher(folder: Path) -> Path | None:
+    """The teacher a committed student was distilled from (its ``config.json``), when that is not the
+    reference teacher of :func:`teacher_dir` and is committed: students of a previous teacher are run beside
+    it, so their gap is read against their own teacher. ``None`` otherwise."""
+    import json
+
+    config = folder / "config.json"
+    if not config.exists():
+        return None
+    path = json.loads(config.read_text()).get("teacher", {}).get("path")
+    if not path:
+        return None
+    own = Path(path)  # as written by distill: relative to the project root, like CHECKPOINTS
+    if own.resolve() == teacher_dir().resolve() or not (own / "model.safetensors").exists():
+        return None
+    return own
+
+
 def policy_specs(profile: Profile) -> list[tuple[str, str]]:
-    """(run name, policy spec for harness.evaluate) of the teacher, students and baselines."""
+    """(run name, policy spec for harness.evaluate) of the teacher, students and baselines, and of each
+    previous teacher that a committed student was distilled from (run name: its folder's name)."""
     specs = [("teacher", str(teacher_dir()))]
-    specs += [(f"student-b{b:.2f}", str(student_dir(b))) for b in profile.budgets]
+    students = [(f"student-b{b:.2f}", str(student_dir(b))) for b in profile.budgets]
+    previous = {str(t): t.name for t in (student_teacher(Path(s)) for _, s in students) if t is not None}
+    specs += [(name, path) for path, name in previous.items()]
+    specs += students
     specs += [(f"{name}-b{b:.2f}", f"baseline:{name}@{b}:{teacher_dir()}")
               for name in profile.baselines for b in profile.budgets]
     return specs
@@ -301,8 +323,10 @@ def _policy_run(ctx: Context) -> None:
     from harness.evaluate import evaluate, write_meta
 
     backend = _backend(ctx)
+    previous = {str(t) for t in map(student_teacher, map(student_dir, ctx.profile.budgets)) if t is not None}
     for name, spec in policy_specs(ctx.profile):
-        write_meta(ctx.root / name, {"policy": name})  # the short name the report shows
+        # the short name the report shows; a previous teacher gets a legend entry (and colour) of its own
+        write_meta(ctx.root / name, {"policy": name, **({"method": "previous teacher"} if spec in previous else {})})
         summary = None
         for suite in simpler_suites():
             task_names, counts = plan(ctx.profile, suite, policies=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -285,3 +286,40 @@ def test_sweep_latency_stage_times_every_policy_in_one_pass(tmp_path, monkeypatc
     assert "timing them all again in one pass" in capsys.readouterr().out
     again = {n: json.loads((ctx.root / n / "latency.json").read_text())["pass"]["id"] for n in names}
     assert len(set(again.values())) == 1 and again["teacher"] != results["teacher"]["pass"]["id"]
+
+
+def test_students_of_a_previous_teacher_run_beside_it(tmp_path, monkeypatch):
+    """A committed student whose config names another committed teacher brings that teacher into the sweep
+    (once, under its folder's name), and the report says whom each student was distilled from."""
+    from test_report import write_run
+
+    from harness.report import build_report
+
+    ckpts = tmp_path / "results" / "checkpoints"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "CHECKPOINTS", Path("results/checkpoints"))
+    profile = sweep.PROFILES["smoke"]
+    for name in ["teacher-simpler", "teacher-simpler-v1"] + [f"student-simpler-b{b:.2f}" for b in profile.budgets]:
+        (ckpts / name).mkdir(parents=True)
+        (ckpts / name / "model.safetensors").write_bytes(b"w")
+    for b in profile.budgets:
+        (ckpts / f"student-simpler-b{b:.2f}" / "config.json").write_text(
+            json.dumps({"teacher": {"path": "results/checkpoints/teacher-simpler-v1", "hash": "x"}}))
+    names = [name for name, _ in sweep.policy_specs(profile)]
+    assert names.count("teacher-simpler-v1") == 1 and names[:2] == ["teacher", "teacher-simpler-v1"]
+    # the students' own teacher is the reference one: nothing added
+    for b in profile.budgets:
+        (ckpts / f"student-simpler-b{b:.2f}" / "config.json").write_text(
+            json.dumps({"teacher": {"path": "results/checkpoints/teacher-simpler", "hash": "x"}}))
+    assert "teacher-simpler-v1" not in [name for name, _ in sweep.policy_specs(profile)]
+
+    runs = []
+    for name, meta in [("teacher", {"kind": "teacher"}),
+                       ("teacher-simpler-v1", {"kind": "teacher", "method": "previous teacher"}),
+                       ("student-b0.50", {"kind": "student", "budget": 0.5, "method": "ActDistill",
+                                          "teacher": "results/checkpoints/teacher-simpler-v1"})]:
+        write_run(tmp_path / "runs" / name, name, {"pick_can": 1.0}, meta={"policy": name, **meta}, flops=1e9)
+        runs.append(tmp_path / "runs" / name)
+    build_report(runs, tmp_path / "figures")
+    report = (tmp_path / "figures" / "report.md").read_text()
+    assert "student-b0.50: distilled from results/checkpoints/teacher-simpler-v1" in report
