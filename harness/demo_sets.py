@@ -16,6 +16,7 @@ init states that evaluation uses. Finished folders (with a
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,23 @@ def _executor(jobs: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Worker initializer: end this process once ``parent`` is gone. A recording stopped with ``kill`` (or
+    killed for memory) ends its workers too, instead of leaving them recording for minutes as orphans that
+    ``pkill -f "actdistill demos"`` does not match."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _record_shard(suite: str, variant: str, task: str, episodes: int, seed: int, folder: str, codec: str,
