@@ -36,7 +36,8 @@ success with 95% Wilson error bars, teacher/students/baselines, the Pareto front
 dashed reference line; latency only of policies timed in one pass, with the spread of its rounds),
 ``success_vs_speedup.{png,pdf}`` (where latency.json has a speedup against the teacher from the same pass), ``per_task_success.{md,csv}``, ``suite_summary.{md,csv}``,
 ``variant_aggregation.{md,csv}`` (SIMPLER-style: ``visual_matching`` vs the mean over the other
-variants' rates), ``routing_<run>.{png,pdf}`` (task x layer fraction of calls that ran the layer)
+variants' rates), ``ablation.{md,csv}`` (at each budget of an ActDistill student: every other student
+method and baseline of that budget against it, paired by initial state), ``routing_<run>.{png,pdf}`` (task x layer fraction of calls that ran the layer)
 and ``report.md`` listing all of them with notes.
 """
 
@@ -54,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from harness.results import current_rows, read_episodes
-from harness.stats import wilson
+from harness.stats import clustered, wilson
 from tasks.errors import UserInputError
 
 KINDS = ("teacher", "student", "baseline", "expert", "policy")
@@ -288,6 +289,35 @@ def variant_table(runs: list[Run], base_variant: str = BASE_VARIANT) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+ACTDISTILL = "ActDistill"
+
+
+def ablation_table(runs: list[Run]) -> pd.DataFrame:
+    """At each (suite, budget) with an ActDistill student: one row per policy of that budget (the student,
+    other student methods such as the router without graph supervision, the baselines), with its success and
+    Wilson interval and ActDistill's gap over it, paired by initial state (bootstrap over the states both ran;
+    NaN where they share none). Empty when no run is an ActDistill student."""
+    rows = []
+    for ref in (r for r in runs if r.kind == "student" and r.method == ACTDISTILL and r.budget is not None):
+        peers = [ref] + [r for r in runs if r is not ref and r.kind in ("student", "baseline")
+                         and r.budget is not None and abs(r.budget - ref.budget) < 1e-9]
+        for suite, mine in ref.episodes.groupby("suite", sort=True):
+            for run in peers:
+                theirs = run.episodes[run.episodes["suite"] == suite]
+                if theirs.empty:
+                    continue
+                gap = (math.nan,) * 3
+                if run is not ref:
+                    try:
+                        gap = clustered(mine, theirs)
+                    except UserInputError:  # no shared initial state: no paired gap
+                        pass
+                rows.append({"suite": suite, "budget": ref.budget, "run": run.name, "kind": run.kind,
+                             "method": run.method or run.name, **_rate_row(theirs),
+                             "actdistill_gap": gap[0], "gap_low": gap[1], "gap_high": gap[2]})
+    return pd.DataFrame(rows)
+
+
 def routing_matrix(run: Run) -> tuple[list[str], np.ndarray] | None:
     """``(task names, (T, L) fraction of model calls that ran each layer)``, or ``None`` without records."""
     tasks, rows = [], []
@@ -507,6 +537,7 @@ def build_report(
     suites = suite_table(runs)
     written += _suite_tables(suites, out)
     written += _variant_tables(runs, out, base_variant, notes)
+    written += _ablation_tables(runs, out)
     written += _tradeoff(suites, "flops_per_call", "FLOPs per model call", out, "success_vs_flops")
     if suites["flops_per_step"].notna().any():  # compute per environment step: per call / actions per call
         written += _tradeoff(suites, "flops_per_step", "FLOPs per environment step", out, "success_vs_flops_per_step")
@@ -563,6 +594,25 @@ def _suite_tables(suites: pd.DataFrame, out: Path) -> list[Path]:
             "actions_per_call", "flops_per_step", "rollout_policy_ms"]
     (out / "suite_summary.md").write_text(_markdown(shown.sort_values(["suite", "run"])[cols]))
     return [out / "suite_summary.csv", out / "suite_summary.md"]
+
+
+def _ablation_tables(runs: list[Run], out: Path) -> list[Path]:
+    """``ablation.{csv,md}`` from :func:`ablation_table` (nothing without an ActDistill student)."""
+    table = ablation_table(runs)
+    if table.empty:
+        return []
+    table.to_csv(out / "ablation.csv", index=False)
+
+    def gap(r: Any) -> str:
+        if math.isnan(r.actdistill_gap):
+            return "reference" if r.method == ACTDISTILL else "-"
+        return f"{100 * r.actdistill_gap:+.1f} [{100 * r.gap_low:+.1f}, {100 * r.gap_high:+.1f}]"
+
+    shown = table.assign(success=[_pct(r.rate, r.ci_low, r.ci_high) for r in table.itertuples()],
+                         **{"ActDistill minus this (by state)": [gap(r) for r in table.itertuples()]})
+    cols = ["suite", "budget", "run", "method", "success", "n", "ActDistill minus this (by state)"]
+    (out / "ablation.md").write_text(_markdown(shown[cols]))
+    return [out / "ablation.csv", out / "ablation.md"]
 
 
 def _variant_tables(runs: list[Run], out: Path, base_variant: str, notes: list[str]) -> list[Path]:

@@ -279,3 +279,30 @@ def test_latency_figure_draws_only_one_pass_and_the_speedup_figure_all(tmp_path)
     assert {p.name for p in written} >= {"success_vs_latency.pdf", "success_vs_speedup.png", "success_vs_speedup.pdf"}
     report = (tmp_path / "figures" / "report.md").read_text()
     assert "random_50 timed in another latency pass" in report
+
+
+def test_ablation_table_pairs_every_method_of_a_budget_with_actdistill(tmp_path):
+    """ablation.md: at b0.50 the router without graph supervision and a baseline, each with ActDistill's gap
+    over it by state; a run of another budget is not in the b0.50 rows."""
+    from harness.report import ablation_table, load_run
+
+    specs = [("student_50", 1.0, {"kind": "student", "budget": 0.5, "method": "ActDistill"}),
+             ("nograph_50", 0.5, {"kind": "student", "budget": 0.5, "method": "router without graph supervision"}),
+             ("first_k_50", 0.25, {"kind": "baseline", "budget": 0.5, "method": "first_k"}),
+             ("first_k_25", 0.0, {"kind": "baseline", "budget": 0.25, "method": "first_k"})]
+    dirs = []
+    for name, rate, meta in specs:
+        write_run(tmp_path / name, name, {"pick_can": rate}, meta={"policy": name, **meta})
+        dirs.append(tmp_path / name)
+    table = ablation_table([load_run(d) for d in dirs]).set_index("run")
+    assert list(table.index) == ["student_50", "nograph_50", "first_k_50"]
+    # 4 episodes per variant, 3 variants; success on visual matching at the rate, elsewhere at half of it:
+    # ActDistill 4 + 2 + 2 = 8 of 12, no graph 2 + 1 + 1 = 4 (round(4 * 0.25) = 1), first_k 1 + 0 + 0 = 1
+    assert table.loc["student_50", "successes"] == 8 and math.isnan(table.loc["student_50", "actdistill_gap"])
+    assert table.loc["nograph_50", "actdistill_gap"] == pytest.approx((8 - 4) / 12)
+    assert table.loc["first_k_50", "actdistill_gap"] == pytest.approx((8 - 1) / 12)
+    low, high = table.loc["nograph_50", ["gap_low", "gap_high"]]
+    assert low <= (8 - 4) / 12 <= high and high - low > 0
+    build_report(dirs, tmp_path / "figures")
+    md = (tmp_path / "figures" / "ablation.md").read_text()
+    assert "router without graph supervision" in md and "+33.3 [" in md and "reference" in md
