@@ -259,11 +259,20 @@ def student_teacher(folder: Path) -> Path | None:
     return own
 
 
+def ablation_dir(budget: float) -> Path:
+    """The committed router without graph supervision at ``budget`` (``actdistill distill --no-graph``), run
+    by the sweep where present so the report's ablation table shows what the graph part buys."""
+    return CHECKPOINTS / f"student-{FAMILY}-b{budget:.2f}-nograph"
+
+
 def policy_specs(profile: Profile) -> list[tuple[str, str]]:
-    """(run name, policy spec for harness.evaluate) of the teacher, students and baselines, and of each
-    previous teacher that a committed student was distilled from (run name: its folder's name)."""
+    """(run name, policy spec for harness.evaluate) of the teacher, students and baselines, of each committed
+    router without graph supervision (:func:`ablation_dir`), and of each previous teacher that a committed
+    student was distilled from (run name: its folder's name)."""
     specs = [("teacher", str(teacher_dir()))]
     students = [(f"student-b{b:.2f}", str(student_dir(b))) for b in profile.budgets]
+    students += [(f"nograph-b{b:.2f}", str(ablation_dir(b))) for b in profile.budgets
+                 if (ablation_dir(b) / "model.safetensors").exists()]
     previous = {str(t): t.name for t in (student_teacher(Path(s)) for _, s in students) if t is not None}
     specs += [(name, path) for path, name in previous.items()]
     specs += students
@@ -339,7 +348,8 @@ def _policy_run(ctx: Context) -> None:
 
 def replanning_specs(profile: Profile) -> list[tuple[str, str, int]]:
     """(run name, policy spec, K) of the teacher and students at every ``profile.execute`` K."""
-    base = [(name, spec) for name, spec in policy_specs(profile) if not spec.startswith("baseline:")]
+    base = [(name, spec) for name, spec in policy_specs(profile)
+            if not spec.startswith("baseline:") and not name.startswith("nograph-")]  # ablation: default K only
     return [(f"{name}-exec{k}", spec, k) for k in profile.execute for name, spec in base]
 
 

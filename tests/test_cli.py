@@ -312,6 +312,11 @@ def test_students_of_a_previous_teacher_run_beside_it(tmp_path, monkeypatch):
         (ckpts / f"student-simpler-b{b:.2f}" / "config.json").write_text(
             json.dumps({"teacher": {"path": "results/checkpoints/teacher-simpler", "hash": "x"}}))
     assert "teacher-simpler-v1" not in [name for name, _ in sweep.policy_specs(profile)]
+    # a committed router without graph supervision joins at its budget (the report's ablation table)
+    b = profile.budgets[0]
+    (ckpts / f"student-simpler-b{b:.2f}-nograph").mkdir()
+    (ckpts / f"student-simpler-b{b:.2f}-nograph" / "model.safetensors").write_bytes(b"w")
+    assert f"nograph-b{b:.2f}" in [name for name, _ in sweep.policy_specs(profile)]
 
     runs = []
     for name, meta in [("teacher", {"kind": "teacher"}),
