@@ -73,6 +73,7 @@ class TimeBudget:
         self.t_first: float | None = None
         self.first_step = 0
         self.done = False
+        self.rate: float | None = None  # steps/s measured over the calibration steps
 
     def after_step(self, step: int, total: int) -> int | None:
         """Call after each step with the number of steps done; returns the new total once, else None."""
@@ -86,7 +87,7 @@ class TimeBudget:
         if timed < self.calibrate:
             return None
         self.done = True
-        rate = timed / (now - self.t_first)
+        self.rate = rate = timed / (now - self.t_first)
         left = self.seconds - (now - self.t_start)
         return int(min(total, max(step + 1, step + rate * left)))
 
@@ -260,6 +261,10 @@ class TrainingLoop:
             bar.update(1)
             bar.set_postfix(loss=f"{run.history[-1]['loss']:.4f}")
             if budget is not None and (total := budget.after_step(run.step, run.total)) is not None:
+                if total < run.total:  # a changed recipe: say so, not only through the bar's new total
+                    bar.write(f"[train] {self.name}: the time budget of {budget.seconds / 60:.0f} min fits {total} "
+                              f"of the {run.total} steps asked for (measured {budget.rate:.2f} steps/s); the "
+                              f"schedule follows {total} (--steps {total} without the budget reproduces it)")
                 run.total = run.batch_sampler.stop = bar.total = total
                 bar.refresh()
             if run.step % settings.save_every == 0 or run.step == run.total:

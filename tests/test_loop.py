@@ -90,7 +90,7 @@ def test_saves_every_n_steps_and_at_the_end_and_once_when_nothing_is_left(tmp_pa
     assert toy(tmp_path / "a", steps=9, save_every=100)[0]["step"] == 9  # a resume may extend the run
 
 
-def test_time_budget_fits_the_total_and_the_schedule_follows_it(tmp_path, monkeypatch):
+def test_time_budget_fits_the_total_and_the_schedule_follows_it(tmp_path, monkeypatch, capsys):
     ticks = iter(np.arange(0.0, 1e4, 1.0))  # every clock read is one second later
     monkeypatch.setattr(loop_mod.time, "perf_counter", lambda: float(next(ticks)))
     totals = []
@@ -99,6 +99,8 @@ def test_time_budget_fits_the_total_and_the_schedule_follows_it(tmp_path, monkey
     total = result["steps"]
     assert 20 < total < 1000 and result["step"] == total == len(result["history"]) and totals == [total]
     assert result["history"][-1]["lr"] == pytest.approx(0.1 * lr_factor(total - 1, 2, total))
+    out = capsys.readouterr()
+    assert f"fits {total} of the 1000 steps asked for" in out.out + out.err  # the cut is said, not only drawn
 
 
 def test_the_weight_average_follows_its_decay(tmp_path):
