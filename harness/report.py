@@ -290,6 +290,7 @@ def variant_table(runs: list[Run], base_variant: str = BASE_VARIANT) -> pd.DataF
 
 
 ACTDISTILL = "ActDistill"
+PREVIOUS_TEACHER = "previous teacher"  # the method the sweep gives a teacher that committed students still name
 
 
 def ablation_table(runs: list[Run]) -> pd.DataFrame:
@@ -546,7 +547,7 @@ def build_report(
     if suites["speedup"].notna().any():  # each measured against the teacher in one pass: comparable anywhere
         written += _tradeoff(suites, "speedup", "model-call speedup vs the teacher (same pass)", out,
                              "success_vs_speedup")
-    previous = [r for r in runs if r.kind == "teacher" and r.method == "previous teacher"]
+    several_teachers = any(r.kind == "teacher" and r.method == PREVIOUS_TEACHER for r in runs)
     for run in runs:
         if run.kind == "expert":
             continue
@@ -557,7 +558,7 @@ def build_report(
                 f"{run.name}: no measured latency (meta.json latency_ms or latency.json); "
                 f"left out of success_vs_latency"
             )
-        if run.kind == "student" and run.meta.get("teacher") and previous:
+        if run.kind == "student" and run.meta.get("teacher") and several_teachers:
             notes.append(f"{run.name}: distilled from {run.meta['teacher']} (the report holds more than one "
                          "teacher: read a student's gap against its own)")
         routing = routing_matrix(run)

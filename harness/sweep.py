@@ -265,17 +265,26 @@ def ablation_dir(budget: float) -> Path:
     return CHECKPOINTS / f"student-{FAMILY}-b{budget:.2f}-nograph"
 
 
+def _student_specs(profile: Profile) -> list[tuple[str, str]]:
+    """(run name, checkpoint) of the students and of each committed router without graph supervision."""
+    students = [(f"student-b{b:.2f}", str(student_dir(b))) for b in profile.budgets]
+    return students + [(f"nograph-b{b:.2f}", str(ablation_dir(b))) for b in profile.budgets
+                       if (ablation_dir(b) / "model.safetensors").exists()]
+
+
+def previous_teachers(profile: Profile) -> dict[str, str]:
+    """{checkpoint: run name (its folder's name)} of each previous teacher a committed student names."""
+    found = (student_teacher(Path(spec)) for _, spec in _student_specs(profile))
+    return {str(t): t.name for t in found if t is not None}
+
+
 def policy_specs(profile: Profile) -> list[tuple[str, str]]:
     """(run name, policy spec for harness.evaluate) of the teacher, students and baselines, of each committed
     router without graph supervision (:func:`ablation_dir`), and of each previous teacher that a committed
-    student was distilled from (run name: its folder's name)."""
+    student was distilled from (:func:`previous_teachers`)."""
     specs = [("teacher", str(teacher_dir()))]
-    students = [(f"student-b{b:.2f}", str(student_dir(b))) for b in profile.budgets]
-    students += [(f"nograph-b{b:.2f}", str(ablation_dir(b))) for b in profile.budgets
-                 if (ablation_dir(b) / "model.safetensors").exists()]
-    previous = {str(t): t.name for t in (student_teacher(Path(s)) for _, s in students) if t is not None}
-    specs += [(name, path) for path, name in previous.items()]
-    specs += students
+    specs += [(name, path) for path, name in previous_teachers(profile).items()]
+    specs += _student_specs(profile)
     specs += [(f"{name}-b{b:.2f}", f"baseline:{name}@{b}:{teacher_dir()}")
               for name in profile.baselines for b in profile.budgets]
     return specs
@@ -330,12 +339,13 @@ def close_backend(ctx: Context) -> None:
 
 def _policy_run(ctx: Context) -> None:
     from harness.evaluate import evaluate, write_meta
+    from harness.report import PREVIOUS_TEACHER
 
     backend = _backend(ctx)
-    previous = {str(t) for t in map(student_teacher, map(student_dir, ctx.profile.budgets)) if t is not None}
+    previous = previous_teachers(ctx.profile)
     for name, spec in policy_specs(ctx.profile):
         # the short name the report shows; a previous teacher gets a legend entry (and colour) of its own
-        write_meta(ctx.root / name, {"policy": name, **({"method": "previous teacher"} if spec in previous else {})})
+        write_meta(ctx.root / name, {"policy": name, **({"method": PREVIOUS_TEACHER} if spec in previous else {})})
         summary = None
         for suite in simpler_suites():
             task_names, counts = plan(ctx.profile, suite, policies=True)
