@@ -3,12 +3,17 @@
 
 Errors in what the user gave (:class:`tasks.errors.UserInputError`) print one line and exit 2; any other
 exception is a bug and shows its traceback.
+
+Without a display and without ``MUJOCO_GL``, MuJoCo would try GLFW and every rendering process (each Ray
+worker) would abort; :func:`headless_gl_defaults` picks EGL then, as ``run_all.sh`` does. A value the user
+set is never changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tasks.errors import UserInputError
@@ -68,9 +73,23 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def headless_gl_defaults(environ=os.environ) -> dict[str, str]:
+    """Set ``MUJOCO_GL`` and ``PYOPENGL_PLATFORM`` to ``egl`` where neither a display (``DISPLAY``,
+    ``WAYLAND_DISPLAY``) nor a value of the user's is there; returns what was set. Runs before any verb
+    imports MuJoCo, so Ray workers, which inherit the environment, render the same way."""
+    if environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return {}
+    chosen = {}
+    for name in ("MUJOCO_GL", "PYOPENGL_PLATFORM"):
+        if not environ.get(name):
+            environ[name] = chosen[name] = "egl"
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``actdistill`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    headless_gl_defaults()
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in VERBS else None)
     if chosen is not None and chosen not in VERBS:

@@ -328,3 +328,22 @@ def test_students_of_a_previous_teacher_run_beside_it(tmp_path, monkeypatch):
     build_report(runs, tmp_path / "figures")
     report = (tmp_path / "figures" / "report.md").read_text()
     assert "student-b0.50: distilled from results/checkpoints/teacher-simpler-v1" in report
+
+
+def test_headless_machines_default_to_egl_and_a_users_choice_is_kept(monkeypatch, capsys):
+    import os
+
+    from harness.cli import headless_gl_defaults
+
+    env = {}
+    assert headless_gl_defaults(env) == {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}
+    assert env == {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}
+    env = {"MUJOCO_GL": "osmesa"}
+    assert headless_gl_defaults(env) == {"PYOPENGL_PLATFORM": "egl"} and env["MUJOCO_GL"] == "osmesa"
+    env = {"DISPLAY": ":0"}
+    assert headless_gl_defaults(env) == {} and env == {"DISPLAY": ":0"}  # a display: GLFW works, leave it
+    # the command line sets it before any verb runs (Ray workers inherit it): without it every worker aborts
+    for name in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([]) == 2
+    assert os.environ["MUJOCO_GL"] == "egl"
