@@ -21,7 +21,10 @@ the same per-episode outcomes.
 - A killed worker process is restarted by Ray (``max_restarts``) and its episode retried
   (``max_task_retries``); if Ray gives up, the backend replaces the actor and resubmits the
   episode, and after ``max_attempts`` deaths on the same episode records it as a failure
-  (``failure_reason`` says so) instead of crashing the sweep. Since at most one episode per
+  (``failure_reason`` says so) instead of crashing the sweep. If an episode reaches ``max_attempts``
+  before any episode of the call has finished, the deaths are systematic (a renderer that cannot start,
+  a missing library), not one bad episode: the call stops with :class:`~tasks.errors.SetupError` and
+  records nothing for it, rather than storing every episode as a failure. Since at most one episode per
   worker is in flight, a killed driver loses at most ``num_workers`` unfinished episodes; the
   results store skips done keys on the rerun and stores each key once.
 - :class:`PolicyServer` is a shared policy actor (meant for one GPU) that batches ``act``
@@ -47,7 +50,7 @@ from harness import evaluate as _evaluate
 from harness.evaluate import EnvSlot, Job, PolicySource, RunOptions
 from harness.results import RETRY_PREFIX
 from harness.rollout import EpisodeResult
-from tasks.errors import UserInputError
+from tasks.errors import SetupError, UserInputError
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -219,6 +222,17 @@ def _died(job: Job, attempts: int, exc: Exception) -> EpisodeResult:
     return EpisodeResult(success=False, steps=0, wall_s=0.0, policy_calls=0, failure_reason=reason)
 
 
+def _systematic(job: Job, attempts: int, exc: Exception) -> str:
+    last = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (
+        f"the Ray workers died before any episode finished ({job.suite}/{job.task} episode {job.episode_index}: "
+        f"{attempts} attempt(s), last: {last}); nothing was stored for these episodes. The workers' own "
+        f"errors are in the Ray session's logs (a local instance: /tmp/ray/session_latest/logs/worker-*.err). "
+        f"Common causes: MuJoCo rendering without a display (export MUJOCO_GL=egl), a worker out of memory; "
+        f"`actdistill doctor` checks rendering in a Ray worker. Rerun the same command once fixed"
+    )
+
+
 class RayBackend:
     """An :mod:`harness.evaluate` backend running episodes on ``num_workers`` Ray actors.
 
@@ -320,6 +334,7 @@ class RayBackend:
         pending = deque(jobs)
         attempts: dict[Job, int] = {}
         in_flight: dict[ray.ObjectRef, tuple[int, Job]] = {}
+        finished = 0
 
         def submit(slot: int) -> None:
             want = last_env.get(slot)
@@ -336,16 +351,21 @@ class RayBackend:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 slot, job = in_flight.pop(ready[0])
                 try:
-                    yield ray.get(ready[0])
+                    result = ray.get(ready[0])
                 except ray.exceptions.RayActorError as exc:
                     attempts[job] = attempts.get(job, 0) + 1
                     ray.kill(workers[slot], no_restart=True)
                     workers[slot] = spawn()
                     last_env.pop(slot, None)
+                    if attempts[job] >= self.max_attempts and not finished:
+                        raise SetupError(_systematic(job, attempts[job], exc)) from None
                     if attempts[job] >= self.max_attempts:
                         yield job, _died(job, attempts[job], exc)
                     else:
                         pending.appendleft(job)
+                else:
+                    finished += 1
+                    yield result
                 if pending:
                     submit(slot)
         finally:

@@ -181,6 +181,26 @@ def test_episode_that_always_kills_its_worker_becomes_a_failure(fake, tmp_path, 
         par.loc[par["task"] == "reach", "finished_at"])  # finished episodes were not run again
 
 
+class KillEveryPolicy(FakeExpert):
+    """A worker that cannot run any episode (as when MuJoCo cannot render): the process dies at every reset."""
+
+    def reset(self):
+        os._exit(1)
+
+
+def test_workers_dying_before_any_episode_finishes_stop_the_run_and_store_nothing(fake, tmp_path, monkeypatch):
+    from tasks.errors import SetupError
+
+    out = tmp_path / "run"
+    with pytest.raises(SetupError, match=r"died before any episode finished .*MUJOCO_GL=egl"):
+        run(fake, out, source("doomed", KillEveryPolicy),
+            ray_backend=backend(max_restarts=0, max_task_retries=0, max_attempts=2), monkeypatch=monkeypatch,
+            tasks=["reach", "unreachable"], episodes=2)
+    from harness.results import has_results
+
+    assert not has_results(out)  # no episode stored as a failure of the policy
+
+
 DRIVER = textwrap.dedent("""
     import sys
     from fake_env import register as _unused  # noqa: F401  (import check)
