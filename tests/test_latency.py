@@ -286,3 +286,17 @@ def test_cli_times_several_policies_in_one_pass(ckpts, capsys):
     assert results[0]["pass"]["reference"] == str(b) and results[2]["speedup"] == 1.0
     assert results[0]["num_layers"] == 2 and results[2]["num_layers"] == 4
     assert all(len(r["round_medians_ms"]) == 2 for r in results)
+
+
+def test_cli_times_a_baseline_spec_against_its_teacher(ckpts, capsys):
+    _, b = ckpts  # 4 layers: first_k@0.5 runs the first 2
+    assert main(["latency", "--policy", f"baseline:first_k@0.5:{b}", "--vs", str(b), "--iters", "4",
+                 "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mean_executed_fraction"] == 0.5 and result["num_layers"] == 4
+    assert result["policy"] == f"baseline:first_k@0.5:{b}" and result["vs"]["policy"] == str(b)
+    assert result["speedup"] > 0 and result["checkpoint_hash"] != result["vs"]["checkpoint_hash"]
+    assert main(["latency", "--policy", f"baseline:first_k@0.5:{b}", "--dtype", "bfloat16"]) == 2
+    assert "--dtype bfloat16 applies to checkpoint folders" in capsys.readouterr().err
+    assert main(["latency", "--policy", f"baseline:nosuch@0.5:{b}"]) == 2
+    assert "unknown baseline 'nosuch'; valid baselines:" in capsys.readouterr().err

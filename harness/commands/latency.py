@@ -4,6 +4,7 @@
     actdistill latency --policy runs/teacher_small --iters 200 --threads 1
     actdistill latency --policy runs/student_50 --vs runs/teacher_small --device cuda --dtype bfloat16
     actdistill latency --policy runs/student_25 runs/student_50 runs/student_75 --vs runs/teacher_small
+    actdistill latency --policy baseline:first_k@0.5:runs/teacher_small --vs runs/teacher_small --threads 1
 
 Protocol (see distill/latency.py): synthetic observation of the checkpoint's shapes, warm-up, then
 --iters timed calls; median and p90 in ms; CPU timers, or on CUDA events around a CUDA-graph replay.
@@ -21,7 +22,8 @@ def add_arguments(parser) -> None:
     from distill.latency import ROUTED_CAPTURES
 
     parser.add_argument("--policy", required=True, nargs="+",
-                        help="checkpoint folder(s); several are timed together in one interleaved pass")
+                        help="checkpoint folder(s) or baseline specs (baseline:first_k@0.5:TEACHER); several are "
+                             "timed together in one interleaved pass")
     parser.add_argument("--vs", default=None, help="second checkpoint folder, timed in the same run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="observations per model call (default 1)")
@@ -55,8 +57,10 @@ def run(args) -> int:
 
     import torch
 
+    from distill.baselines import SPEC_PREFIX, parse_policy_spec
     from distill.checkpoint import check_device, load_policy
     from distill.latency import busy_warning, measure_latency, measure_latency_group
+    from tasks.errors import UserInputError
 
     check_device(args.device)
     if args.threads is not None:
@@ -65,7 +69,13 @@ def run(args) -> int:
     for path in (*args.policy, args.vs):
         if path is None:
             continue
-        policy = load_policy(path, device=args.device, dtype=args.dtype)
+        if path.startswith(SPEC_PREFIX):  # a static baseline over a teacher, as eval and serve take it
+            if args.dtype != "float32":
+                raise UserInputError(f"--dtype {args.dtype} applies to checkpoint folders; the baseline {path!r} "
+                                     "runs in float32 (drop --dtype, or time checkpoints only)")
+            policy = parse_policy_spec(path).build(device=args.device)
+        else:
+            policy = load_policy(path, device=args.device, dtype=args.dtype)
         if args.attn is not None:
             policy.model.set_attn_implementation(args.attn)
         policies.append(policy)
@@ -75,11 +85,15 @@ def run(args) -> int:
         names = [*args.policy, *([args.vs] if args.vs else [])]
         results = measure_latency_group(policies, names=names, reference=len(policies) - 1 if args.vs else None,
                                         **options)
-        for result in results:
+        for name, result in zip(names, results):
+            if name.startswith(SPEC_PREFIX):
+                result["policy"] = name  # not the teacher folder it was built from
             print(json.dumps(result))
         result = results[0]
     else:
         result = measure_latency(policies[0], vs=policies[1] if len(policies) > 1 else None, **options)
+        if args.policy[0].startswith(SPEC_PREFIX):
+            result["policy"] = args.policy[0]
         print(json.dumps(result))
     warning = busy_warning(result)
     if warning:
