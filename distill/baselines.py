@@ -205,9 +205,15 @@ class BaselinePolicy(VLAPolicy):
         self.teacher_hash = teacher.checkpoint_hash
         tag = f"{name}@{budget:g}" + (f",seed={seed}" if name == "random" else "") + extra_hash
         self.checkpoint_hash = hashlib.sha256(f"{teacher.checkpoint_hash}|{tag}".encode()).hexdigest()[:16]
-        self.label = tag
         self._rng = np.random.default_rng(seed)
         self._executed_sum, self._rows = 0, 0
+
+    @property
+    def spec(self) -> str:
+        """The policy spec that names this baseline (``baseline:first_k@0.5:TEACHER``), for outputs that would
+        otherwise show only the teacher's folder."""
+        seed = f",seed={self.seed}" if self.name == "random" else ""
+        return f"{SPEC_PREFIX}{self.name}@{self.budget:g}{seed}:{self.path}"
 
     @property
     def mean_executed_fraction(self) -> float:

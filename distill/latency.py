@@ -495,7 +495,7 @@ def _summarise(
         "tokens": target.tokens,
         "num_layers": model.num_layers,
         "checkpoint_hash": getattr(policy, "checkpoint_hash", ""),
-        "policy": getattr(policy, "path", None),
+        "policy": getattr(policy, "spec", None) or getattr(policy, "path", None),  # a baseline: its spec
     }
     if hasattr(policy, "mean_executed_fraction"):
         out["mean_executed_fraction"] = float(policy.mean_executed_fraction)

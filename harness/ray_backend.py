@@ -214,19 +214,19 @@ class _EpisodeWorkerImpl:
 EpisodeWorker = ray.remote(num_cpus=1)(_EpisodeWorkerImpl)
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
+
+
 def _died(job: Job, attempts: int, exc: Exception) -> EpisodeResult:
-    reason = (
-        f"{RETRY_PREFIX} {attempts} time(s) running this episode "
-        f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    )
+    reason = f"{RETRY_PREFIX} {attempts} time(s) running this episode (last: {type(exc).__name__}: {_first_line(exc)})"
     return EpisodeResult(success=False, steps=0, wall_s=0.0, policy_calls=0, failure_reason=reason)
 
 
 def _systematic(job: Job, attempts: int, exc: Exception) -> str:
-    last = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return (
         f"the Ray workers died before any episode finished ({job.suite}/{job.task} episode {job.episode_index}: "
-        f"{attempts} attempt(s), last: {last}); nothing was stored for these episodes. The workers' own "
+        f"{attempts} attempt(s), last: {type(exc).__name__}: {_first_line(exc)}); nothing was stored for these episodes. The workers' own "
         f"errors are in the Ray session's logs (a local instance: /tmp/ray/session_latest/logs/worker-*.err). "
         f"Common causes: MuJoCo rendering without a display (export MUJOCO_GL=egl), a worker out of memory; "
         f"`actdistill doctor` checks rendering in a Ray worker. Rerun the same command once fixed"

@@ -85,15 +85,11 @@ def run(args) -> int:
         names = [*args.policy, *([args.vs] if args.vs else [])]
         results = measure_latency_group(policies, names=names, reference=len(policies) - 1 if args.vs else None,
                                         **options)
-        for name, result in zip(names, results):
-            if name.startswith(SPEC_PREFIX):
-                result["policy"] = name  # not the teacher folder it was built from
+        for result in results:
             print(json.dumps(result))
         result = results[0]
     else:
         result = measure_latency(policies[0], vs=policies[1] if len(policies) > 1 else None, **options)
-        if args.policy[0].startswith(SPEC_PREFIX):
-            result["policy"] = args.policy[0]
         print(json.dumps(result))
     warning = busy_warning(result)
     if warning:
