@@ -9,15 +9,13 @@ import sys
 import time
 
 CHILD = """
+import os
 import time
-from harness.demo_sets import exit_with_parent
-import multiprocessing as mp
+
+from harness.demo_sets import _executor
 
 if __name__ == "__main__":
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-    ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(), 0.05))
+    pool = _executor(1)  # the recording's own pool, as actdistill demos --jobs N makes it
     print(pool.submit(os.getpid).result(), flush=True)
     pool.submit(time.sleep, 60)
     time.sleep(60)
