@@ -23,6 +23,8 @@ from distill.flops import (
 from distill.tokenizer import WordTokenizer
 from distill.vla import VLA, VLAConfig, teacher_config
 
+ROOT = Path(__file__).resolve().parents[1]
+
 LAYERS = 4
 
 
@@ -166,14 +168,18 @@ def test_bench_flops_prints_the_checkpoint_and_the_variant(capsys) -> None:
 
     parser = argparse.ArgumentParser()
     bench_flops.add_arguments(parser)
-    assert bench_flops.run(parser.parse_args(["--vision-encoder", "deep", "--vision-keypoints", "4"])) == 0
+    committed = json.loads((ROOT / "results/checkpoints/teacher-simpler/config.json").read_text())["vla"]
+    encoder = committed.get("vision_encoder", "patch")
+    variant = "patch" if encoder == "deep" else "deep"  # the other encoder, whichever the committed one is
+    assert bench_flops.run(parser.parse_args(["--vision-encoder", variant, "--vision-keypoints", "4"])) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["encoder"] for line in lines] == ["patch", "deep"] and lines[1]["vision_keypoints"] == 4
+    assert [line["encoder"] for line in lines] == [encoder, variant] and lines[1]["vision_keypoints"] == 4
     for line in lines:
         share = line["routed_share"]
         assert 0.8 <= share["min"] <= share["median"] <= share["max"] < 1.0
         assert line["median_call"]["vision"] > 0
-    assert lines[1]["median_call"]["vision"] > lines[0]["median_call"]["vision"]
+    deep, patch = (lines[0], lines[1]) if encoder == "deep" else (lines[1], lines[0])
+    assert deep["median_call"]["vision"] > patch["median_call"]["vision"]
 
 
 def test_router_flops_are_counted_for_a_student_and_match_the_counter() -> None:

@@ -131,7 +131,7 @@ def test_a_config_without_the_field_is_the_patch_encoder(tmp_path):
     del old["vision_encoder"]
     cfg = VLAConfig.from_dict(old)
     assert cfg.vision_encoder == "patch" and isinstance(VLA(cfg).vision, PatchEncoder)
-    committed = json.loads((ROOT / "results/checkpoints/teacher-simpler/config.json").read_text())["vla"]
+    committed = json.loads((ROOT / "results/checkpoints/teacher-simpler-v1/config.json").read_text())["vla"]
     assert "vision_encoder" not in committed and VLAConfig.from_dict(committed).vision_encoder == "patch"
     with pytest.raises(UserInputError, match="unknown vision_encoder 'resnet'; valid: patch, deep"):
         tiny_config(vision_encoder="resnet")
