@@ -14,7 +14,9 @@ from harness import sweep
 
 def test_the_full_profile_runs_teacher_and_students_at_each_k_and_the_smoke_profile_none():
     names = [name for name, _, _ in sweep.replanning_specs(sweep.PROFILES["full"])]
-    assert names[:4] == ["teacher-exec1", "student-b0.25-exec1", "student-b0.50-exec1", "student-b0.75-exec1"]
+    previous = [f"{name}-exec1" for name in sweep.previous_teachers(sweep.PROFILES["full"]).values()]
+    students = ["student-b0.25-exec1", "student-b0.50-exec1", "student-b0.75-exec1"]
+    assert names[:len(previous) + 4] == ["teacher-exec1", *previous, *students]  # a student's own teacher beside it
     assert {k for _, _, k in sweep.replanning_specs(sweep.PROFILES["full"])} == {1, 2, 4}
     assert not any(spec.startswith("baseline:") for _, spec, _ in sweep.replanning_specs(sweep.PROFILES["full"]))
     assert sweep.replanning_specs(sweep.PROFILES["smoke"]) == []
