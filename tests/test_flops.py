@@ -164,12 +164,12 @@ def test_bench_flops_prints_the_checkpoint_and_the_variant(capsys) -> None:
     import argparse
     import json
 
+    from distill.checkpoint import read_config
     from harness import bench_flops
 
     parser = argparse.ArgumentParser()
     bench_flops.add_arguments(parser)
-    committed = json.loads((ROOT / "results/checkpoints/teacher-simpler/config.json").read_text())["vla"]
-    encoder = committed.get("vision_encoder", "patch")
+    encoder = VLAConfig.from_dict(read_config(ROOT / bench_flops.DEFAULT_POLICY)["vla"]).vision_encoder
     variant = "patch" if encoder == "deep" else "deep"  # the other encoder, whichever the committed one is
     assert bench_flops.run(parser.parse_args(["--vision-encoder", variant, "--vision-keypoints", "4"])) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
