@@ -21,10 +21,12 @@ backends (e.g. Ray) register in :data:`BACKENDS` with the same signature.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import inspect
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +225,33 @@ Backend = Callable[[list[Job], PolicySource, RunOptions], Iterator[tuple[Job, Ep
 BACKENDS: dict[str, Backend] = {"sequential": run_sequential}
 
 
+PROBE_CACHE_SIZE = 4  # probe environments kept per process (one per LIBERO suite of a sweep)
+_PROBES: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def probe_env(suite: str, task: str, variant: str, seed: int, env_kwargs: Mapping[str, Any]):
+    """The environment :func:`evaluate` reads before a run's episodes (the policy's hash, the render mode).
+
+    Kept for later calls in this process with the same arguments, since a sweep evaluates many policies on
+    one suite and a LIBERO environment takes seconds to build (the workers wait meanwhile); beyond
+    :data:`PROBE_CACHE_SIZE` the least recently used one is closed, and the rest at exit."""
+    key = (suite, task, variant, int(seed), repr(sorted(env_kwargs.items())))
+    env = _PROBES.pop(key, None)
+    if env is None:
+        env = suites.make(suite, task, variant=variant, seed=seed, **env_kwargs)
+    _PROBES[key] = env  # most recently used last
+    while len(_PROBES) > PROBE_CACHE_SIZE:
+        _PROBES.popitem(last=False)[1].close()
+    return env
+
+
+@atexit.register
+def close_probe_envs() -> None:
+    """Close every probe environment kept by :func:`probe_env`."""
+    while _PROBES:
+        _PROBES.popitem()[1].close()
+
+
 def resolve_variants(suite: str, variant: str | None) -> list[str]:
     """``None`` -> the default variant, ``"all"`` -> every variant, else the checked name."""
     if variant == "all":
@@ -321,12 +350,9 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     source = policy if isinstance(policy, PolicySource) else policy_source(policy)
     env_kwargs = {**source.env_kwargs, **dict(env_kwargs or {})}
 
-    probe = suites.make(suite, task_names[0], variant=variant_names[0], seed=seed, **env_kwargs)
-    try:
-        policy_hash = source.hash_for(probe)
-        render_mode = getattr(probe.unwrapped, "render_mode", None) or "default"
-    finally:
-        probe.close()
+    probe = probe_env(suite, task_names[0], variant_names[0], seed, env_kwargs)
+    policy_hash = source.hash_for(probe)
+    render_mode = getattr(probe.unwrapped, "render_mode", None) or "default"
 
     store = ResultsStore(out)
     write_meta(Path(out), source.meta)

@@ -33,3 +33,15 @@ def data():
     from test_student import SyntheticDemos
 
     return SyntheticDemos()
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe_envs():
+    """Close the probe environments ``harness.evaluate`` keeps, after every test: a test's suites (e.g. the
+    fake family registered with monkeypatch) must not reach the next test through that cache."""
+    yield
+    import sys
+
+    evaluate = sys.modules.get("harness.evaluate")
+    if evaluate is not None:
+        evaluate.close_probe_envs()

@@ -246,3 +246,22 @@ def test_execute_k_calls_the_model_every_k_steps_and_keys_the_run_apart(tmp_path
     assert json.loads((out / "meta.json").read_text())["execute"] == 2
     with pytest.raises(UserInputError, match="--execute applies to checkpoints"):
         policy_source("expert", execute=2)
+
+
+def test_evaluate_builds_one_probe_environment_for_repeated_runs(tmp_path, monkeypatch):
+    import harness.evaluate as ev
+
+    suite = register(monkeypatch)
+    built = []
+    make = ev.suites.make
+    monkeypatch.setattr(ev.suites, "make", lambda *a, **k: built.append(a) or make(*a, **k))
+    ev.close_probe_envs()
+    for name in ("a", "b"):  # two policies on one suite, as a sweep runs them
+        evaluate("expert", suite, tasks=["reach"], episodes=1, out=tmp_path / name, progress=False, quiet=True)
+    # the first run builds its probe and its episode's environment; the second reuses the probe
+    assert len(built) == 3 and len(ev._PROBES) == 1
+    for seed in range(ev.PROBE_CACHE_SIZE + 1):  # other arguments: other probes, the oldest closed
+        ev.probe_env(suite, "reach", "base", seed + 1, {})
+    assert len(ev._PROBES) == ev.PROBE_CACHE_SIZE
+    ev.close_probe_envs()
+    assert not ev._PROBES
