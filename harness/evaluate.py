@@ -21,7 +21,6 @@ backends (e.g. Ray) register in :data:`BACKENDS` with the same signature.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import inspect
 import json
@@ -234,7 +233,8 @@ def probe_env(suite: str, task: str, variant: str, seed: int, env_kwargs: Mappin
 
     Kept for later calls in this process with the same arguments, since a sweep evaluates many policies on
     one suite and a LIBERO environment takes seconds to build (the workers wait meanwhile); beyond
-    :data:`PROBE_CACHE_SIZE` the least recently used one is closed, and the rest at exit."""
+    :data:`PROBE_CACHE_SIZE` the least recently used one is closed. At exit the environments free their
+    renderers themselves (each family's own exit hook), as any environment left open does."""
     key = (suite, task, variant, int(seed), repr(sorted(env_kwargs.items())))
     env = _PROBES.pop(key, None)
     if env is None:
@@ -245,7 +245,6 @@ def probe_env(suite: str, task: str, variant: str, seed: int, env_kwargs: Mappin
     return env
 
 
-@atexit.register
 def close_probe_envs() -> None:
     """Close every probe environment kept by :func:`probe_env`."""
     while _PROBES:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 
@@ -40,8 +42,6 @@ def fresh_probe_envs():
     """Close the probe environments ``harness.evaluate`` keeps, after every test: a test's suites (e.g. the
     fake family registered with monkeypatch) must not reach the next test through that cache."""
     yield
-    import sys
-
     evaluate = sys.modules.get("harness.evaluate")
     if evaluate is not None:
         evaluate.close_probe_envs()
