@@ -26,8 +26,8 @@ import inspect
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Job:
     episode_index: int
     seed: int
     video: bool = False
+    policy: int = 0  # index into the call's policy sources (evaluate_policies runs several on one environment)
 
 
 @dataclass
@@ -173,16 +174,24 @@ def write_meta(out: Path, meta: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
-class EnvSlot:
-    """One environment and the policy built for it, reused while jobs need the same environment.
+def policy_sources(source: PolicySource | Sequence[PolicySource]) -> list[PolicySource]:
+    """The sources of a backend call: one :class:`PolicySource`, or several (``Job.policy`` indexes them)."""
+    return [source] if isinstance(source, PolicySource) else list(source)
 
-    ``run(job)`` rolls out one episode; a job for another (suite, task, variant, seed) first closes the
-    environment and builds the next one and its policy (``build_policy(env)``). Used by every backend.
+
+class EnvSlot:
+    """One environment and the policies built for it, reused while jobs need the same environment.
+
+    ``run(job)`` rolls out one episode with policy ``job.policy`` (an index into ``build_policy``: one
+    ``build(env)`` function or a list of them); a job for another (suite, task, variant, seed) first closes the
+    environment and builds the next one, and each policy is built for it on its first job there. Used by every
+    backend.
     """
 
-    def __init__(self, build_policy: Callable[[Any], Any], options: RunOptions):
-        self.build_policy, self.options = build_policy, options
-        self.env, self.key, self.policy = None, None, None
+    def __init__(self, build_policy: Callable[[Any], Any] | Sequence[Callable[[Any], Any]], options: RunOptions):
+        self.builders = [build_policy] if callable(build_policy) else list(build_policy)
+        self.options = options
+        self.env, self.key, self.policies = None, None, {}
 
     def run(self, job: Job) -> EpisodeResult:
         """The episode ``job`` in the (possibly new) environment it needs."""
@@ -191,28 +200,33 @@ class EnvSlot:
             self.close()
             self.env = suites.make(job.suite, job.task, variant=job.variant, seed=job.seed, **self.options.env_kwargs)
             self.key = key
-        if self.policy is None:
-            self.policy = self.build_policy(self.env)
-        return rollout(self.policy, self.env, episode_index=job.episode_index, seed=job.seed,
+        if not 0 <= job.policy < len(self.builders):
+            raise UserInputError(f"job {job} names policy {job.policy}, but this call has {len(self.builders)}")
+        if job.policy not in self.policies:
+            self.policies[job.policy] = self.builders[job.policy](self.env)
+        return rollout(self.policies[job.policy], self.env, episode_index=job.episode_index, seed=job.seed,
                        max_steps=self.options.max_steps, videos=job.video)
 
-    def switch(self, build_policy: Callable[[Any], Any], options: RunOptions) -> None:
-        """Run another policy from now on: the environment is kept when ``options`` build the same ones (the
-        next job of the same (suite, task, variant, seed) skips the build), the policy is built anew."""
+    def switch(self, build_policy: Callable[[Any], Any] | Sequence[Callable[[Any], Any]],
+               options: RunOptions) -> None:
+        """Run other policies from now on: the environment is kept when ``options`` build the same ones (the
+        next job of the same (suite, task, variant, seed) skips the build), the policies are built anew."""
         if options.env_kwargs != self.options.env_kwargs:
             self.close()
-        self.build_policy, self.options, self.policy = build_policy, options, None
+        self.builders = [build_policy] if callable(build_policy) else list(build_policy)
+        self.options, self.policies = options, {}
 
     def close(self) -> None:
         """Close the environment held (if any)."""
         if self.env is not None:
             self.env.close()
-        self.env, self.key, self.policy = None, None, None
+        self.env, self.key, self.policies = None, None, {}
 
 
-def run_sequential(jobs: list[Job], source: PolicySource, options: RunOptions) -> Iterator[tuple[Job, EpisodeResult]]:
+def run_sequential(jobs: list[Job], source: PolicySource | Sequence[PolicySource],
+                   options: RunOptions) -> Iterator[tuple[Job, EpisodeResult]]:
     """Run ``jobs`` one after another in this process, one environment at a time (:class:`EnvSlot`)."""
-    slot = EnvSlot(source.build, options)
+    slot = EnvSlot([s.build for s in policy_sources(source)], options)
     try:
         for job in jobs:
             yield job, slot.run(job)
@@ -220,7 +234,8 @@ def run_sequential(jobs: list[Job], source: PolicySource, options: RunOptions) -
         slot.close()
 
 
-Backend = Callable[[list[Job], PolicySource, RunOptions], Iterator[tuple[Job, EpisodeResult]]]
+# a backend: (jobs, one source or a list of them (Job.policy indexes it), options) -> (job, result) as they finish
+Backend = Callable[[list[Job], Any, RunOptions], Iterator[tuple[Job, EpisodeResult]]]
 BACKENDS: dict[str, Backend] = {"sequential": run_sequential}
 
 
@@ -339,68 +354,133 @@ def evaluate(policy: str | PolicySource, suite: str, *, tasks: list[str] | None 
     An episode lost to a policy server that went away (:func:`harness.results.lost_to_server`) is stored as lost
     and stops the run with :class:`~tasks.errors.MissingInputError`: rerunning, once the server is back, runs it
     and the episodes not started. ``provenance``: fields added to every row's ``versions`` (the
-    sweep's ``{"doctor": fingerprint}``, :mod:`harness.doctor`).
+    sweep's ``{"doctor": fingerprint}``, :mod:`harness.doctor`). Several policies on the same episodes:
+    :func:`evaluate_policies`.
     """
+    return evaluate_policies([(policy, out)], suite, tasks=tasks, variant=variant, episodes=episodes, seed=seed,
+                             videos=videos, max_steps=max_steps, backend=backend, env_kwargs=env_kwargs,
+                             progress=progress, table=table, quiet=quiet, episodes_by_variant=episodes_by_variant,
+                             distinct_states=distinct_states, provenance=provenance)[0]
+
+
+@dataclass
+class _Run:
+    """One policy of an :func:`evaluate_policies` call: its source, run folder and the jobs it still needs."""
+
+    source: PolicySource
+    out: str | os.PathLike
+    store: ResultsStore
+    policy_hash: str
+    render_mode: str
+    jobs: list[Job]
+
+
+def evaluate_policies(policies: Sequence[tuple[str | PolicySource, str | os.PathLike]], suite: str, *,
+                      tasks: list[str] | None = None, variant: str | None = None, episodes: int = 10,
+                      seed: int = 0, videos: int = 0, max_steps: int | None = None, backend: str = "sequential",
+                      env_kwargs: dict[str, Any] | None = None, progress: bool = True, table: bool = True,
+                      quiet: bool = False, episodes_by_variant: Mapping[str, int] | None = None,
+                      distinct_states: bool = False,
+                      provenance: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """:func:`evaluate` of every ``(policy, out)`` in ``policies`` on the same plan, in one backend call: each
+    environment, once built, runs its episodes for every policy before the next is built (a sweep's dozen
+    policies then build each LIBERO scene about once instead of once per policy, and the workers go idle at
+    the end of one call instead of one per policy). Each policy's rows, episodes and summary are exactly what
+    its own :func:`evaluate` call would give (the same jobs, seeds and keys; a test checks it). Policies whose
+    environments differ (a state-input policy's ``privileged_obs``) run in one call per kind. Returns the
+    summaries in the order given; the run folders must differ."""
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if not policies:
+        raise UserInputError("evaluate_policies needs at least one (policy, out) pair")
+    outs = [Path(out).resolve() for _, out in policies]
+    if len(set(outs)) != len(outs):
+        twice = next(str(o) for o in outs if outs.count(o) > 1)
+        raise UserInputError(f"evaluate_policies got the run folder {twice!r} for more than one policy; give each "
+                             "policy its own out")
     task_names = [resolve_task(suite, t) for t in tasks] if tasks else suites.tasks(suite)
     counts = _episode_counts(suite, variant, episodes, episodes_by_variant)
     variant_names = list(counts)
-    source = policy if isinstance(policy, PolicySource) else policy_source(policy)
-    env_kwargs = {**source.env_kwargs, **dict(env_kwargs or {})}
-
-    probe = probe_env(suite, task_names[0], variant_names[0], seed, env_kwargs)
-    policy_hash = source.hash_for(probe)
-    render_mode = getattr(probe.unwrapped, "render_mode", None) or "default"
-
-    store = ResultsStore(out)
-    write_meta(Path(out), source.meta)
-    done, lost = store.done_keys(), store.retry_keys()
     indices = episode_indices(counts, distinct_states)
-    keyed = [(Job(suite, t, v, i, seed, video=j < videos), episode_key(policy_hash, suite, t, v, i, render_mode, seed))
-             for t in task_names for v in variant_names for j, i in enumerate(indices[v])]
-    if distinct_states:
-        _refuse_other_plans(store, {key for _, key in keyed}, policy_hash, suite, seed, task_names, out)
-    jobs = [job for job, key in keyed if key not in done]
-    again = sum(key in lost for _, key in keyed)
     total = len(task_names) * sum(counts.values())
-    if not quiet:
-        print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x {_plan_shape(counts, distinct_states)}; "
-              f"{total - len(jobs)} already done, {len(jobs)} to run"
-              + (f" ({again} of them again: their worker or policy server died)" if again else "") + f" -> {out}")
+    runs: list[_Run] = []
+    for policy, out in policies:
+        source = policy if isinstance(policy, PolicySource) else policy_source(policy)
+        kwargs = {**source.env_kwargs, **dict(env_kwargs or {})}
+        probe = probe_env(suite, task_names[0], variant_names[0], seed, kwargs)
+        policy_hash = source.hash_for(probe)
+        render_mode = getattr(probe.unwrapped, "render_mode", None) or "default"
+        store = ResultsStore(out)
+        write_meta(Path(out), source.meta)
+        done, lost = store.done_keys(), store.retry_keys()
+        keyed = [(Job(suite, t, v, i, seed, video=j < videos),
+                  episode_key(policy_hash, suite, t, v, i, render_mode, seed))
+                 for t in task_names for v in variant_names for j, i in enumerate(indices[v])]
+        if distinct_states:
+            _refuse_other_plans(store, {key for _, key in keyed}, policy_hash, suite, seed, task_names, out)
+        jobs = [job for job, key in keyed if key not in done]
+        again = sum(key in lost for _, key in keyed)
+        if not quiet:
+            print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x "
+                  f"{_plan_shape(counts, distinct_states)}; {total - len(jobs)} already done, {len(jobs)} to run"
+                  + (f" ({again} of them again: their worker or policy server died)" if again else "") + f" -> {out}")
+        runs.append(_Run(source, out, store, policy_hash, render_mode, jobs))
     run_versions = {**versions(), **(provenance or {})}
+    groups: dict[str, list[int]] = {}  # policies that share environments: the same env_kwargs
+    for n, run in enumerate(runs):
+        groups.setdefault(repr(sorted({**run.source.env_kwargs, **dict(env_kwargs or {})}.items())), []).append(n)
+    todo = sum(len(run.jobs) for run in runs)
     bar = None
-    if progress and jobs:
+    if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"{suite}", unit="ep", dynamic_ncols=True)
-    successes, server_lost = 0, None
-    results = BACKENDS[backend](jobs, source, RunOptions(max_steps, env_kwargs))
-    for n, (job, result) in enumerate(results, 1):
-        store.add([make_row(result, policy=source.name, policy_hash=policy_hash, suite=job.suite,
-                            task=job.task, variant=job.variant, episode_index=job.episode_index,
-                            seed=job.seed, render_mode=render_mode, versions=run_versions)])
-        if job.video and result.frames:
-            write_episode_video(result, Path(out) / "videos" / job.suite / job.task / job.variant
-                                / f"ep{job.episode_index:04d}.mp4",
-                                title=f"{Path(source.name).name} | {job.task} | ep {job.episode_index}")
-        successes += result.success
+        label = suite if len(runs) == 1 else f"{suite}, {len(runs)} policies"
+        bar = tqdm(total=todo, desc=label, unit="ep", dynamic_ncols=True)
+    successes, finished = 0, 0
+    try:
+        for members in groups.values():
+            # one backend call per group: jobs in task, variant, episode order, every policy's episode of one
+            # initial state next to the others', so a worker keeps its environment for all of them
+            jobs = sorted((replace(job, policy=k) for k, n in enumerate(members) for job in runs[n].jobs),
+                          key=lambda j: (task_names.index(j.task), variant_names.index(j.variant), j.episode_index,
+                                         j.policy))
+            if not jobs:
+                continue
+            kwargs = {**runs[members[0]].source.env_kwargs, **dict(env_kwargs or {})}
+            sources = [runs[n].source for n in members]
+            results = BACKENDS[backend](jobs, sources[0] if len(sources) == 1 else sources,
+                                        RunOptions(max_steps, kwargs))
+            for job, result in results:
+                run = runs[members[job.policy]]
+                job = replace(job, policy=0)
+                run.store.add([make_row(result, policy=run.source.name, policy_hash=run.policy_hash,
+                                        suite=job.suite, task=job.task, variant=job.variant,
+                                        episode_index=job.episode_index, seed=job.seed,
+                                        render_mode=run.render_mode, versions=run_versions)])
+                if job.video and result.frames:
+                    write_episode_video(result, Path(run.out) / "videos" / job.suite / job.task / job.variant
+                                        / f"ep{job.episode_index:04d}.mp4",
+                                        title=f"{Path(run.source.name).name} | {job.task} | ep {job.episode_index}")
+                successes += result.success
+                finished += 1
+                if bar is not None:
+                    bar.set_postfix(task=job.task[:24], success=f"{successes}/{finished}")
+                    bar.update(1)
+                if lost_to_server(result.failure_reason):  # stop: every episode after it would be lost the same way
+                    getattr(results, "close", lambda: None)()  # the backend's clean-up (workers, environments)
+                    for other in runs:
+                        other.store.write_summary(other.source.name)
+                    raise MissingInputError(
+                        f"{run.source.name}: stopped after {finished} of {todo} episode(s): {result.failure_reason}; "
+                        "the episode is stored as lost: start the server again and rerun the same command to run "
+                        "it and the rest")
+    finally:
         if bar is not None:
-            bar.set_postfix(task=job.task[:24], success=f"{successes}/{n}")
-            bar.update(1)
-        if lost_to_server(result.failure_reason):  # stop: every episode after it would be lost the same way
-            server_lost = (n, result.failure_reason)
-            break
-    if bar is not None:
-        bar.close()
-    if server_lost is not None:
-        getattr(results, "close", lambda: None)()  # the backend's clean-up (workers, environments)
-        store.write_summary(source.name)
-        n, reason = server_lost
-        raise MissingInputError(f"{source.name}: stopped after {n} of {len(jobs)} episode(s): {reason}; the "
-                                "episode is stored as lost: start the server again and rerun the same command "
-                                "to run it and the rest")
-    summary = store.write_summary(source.name)
-    if table and not quiet:
-        print(format_table(summary))
-    return summary
+            bar.close()
+    summaries = []
+    for run in runs:
+        summary = run.store.write_summary(run.source.name)
+        if table and not quiet:
+            print(format_table(summary))
+        summaries.append(summary)
+    return summaries

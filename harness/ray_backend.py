@@ -47,7 +47,7 @@ import numpy as np
 import ray
 
 from harness import evaluate as _evaluate
-from harness.evaluate import EnvSlot, Job, PolicySource, RunOptions
+from harness.evaluate import EnvSlot, Job, PolicySource, RunOptions, policy_sources
 from harness.results import RETRY_PREFIX
 from harness.rollout import EpisodeResult
 from tasks.errors import SetupError, UserInputError
@@ -196,15 +196,16 @@ class _EpisodeWorkerImpl:
         if worker_setup is not None:
             worker_setup()
         pin_threads()  # again: the source or the set-up may have imported torch
-        self.slot = EnvSlot((lambda env: ServedPolicy(server)) if server is not None else source.build, options)
+        builders = [s.build for s in policy_sources(source)]
+        self.slot = EnvSlot((lambda env: ServedPolicy(server)) if server is not None else builders, options)
 
     def run(self, job: Job) -> tuple[Job, EpisodeResult]:
         """Run one episode (building the environment first if the job needs another one)."""
         return job, self.slot.run(job)
 
-    def switch(self, source: PolicySource, options: RunOptions) -> None:
-        """Run ``source``'s policy from the next job on, keeping the environment where it still serves."""
-        self.slot.switch(source.build, options)
+    def switch(self, source: PolicySource | list[PolicySource], options: RunOptions) -> None:
+        """Run ``source``'s policies from the next job on, keeping the environment where it still serves."""
+        self.slot.switch([s.build for s in policy_sources(source)], options)
 
     def pid(self) -> int:
         """The worker's process id (tests kill it)."""
@@ -296,11 +297,15 @@ class RayBackend:
         return max(1, int(ray.cluster_resources().get("CPU", 1)) - (self.server is not None))
 
     def __call__(
-        self, jobs: list[Job], source: PolicySource, options: RunOptions
+        self, jobs: list[Job], source: PolicySource | list[PolicySource], options: RunOptions
     ) -> Iterator[tuple[Job, EpisodeResult]]:
-        """Yield ``(job, EpisodeResult)`` for every job, in the order they finish."""
+        """Yield ``(job, EpisodeResult)`` for every job, in the order they finish. ``source``: one policy, or
+        several that ``Job.policy`` indexes (each worker holds them all; not with a shared server)."""
         if not jobs:
             return
+        if self.server is not None and len(policy_sources(source)) > 1:
+            raise UserInputError(f"a RayBackend with a shared policy server runs one policy per call, got "
+                                 f"{len(policy_sources(source))}; evaluate them one at a time")
         init_ray(num_cpus=self.num_cpus or self.num_workers, address=self.address)
         server = None
         if self.server is not None:
@@ -336,11 +341,19 @@ class RayBackend:
         in_flight: dict[ray.ObjectRef, tuple[int, Job]] = {}
         finished = 0
 
+        def env_of(job: Job) -> tuple:
+            return job.suite, job.task, job.variant, job.seed
+
         def submit(slot: int) -> None:
+            # the worker's own environment first; else one no other worker holds (so that two workers do not
+            # build the same scene side by side), else the next job
             want = last_env.get(slot)
-            job = next((j for j in pending if (j.suite, j.task, j.variant, j.seed) == want), pending[0])
+            held = {env for other, env in last_env.items() if other != slot}
+            job = next((j for j in pending if env_of(j) == want), None)
+            if job is None:
+                job = next((j for j in pending if env_of(j) not in held), pending[0])
             pending.remove(job)
-            last_env[slot] = (job.suite, job.task, job.variant, job.seed)
+            last_env[slot] = env_of(job)
             in_flight[workers[slot].run.remote(job)] = (slot, job)
 
         try:
@@ -350,8 +363,9 @@ class RayBackend:
             while in_flight:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 slot, job = in_flight.pop(ready[0])
+                done = None
                 try:
-                    result = ray.get(ready[0])
+                    done = ray.get(ready[0])
                 except ray.exceptions.RayActorError as exc:
                     attempts[job] = attempts.get(job, 0) + 1
                     ray.kill(workers[slot], no_restart=True)
@@ -360,14 +374,16 @@ class RayBackend:
                     if attempts[job] >= self.max_attempts and not finished:
                         raise SetupError(_systematic(job, attempts[job], exc)) from None
                     if attempts[job] >= self.max_attempts:
-                        yield job, _died(job, attempts[job], exc)
+                        done = job, _died(job, attempts[job], exc)
                     else:
                         pending.appendleft(job)
                 else:
                     finished += 1
-                    yield result
+                # the worker's next episode first, then the result: it runs while the caller stores this one
                 if pending:
                     submit(slot)
+                if done is not None:
+                    yield done
         finally:
             if server is not None:
                 try:

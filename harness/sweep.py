@@ -298,20 +298,17 @@ def _policy_estimate(ctx: Context) -> float:
     for suite in simpler_suites():
         task_names, counts = plan(ctx.profile, suite, policies=True)
         episodes = len(task_names) * sum(counts.values())
-        left = builds = 0
+        left = 0
         for name, _ in policy_specs(ctx.profile):
             stored = ResultsStore(ctx.root / name).frame()
             done = int((stored["suite"] == suite).sum()) if len(stored) else 0
-            if done < episodes:
-                left += episodes - done
-                # every (task, variant) still to run builds its environment once in some worker,
-                # and each evaluate call starts its workers (imports, policy load): about 10 s, the
-                # default sweep's stage time less its episode time over its 220 calls (measured)
-                builds += min(episodes - done, len(task_names) * len(counts))
-                total += 10.0
+            left += max(0, episodes - done)
         if left:
+            # one call per suite for every policy (evaluate_policies): each (task, variant) builds its
+            # environment about once, and the call's start (policy loads, workers) is a few seconds
             build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed)
-            total += (left * episode_s * 1.5 + builds * build_s) / workers  # 1.5: the policy's model calls
+            builds = len(task_names) * len(counts)
+            total += 10.0 + (left * episode_s * 1.5 + builds * build_s) / workers  # 1.5: the policy's model calls
     return total
 
 
@@ -338,22 +335,23 @@ def close_backend(ctx: Context) -> None:
 
 
 def _policy_run(ctx: Context) -> None:
-    from harness.evaluate import evaluate, write_meta
+    from harness.evaluate import evaluate_policies, policy_source, write_meta
     from harness.report import PREVIOUS_TEACHER
 
     backend = _backend(ctx)
     previous = previous_teachers(ctx.profile)
-    for name, spec in policy_specs(ctx.profile):
+    specs = policy_specs(ctx.profile)
+    for name, spec in specs:
         # the short name the report shows; a previous teacher gets a legend entry (and colour) of its own
         write_meta(ctx.root / name, {"policy": name, **({"method": PREVIOUS_TEACHER} if spec in previous else {})})
-        summary = None
-        for suite in simpler_suites():
-            task_names, counts = plan(ctx.profile, suite, policies=True)
-            summary = evaluate(spec, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
-                               seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend,
-                               provenance=ctx.provenance)
-        if summary is not None:
-            ctx.summaries[name] = summary
+    sources = [(policy_source(spec), ctx.root / name) for name, spec in specs]  # each loaded once
+    for suite in simpler_suites():
+        # every policy in one call: each environment runs all of their episodes before the next is built
+        task_names, counts = plan(ctx.profile, suite, policies=True)
+        summaries = evaluate_policies(sources, suite, tasks=task_names, episodes_by_variant=counts,
+                                      distinct_states=True, seed=ctx.seed, table=False, videos=0, backend=backend,
+                                      provenance=ctx.provenance)
+        ctx.summaries.update({name: summary for (name, _), summary in zip(specs, summaries)})
 
 
 def replanning_specs(profile: Profile) -> list[tuple[str, str, int]]:
@@ -375,17 +373,17 @@ def _replanning_run(ctx: Context) -> None:
     if not ctx.profile.execute:
         print(f"[sweep] replanning: profile {ctx.profile.name!r} has no --execute axis, skipped")
         return
-    from harness.evaluate import evaluate, policy_source, write_meta
+    from harness.evaluate import evaluate_policies, policy_source, write_meta
 
     backend = _backend(ctx)
-    for name, spec, k in replanning_specs(ctx.profile):
+    specs = replanning_specs(ctx.profile)
+    for name, _, _ in specs:
         write_meta(ctx.root / name, {"policy": name})
-        source = policy_source(spec, execute=k)
-        for suite in simpler_suites():
-            task_names, counts = plan(ctx.profile, suite, policies=True)
-            evaluate(source, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
-                     seed=ctx.seed, out=ctx.root / name, table=False, videos=0, backend=backend,
-                     provenance=ctx.provenance)
+    sources = [(policy_source(spec, execute=k), ctx.root / name) for name, spec, k in specs]
+    for suite in simpler_suites():
+        task_names, counts = plan(ctx.profile, suite, policies=True)
+        evaluate_policies(sources, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
+                          seed=ctx.seed, table=False, videos=0, backend=backend, provenance=ctx.provenance)
 
 
 def _latency_estimate(ctx: Context) -> float:
@@ -512,17 +510,17 @@ def _libero_policy_run(ctx: Context) -> None:
               "data/libero --out runs/train/teacher-libero; actdistill convert --policy runs/train/teacher-libero "
               f"--out {CHECKPOINTS / 'teacher-libero'}")
         return
-    from harness.evaluate import evaluate, write_meta
+    from harness.evaluate import evaluate_policies, policy_source, write_meta
 
     backend = _backend(ctx)
-    for name, folder in specs:
+    for name, _ in specs:
         write_meta(ctx.root / name, {"policy": name})
-        summary = None
-        for suite in LIBERO_SUITES:
-            summary = evaluate(str(folder), suite, episodes=episodes, seed=ctx.seed, out=ctx.root / name,
-                               table=False, videos=0, backend=backend, provenance=ctx.provenance)
-        if summary is not None:
-            ctx.summaries[name] = summary
+    sources = [(policy_source(str(folder)), ctx.root / name) for name, folder in specs]
+    for suite in LIBERO_SUITES:
+        # every policy in one call: each LIBERO scene (seconds to build) is built about once for all of them
+        summaries = evaluate_policies(sources, suite, episodes=episodes, seed=ctx.seed, table=False, videos=0,
+                                      backend=backend, provenance=ctx.provenance)
+        ctx.summaries.update({name: summary for (name, _), summary in zip(specs, summaries)})
 
 
 def _report_run(ctx: Context) -> None:

@@ -265,3 +265,44 @@ def test_evaluate_builds_one_probe_environment_for_repeated_runs(tmp_path, monke
     assert len(ev._PROBES) == ev.PROBE_CACHE_SIZE
     ev.close_probe_envs()
     assert not ev._PROBES
+
+
+def test_evaluate_policies_gives_each_policy_its_own_runs_rows_and_builds_each_env_once(tmp_path, monkeypatch):
+    """Several policies in one call: every policy's rows are exactly its own evaluate() call's (keys, outcomes,
+    steps), each in its own folder, and each (task, variant) environment is built once for all of them."""
+    from fake_env import FakeExpert
+
+    import harness.evaluate as ev
+
+    class Still(FakeExpert):
+        def act(self, obs):
+            return super().act(obs) * 0.0
+
+    suite = register(monkeypatch)
+    still = ev.PolicySource("still", build=Still, hash_for=lambda env: "h-still", meta={"kind": "baseline"})
+    kw = {"tasks": ["reach", "unreachable"], "variant": "all", "episodes": 2, "progress": False, "quiet": True}
+    alone = {name: evaluate(p, suite, out=tmp_path / f"alone-{name}", **kw) for name, p in
+             (("expert", "expert"), ("still", still))}
+    built = []
+    make = ev.suites.make
+    monkeypatch.setattr(ev.suites, "make", lambda *a, **k: built.append(a) or make(*a, **k))
+    ev.close_probe_envs()
+    together = ev.evaluate_policies([("expert", tmp_path / "expert"), (still, tmp_path / "still")], suite, **kw)
+    assert len(built) == 1 + 2 * 2  # one probe, then each (task, variant) once for both policies
+    cols = ["policy", "policy_hash", "task", "variant", "episode_index", "success", "steps", "policy_calls"]
+    for name, summary in zip(("expert", "still"), together):
+        got = pd.read_parquet(tmp_path / name / "episodes.parquet").set_index("key").sort_index()
+        want = pd.read_parquet(tmp_path / f"alone-{name}" / "episodes.parquet").set_index("key").sort_index()
+        assert len(got) == 2 * 2 * 2
+        pd.testing.assert_frame_equal(got[cols], want[cols])
+        timing = {"mean_policy_ms", "mean_wall_s"}
+        assert {k: v for k, v in summary["overall"].items() if k not in timing} == {
+            k: v for k, v in alone[name]["overall"].items() if k not in timing}
+    assert together[0]["overall"]["success_rate"] == 0.5 and together[1]["overall"]["success_rate"] == 0.0
+    assert json.loads((tmp_path / "still" / "meta.json").read_text())["kind"] == "baseline"
+    # a rerun has nothing left to do; one folder for two policies is refused before anything runs
+    built.clear()
+    ev.evaluate_policies([("expert", tmp_path / "expert"), (still, tmp_path / "still")], suite, **kw)
+    assert len(built) == 0
+    with pytest.raises(ValueError, match="for more than one policy"):
+        ev.evaluate_policies([("expert", tmp_path / "x"), (still, tmp_path / "x")], suite, **kw)

@@ -23,7 +23,7 @@ import ray
 from fake_env import FakeExpert, register
 
 from harness.bench_scaling import _counts, scaling
-from harness.evaluate import BACKENDS, PolicySource, evaluate
+from harness.evaluate import BACKENDS, Job, PolicySource, RunOptions, evaluate
 from harness.ray_backend import RayBackend, ServedPolicy, ServerSpec
 from harness.ray_backend import register as register_ray
 
@@ -359,3 +359,26 @@ def test_kept_workers_run_each_calls_policy_and_start_once(fake, tmp_path, monke
     finally:
         kept.close()
     assert kept._pool == []
+
+
+def test_several_policies_in_one_call_match_their_sequential_runs(fake, tmp_path, monkeypatch):
+    """evaluate_policies on kept Ray workers: each policy's rows equal its own sequential run's, and a backend
+    with a shared policy server refuses more than one policy by name."""
+    from harness.evaluate import evaluate_policies
+
+    kept = backend(keep_workers=True)
+    monkeypatch.setitem(BACKENDS, "ray", kept)
+    kw = {"tasks": ["reach", "reach_early", "unreachable"], "variant": "all", "episodes": 2}
+    policies = [(source("expert", FakeExpert), tmp_path / "expert"), (source("nan", NaNPolicy), tmp_path / "nan")]
+    try:
+        evaluate_policies(policies, fake, backend="ray", progress=False, quiet=True, **kw)
+    finally:
+        kept.close()
+    for (policy, out) in policies:
+        par = pd.read_parquet(out / "episodes.parquet").set_index("key").sort_index()
+        seq = run(fake, tmp_path / f"seq-{policy.name}", policy, **kw)
+        assert len(par) == 3 * 2 * 2
+        pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])
+    served = RayBackend(2, server=ServerSpec(factory=lambda: None, num_gpus=0))
+    with pytest.raises(ValueError, match="one policy per call, got 2"):
+        next(served([Job(fake, "reach", "base", 0, 0)], [p for p, _ in policies], RunOptions()))
