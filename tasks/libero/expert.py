@@ -384,6 +384,11 @@ class LiberoExpert:
         self.env = env
         self.reset()
 
+    def needs_obs_next(self) -> bool:
+        """False: the expert reads the simulator, never the images, so an evaluation renders none of its
+        frames (recording demonstrations and videos still render every step)."""
+        return False
+
     def reset(self) -> None:
         """Forget the current plan (call after ``env.reset``)."""
         self.scene = _Scene(self.env.sim_env)

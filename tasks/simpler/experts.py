@@ -82,6 +82,11 @@ class WaypointExpert:
         self.target_bias = np.zeros(3)
         self.reset()
 
+    def needs_obs_next(self) -> bool:
+        """False: the expert reads the simulator, never the images, so an evaluation renders none of its
+        frames (recording demonstrations and videos still render every step)."""
+        return False
+
     def reset(self) -> None:
         self.waypoints: list[Waypoint] | None = None
         self.index = 0
