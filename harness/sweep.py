@@ -130,9 +130,10 @@ def plan(profile: Profile, suite: str, policies: bool = False) -> tuple[list[str
     return task_names, counts
 
 
-def _episode_cost_s(suite: str, task: str, seed: int, steps: int = 10) -> tuple[float, float]:
+def _episode_cost_s(suite: str, task: str, seed: int, steps: int = 10, render: bool = True) -> tuple[float, float]:
     """(seconds to build the env, seconds of one expert episode run to the step limit), from
-    building ``task`` once, one reset and ``steps`` rendered steps (median)."""
+    building ``task`` once, one reset and ``steps`` steps (median), rendered with ``render`` (the expert's own
+    episodes render nothing; a policy's read images)."""
     import tasks as suites
 
     t0 = time.perf_counter()
@@ -146,7 +147,7 @@ def _episode_cost_s(suite: str, task: str, seed: int, steps: int = 10) -> tuple[
         times = []
         for _ in range(steps):
             t = time.perf_counter()
-            obs, *_ = env.step(expert.act(obs))
+            obs, *_ = env.step(expert.act(obs), render=render)
             times.append(time.perf_counter() - t)
         return t1 - t0, (t2 - t1) + int(env.unwrapped.max_steps) * float(np.median(times))
     finally:
@@ -167,7 +168,7 @@ def _expert_estimate(ctx: Context) -> float:
         done = stored[stored["suite"] == suite] if len(stored) else stored
         left = len(task_names) * sum(counts.values()) - len(done)
         if left > 0:
-            build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed)
+            build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed, render=False)
             total += left * episode_s + len(task_names) * len(counts) * build_s
     return total / max(1, ctx.profile.workers)
 
