@@ -114,6 +114,31 @@ def test_reset_is_deterministic_per_episode_index(env):
         env.reset(options={"episode_index": 50})
 
 
+def test_an_episode_plays_out_the_same_whatever_the_environment_ran_before():
+    """The same init state and actions give a bit-identical state in a fresh environment and in one that
+    ran another episode first (the solver's warm start and the gripper's command are cleared at reset): a
+    sweep runs many policies' episodes in one environment."""
+    def play(e, index, steps):
+        e.reset(seed=0, options={"episode_index": index})
+        rng = np.random.default_rng(index)
+        for _ in range(steps):
+            obs, *_ = e.step(rng.uniform(-1, 1, ACTION_DIM), render=False)
+        data = e.unwrapped.sim_env.sim.data
+        return np.concatenate([data.qpos, data.qvel, obs["proprio"]])
+
+    fresh = tasks.make(SUITE, TASK, seed=0, render="fast")
+    try:
+        first = play(fresh, 0, 30)
+    finally:
+        fresh.close()
+    used = tasks.make(SUITE, TASK, seed=0, render="fast")
+    try:
+        play(used, 3, 60)  # another episode, with the gripper closing and contacts
+        np.testing.assert_array_equal(play(used, 0, 30), first)
+    finally:
+        used.close()
+
+
 def test_sampled_init_variant_draws_new_placements_reproducibly():
     """``sampled_init`` (for demonstrations): seeded fresh placements, none of them an official init state."""
     e = tasks.make(SUITE, TASK, variant="sampled_init", seed=0)
