@@ -24,7 +24,10 @@ static baseline runs ``k = floor(b * L)`` layers (rounded down, so the executed 
   calibration data is at most ``b``; on other inputs the mean may differ, and ``mean_executed_fraction``
   reports what actually ran. The exit test is elementwise and counts 0 FLOPs (see :mod:`distill.flops`).
 - ``random``: each model call runs a random set of k layers per batch row (in depth order), drawn from a
-  ``numpy`` generator seeded with ``seed``: the same seed gives the same sequence of layer sets.
+  ``numpy`` generator seeded with ``seed`` and a hash of that row's inputs: the same seed and input give the
+  same layers, whatever ran before, so an episode's routes do not depend on the order in which a worker
+  runs episodes (a generator that only advanced from call to call gave the same episode other routes in
+  another schedule: 27 against 31 successes of 165 on one plan).
 
 Each baseline runs the teacher's own weights with a ``layer_mask`` (skipped layers are not computed, see
 :meth:`distill.vla.VLA.run_layers`) through the teacher policy's chunking and post-processing
@@ -203,7 +206,8 @@ class BaselinePolicy(VLAPolicy):
         super().__init__(teacher.model, checkpoint_hash=teacher.checkpoint_hash, path=teacher.path)
         self.name, self.budget, self.k, self.layers, self.seed = name, float(budget), k, layers, seed
         self.teacher_hash = teacher.checkpoint_hash
-        tag = f"{name}@{budget:g}" + (f",seed={seed}" if name == "random" else "") + extra_hash
+        # ",draw=input": random's layers depend on the input, not on the calls before (hash apart from older runs)
+        tag = f"{name}@{budget:g}" + (f",seed={seed},draw=input" if name == "random" else "") + extra_hash
         self.checkpoint_hash = hashlib.sha256(f"{teacher.checkpoint_hash}|{tag}".encode()).hexdigest()[:16]
         self._rng = np.random.default_rng(seed)
         self._executed_sum, self._rows = 0, 0
@@ -221,23 +225,39 @@ class BaselinePolicy(VLAPolicy):
             return self.k / self.model.num_layers
         return self._executed_sum / (self._rows * self.model.num_layers)
 
-    def layer_mask(self, batch_size: int) -> torch.Tensor:
-        """(B, L) bool mask of the layers each row runs in the next call (draws from the generator for random)."""
+    def layer_mask(self, batch_size: int, batch: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, L) bool mask of the layers each row runs in the next call. For random, each row's layers come
+        from a generator seeded with ``(seed, hash of the row's tensors in batch)``; without ``batch``, from
+        the policy's own generator, which advances from call to call."""
         mask = torch.zeros(batch_size, self.model.num_layers, dtype=torch.bool)  # (B, L)
         for row in range(batch_size):
-            chosen = self.layers if self.layers is not None else self._rng.choice(
-                self.model.num_layers, size=self.k, replace=False)
+            if self.layers is not None:
+                chosen = self.layers
+            else:
+                rng = self._rng if batch is None else np.random.default_rng([self.seed, _row_digest(batch, row)])
+                chosen = rng.choice(self.model.num_layers, size=self.k, replace=False)
             mask[row, list(chosen)] = True
         return mask
 
     def model_call(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
         b = int(batch["proprio"].shape[0])
-        mask = self.layer_mask(b)  # (B, L)
+        mask = self.layer_mask(b, batch)  # (B, L)
         with torch.inference_mode():
             chunk = self.model(batch, mask.to(self.device))  # (B, K, 7)
         self._executed_sum += int(mask.sum())
         self._rows += b
         return chunk, [row.nonzero().squeeze(1).tolist() for row in mask]
+
+
+def _row_digest(batch: Mapping[str, torch.Tensor], row: int) -> int:
+    """A 63-bit hash of row ``row`` of every tensor in ``batch`` (keys in sorted order)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for key in sorted(batch):
+        value = batch[key]
+        if isinstance(value, torch.Tensor):
+            digest.update(key.encode())
+            digest.update(value[row].detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 class AdaptiveExitPolicy(BaselinePolicy):

@@ -309,7 +309,10 @@ def _policy_estimate(ctx: Context) -> float:
             # environment about once, and the call's start (policy loads, workers) is a few seconds
             build_s, episode_s = _episode_cost_s(suite, task_names[0], ctx.seed)
             builds = len(task_names) * len(counts)
-            total += 10.0 + (left * episode_s * 1.5 + builds * build_s) / workers  # 1.5: the policy's model calls
+            # 0.55: a policy's episode against the expert's rendered one run to the step limit (policies render
+            # only when they read images; episodes end early): the default sweep's policy_eval took 7.5 min
+            # on 2026-12-03 (2-core CPU) against 20.2 estimated with a factor of 1.5
+            total += 10.0 + (left * episode_s * 0.55 + builds * build_s) / workers
     return total
 
 
@@ -459,7 +462,8 @@ def _libero_estimate(ctx: Context) -> float:
     if ctx.profile.libero is None:
         return 0.0
     _, n_tasks, episodes = ctx.profile.libero
-    return n_tasks * episodes * 60.0 / max(1, ctx.profile.workers)
+    # about 7 s of a worker per expert episode (it renders nothing): 4 episodes in 14 s on 2 workers, 2026-12-03
+    return n_tasks * episodes * 7.0 / max(1, ctx.profile.workers)
 
 
 def _libero_run(ctx: Context) -> None:
@@ -491,12 +495,13 @@ def _libero_policy_estimate(ctx: Context) -> float:
     import tasks as suites
     from harness.results import ResultsStore
 
-    # Measured on the 2-core CPU: the default profile's 40 teacher episodes took 4.1 min on 2 workers beside
-    # other jobs, about 12 s of a worker per episode (failed libero_10 episodes run all 520 steps).
+    # Measured on the 2-core CPU (2026-12-03, every policy per suite in one call): the default profile's 160
+    # episodes took 11.2 min on 2 workers, about 8.5 s of a worker per episode with the environment builds
+    # (failed libero_10 episodes run all 520 steps).
     per_policy = sum(len(suites.tasks(s)) for s in LIBERO_SUITES) * ctx.profile.libero_policy_episodes
     left = sum(max(0, per_policy - len(ResultsStore(ctx.root / name).frame()))
                for name, _ in libero_policy_specs(ctx.profile))
-    return left * 12.0 / max(1, ctx.profile.workers)
+    return left * 8.5 / max(1, ctx.profile.workers)
 
 
 def _libero_policy_run(ctx: Context) -> None:

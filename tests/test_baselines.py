@@ -160,6 +160,22 @@ def test_random_routing_is_reproducible_with_a_seed(teacher_path):
     assert torch.all(mask.float().mean(0) > 0.25)  # every layer gets drawn
 
 
+def test_random_layers_depend_on_the_input_and_seed_not_on_the_calls_before(teacher_path):
+    """A worker runs episodes in whatever order the scheduler gives: the same input must get the same layers
+    either way, or one episode's outcome would depend on the schedule."""
+    obs = observations(6)
+
+    def routes(order: list[int], seed: int = 0) -> dict[int, tuple[int, ...]]:
+        policy = make_baseline("random", teacher_path, 0.5, seed=seed)
+        return {i: tuple(policy.model_call(policy.model.prepare([obs[i]]))[1][0]) for i in order}
+
+    forward = routes([0, 1, 2, 3, 4, 5])
+    assert routes([5, 3, 1, 0, 2, 4, 0]) == forward
+    assert len(set(forward.values())) > 1  # other inputs, other layers
+    assert routes([0, 1, 2, 3, 4, 5], seed=1) != forward
+    assert all(len(layers) == 3 for layers in forward.values())
+
+
 def test_batched_random_rows_pick_their_own_layers(teacher_path):
     policy = make_baseline("random", teacher_path, 0.5, seed=0)
     chunk, executed = policy.model_call(policy.model.prepare(observations(8)))
