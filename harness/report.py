@@ -371,17 +371,49 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
+# label offsets tried in order (points from the marker): close first, then rings further out
+_LABEL_OFFSETS = [(dx * r, dy * r) for r in (6, 16, 28, 42, 58)
+                  for dx, dy in ((1, 0.6), (1, -1.4), (-1, 0.6), (-1, -1.4), (0, 1.6), (0, -2.2), (1, 2), (-1, 2))]
+# then up and away, where a crowded row of points near 0% leaves room (with a leader line)
+_LABEL_OFFSETS += [(dx, dy) for dy in range(30, 200, 11) for dx in (10, -10, 30, -30, 55, -55, 0)]
+
+
 def _label_points(ax, pts: pd.DataFrame, x: str) -> None:
-    """Name each point; labels of points that (nearly) coincide are stacked instead of overprinted."""
+    """Name each point where its label overlaps no other label, no other point and stays inside the panel:
+    each label takes the first free place among :data:`_LABEL_OFFSETS` (with a thin leader line when it
+    had to move away from its point). Call after the layout is final (positions are in display space)."""
     if pts.empty:
         return
-    xs = pts[x].to_numpy(float)
-    span = max(float(xs.max() - xs.min()), 1e-12)
-    placed: list[tuple[float, float]] = []
-    for _, r in pts.sort_values([x, "rate"]).iterrows():
-        near = sum(abs(px - r[x]) < 0.04 * span and abs(py - r["rate"]) < 0.05 for px, py in placed)
-        placed.append((float(r[x]), float(r["rate"])))
-        ax.annotate(r["run"], (r[x], r["rate"]), textcoords="offset points", xytext=(4, 4 + 8 * near), fontsize=7)
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    rows = list(pts.sort_values([x, "rate"]).iterrows())
+    xy = [ax.transData.transform((float(r[x]), float(r["rate"]))) for _, r in rows]
+    pad = 4.0  # pixels around a marker that a label must leave free
+    taken = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad) for px, py in xy]
+    for (_, r), (px, py) in zip(rows, xy):
+        chosen = None
+        for n, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            style = {"textcoords": "offset points", "xytext": (dx, dy), "fontsize": 7, "va": "center",
+                     "ha": "left" if dx > 0 else "right" if dx < 0 else "center"}
+            text = ax.annotate(r["run"], (r[x], r["rate"]), **style)
+            box = text.get_window_extent(renderer)  # the text alone (a leader line would widen it)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            own = Bbox.from_extents(px - pad, py - pad, px + pad, py + pad)
+            if inside and not any(box.overlaps(t) for t in taken if t.bounds != own.bounds):
+                if n >= 8:  # moved away from its point: a leader line says whose it is
+                    text.remove()
+                    ax.annotate(r["run"], (r[x], r["rate"]), **style,
+                                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.55", "shrinkA": 0, "shrinkB": 3})
+                chosen = box
+                break
+            text.remove()
+        if chosen is None:  # nowhere free: the closest place, overlapping, rather than no name at all
+            text = ax.annotate(r["run"], (r[x], r["rate"]), textcoords="offset points", xytext=_LABEL_OFFSETS[0],
+                               fontsize=7, va="center")
+            chosen = text.get_window_extent(renderer)
+        taken.append(chosen)
 
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -443,6 +475,7 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str,
     suites = sorted(table["suite"].unique())
     fig, axes = plt.subplots(1, len(suites), figsize=(5.2 * len(suites), 4.2), squeeze=False)
     handles: dict[str, Any] = {}
+    labels: list[tuple[Any, pd.DataFrame]] = []
     for ax, suite in zip(axes[0], suites):
         rows = table[table["suite"] == suite]
         for _, r in rows[rows["kind"] == "expert"].iterrows():
@@ -464,7 +497,7 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str,
                                  xerr=xerr, fmt=marker, color=colours.get(group, _STYLE["policy"][0]),
                                  ms=9 if marker == "*" else 6, capsize=3)
             handles.setdefault(group, handle)
-        _label_points(ax, pts, x)
+        labels.append((ax, pts))
         if len(pts) > 1:
             cost = pts[x].to_numpy(float) if x != "speedup" else -pts[x].to_numpy(float)  # higher speedup is better
             front = pareto_front(cost, pts["rate"].to_numpy(float))
@@ -481,6 +514,8 @@ def _tradeoff(table: pd.DataFrame, x: str, xlabel: str, out: Path, stem: str,
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)),
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(handles) - 1) // 6), 1, 1) if handles else None)
+    for ax, pts in labels:  # once the layout is final: the labeler works in display space
+        _label_points(ax, pts, x)
     paths = _save(fig, out, stem)
     plt.close(fig)
     return paths

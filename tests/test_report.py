@@ -306,3 +306,34 @@ def test_ablation_table_pairs_every_method_of_a_budget_with_actdistill(tmp_path)
     build_report(dirs, tmp_path / "figures")
     md = (tmp_path / "figures" / "ablation.md").read_text()
     assert "router without graph supervision" in md and "+33.3 [" in md and "reference" in md
+
+
+def test_point_labels_do_not_overlap_even_where_points_crowd():
+    """Twelve policies at about 0% success and nearby costs (a hard suite): every label is drawn, inside the
+    panel, and no two labels overlap (they move up, with leader lines, where the row is full)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.report import _label_points
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    pts = pd.DataFrame({"run": [f"policy-number-{i}" for i in range(12)],
+                        "flops": [1.0 + 0.05 * i for i in range(12)], "rate": [0.0, 0.02] * 6})
+    ax.plot(pts["flops"], pts["rate"], "o")
+    ax.set_ylim(-0.03, 1.03)
+    fig.tight_layout()
+    _label_points(ax, pts, "flops")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = list(ax.texts)
+    assert sorted(t.get_text() for t in texts) == sorted(pts["run"])
+    boxes = [t.get_window_extent(renderer) if t.arrow_patch is None else
+             matplotlib.text.Text.get_window_extent(t, renderer) for t in texts]
+    frame = ax.get_window_extent(renderer)
+    for i, a in enumerate(boxes):
+        assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    plt.close(fig)
