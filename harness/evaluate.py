@@ -189,9 +189,12 @@ class EnvSlot:
     """
 
     def __init__(self, build_policy: Callable[[Any], Any] | Sequence[Callable[[Any], Any]], options: RunOptions):
+        self.env, self.key = None, None
+        self._use(build_policy, options)
+
+    def _use(self, build_policy: Callable[[Any], Any] | Sequence[Callable[[Any], Any]], options: RunOptions) -> None:
         self.builders = [build_policy] if callable(build_policy) else list(build_policy)
-        self.options = options
-        self.env, self.key, self.policies = None, None, {}
+        self.options, self.policies = options, {}
 
     def run(self, job: Job) -> EpisodeResult:
         """The episode ``job`` in the (possibly new) environment it needs."""
@@ -213,8 +216,7 @@ class EnvSlot:
         next job of the same (suite, task, variant, seed) skips the build), the policies are built anew."""
         if options.env_kwargs != self.options.env_kwargs:
             self.close()
-        self.builders = [build_policy] if callable(build_policy) else list(build_policy)
-        self.options, self.policies = options, {}
+        self._use(build_policy, options)
 
     def close(self) -> None:
         """Close the environment held (if any)."""
@@ -369,6 +371,7 @@ class _Run:
 
     source: PolicySource
     out: str | os.PathLike
+    env_kwargs: dict[str, Any]  # the source's, then the call's
     store: ResultsStore
     policy_hash: str
     render_mode: str
@@ -424,11 +427,14 @@ def evaluate_policies(policies: Sequence[tuple[str | PolicySource, str | os.Path
             print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x "
                   f"{_plan_shape(counts, distinct_states)}; {total - len(jobs)} already done, {len(jobs)} to run"
                   + (f" ({again} of them again: their worker or policy server died)" if again else "") + f" -> {out}")
-        runs.append(_Run(source, out, store, policy_hash, render_mode, jobs))
+        runs.append(_Run(source, out, kwargs, store, policy_hash, render_mode, jobs))
     run_versions = {**versions(), **(provenance or {})}
     groups: dict[str, list[int]] = {}  # policies that share environments: the same env_kwargs
     for n, run in enumerate(runs):
-        groups.setdefault(repr(sorted({**run.source.env_kwargs, **dict(env_kwargs or {})}.items())), []).append(n)
+        groups.setdefault(repr(sorted(run.env_kwargs.items())), []).append(n)
+    # the plan's order (task, variant, episode), every policy's episode of one initial state next to the others'
+    rank = {(t, v, i): n for n, (t, v, i) in enumerate((t, v, i) for t in task_names for v in variant_names
+                                                       for i in indices[v])}
     todo = sum(len(run.jobs) for run in runs)
     bar = None
     if progress and todo:
@@ -439,20 +445,17 @@ def evaluate_policies(policies: Sequence[tuple[str | PolicySource, str | os.Path
     successes, finished = 0, 0
     try:
         for members in groups.values():
-            # one backend call per group: jobs in task, variant, episode order, every policy's episode of one
-            # initial state next to the others', so a worker keeps its environment for all of them
+            # one backend call per group, in plan order, so a worker keeps its environment for every policy
             jobs = sorted((replace(job, policy=k) for k, n in enumerate(members) for job in runs[n].jobs),
-                          key=lambda j: (task_names.index(j.task), variant_names.index(j.variant), j.episode_index,
-                                         j.policy))
+                          key=lambda j: (rank[(j.task, j.variant, j.episode_index)], j.policy))
             if not jobs:
                 continue
-            kwargs = {**runs[members[0]].source.env_kwargs, **dict(env_kwargs or {})}
             sources = [runs[n].source for n in members]
+            # a single source is passed as such: backends registered before several existed take one
             results = BACKENDS[backend](jobs, sources[0] if len(sources) == 1 else sources,
-                                        RunOptions(max_steps, kwargs))
+                                        RunOptions(max_steps, runs[members[0]].env_kwargs))
             for job, result in results:
                 run = runs[members[job.policy]]
-                job = replace(job, policy=0)
                 run.store.add([make_row(result, policy=run.source.name, policy_hash=run.policy_hash,
                                         suite=job.suite, task=job.task, variant=job.variant,
                                         episode_index=job.episode_index, seed=job.seed,

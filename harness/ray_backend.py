@@ -303,9 +303,10 @@ class RayBackend:
         several that ``Job.policy`` indexes (each worker holds them all; not with a shared server)."""
         if not jobs:
             return
-        if self.server is not None and len(policy_sources(source)) > 1:
+        n_sources = len(policy_sources(source))
+        if self.server is not None and n_sources > 1:
             raise UserInputError(f"a RayBackend with a shared policy server runs one policy per call, got "
-                                 f"{len(policy_sources(source))}; evaluate them one at a time")
+                                 f"{n_sources}; evaluate them one at a time")
         init_ray(num_cpus=self.num_cpus or self.num_workers, address=self.address)
         server = None
         if self.server is not None:

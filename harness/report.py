@@ -392,7 +392,8 @@ def _label_points(ax, pts: pd.DataFrame, x: str) -> None:
     xy = [ax.transData.transform((float(r[x]), float(r["rate"]))) for _, r in rows]
     pad = 4.0  # pixels around a marker that a label must leave free
     taken = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad) for px, py in xy]
-    for (_, r), (px, py) in zip(rows, xy):
+    for index, (_, r) in enumerate(rows):
+        others = taken[:index] + taken[index + 1:]  # every marker but its own, and the labels placed so far
         chosen = None
         for n, (dx, dy) in enumerate(_LABEL_OFFSETS):
             style = {"textcoords": "offset points", "xytext": (dx, dy), "fontsize": 7, "va": "center",
@@ -400,8 +401,7 @@ def _label_points(ax, pts: pd.DataFrame, x: str) -> None:
             text = ax.annotate(r["run"], (r[x], r["rate"]), **style)
             box = text.get_window_extent(renderer)  # the text alone (a leader line would widen it)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            own = Bbox.from_extents(px - pad, py - pad, px + pad, py + pad)
-            if inside and not any(box.overlaps(t) for t in taken if t.bounds != own.bounds):
+            if inside and not any(box.overlaps(t) for t in others):
                 if n >= 8:  # moved away from its point: a leader line says whose it is
                     text.remove()
                     ax.annotate(r["run"], (r[x], r["rate"]), **style,
@@ -413,7 +413,7 @@ def _label_points(ax, pts: pd.DataFrame, x: str) -> None:
             text = ax.annotate(r["run"], (r[x], r["rate"]), textcoords="offset points", xytext=_LABEL_OFFSETS[0],
                                fontsize=7, va="center")
             chosen = text.get_window_extent(renderer)
-        taken.append(chosen)
+        taken.append(chosen)  # the markers stay at taken[:len(rows)]
 
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",

@@ -338,24 +338,40 @@ def close_backend(ctx: Context) -> None:
         ctx.backend = None
 
 
+def _evaluate_together(ctx: Context, named: list[tuple[str, Any]], suites: list[str],
+                       plan_of: Callable[[str], dict[str, Any]], summarize: bool = True) -> None:
+    """Every ``(run name, PolicySource)`` in ``named`` in one :func:`harness.evaluate.evaluate_policies` call per
+    suite (each environment runs all of their episodes before the next is built), with the plan
+    ``plan_of(suite)`` gives; with ``summarize`` the summaries go to ``ctx.summaries``."""
+    from harness.evaluate import evaluate_policies
+
+    pairs = [(source, ctx.root / name) for name, source in named]
+    for suite in suites:
+        summaries = evaluate_policies(pairs, suite, seed=ctx.seed, table=False, videos=0, backend=_backend(ctx),
+                                      provenance=ctx.provenance, **plan_of(suite))
+        if summarize:
+            ctx.summaries.update({name: summary for (name, _), summary in zip(named, summaries)})
+
+
+def _simpler_plan(ctx: Context) -> Callable[[str], dict[str, Any]]:
+    """The policies' plan of a SIMPLER-style suite under the profile, as :func:`_evaluate_together` takes it."""
+    def plan_of(suite: str) -> dict[str, Any]:
+        task_names, counts = plan(ctx.profile, suite, policies=True)
+        return {"tasks": task_names, "episodes_by_variant": counts, "distinct_states": True}
+    return plan_of
+
+
 def _policy_run(ctx: Context) -> None:
-    from harness.evaluate import evaluate_policies, policy_source, write_meta
+    from harness.evaluate import policy_source, write_meta
     from harness.report import PREVIOUS_TEACHER
 
-    backend = _backend(ctx)
     previous = previous_teachers(ctx.profile)
     specs = policy_specs(ctx.profile)
     for name, spec in specs:
         # the short name the report shows; a previous teacher gets a legend entry (and colour) of its own
         write_meta(ctx.root / name, {"policy": name, **({"method": PREVIOUS_TEACHER} if spec in previous else {})})
-    sources = [(policy_source(spec), ctx.root / name) for name, spec in specs]  # each loaded once
-    for suite in simpler_suites():
-        # every policy in one call: each environment runs all of their episodes before the next is built
-        task_names, counts = plan(ctx.profile, suite, policies=True)
-        summaries = evaluate_policies(sources, suite, tasks=task_names, episodes_by_variant=counts,
-                                      distinct_states=True, seed=ctx.seed, table=False, videos=0, backend=backend,
-                                      provenance=ctx.provenance)
-        ctx.summaries.update({name: summary for (name, _), summary in zip(specs, summaries)})
+    named = [(name, policy_source(spec)) for name, spec in specs]  # each loaded once
+    _evaluate_together(ctx, named, simpler_suites(), _simpler_plan(ctx))
 
 
 def replanning_specs(profile: Profile) -> list[tuple[str, str, int]]:
@@ -377,17 +393,13 @@ def _replanning_run(ctx: Context) -> None:
     if not ctx.profile.execute:
         print(f"[sweep] replanning: profile {ctx.profile.name!r} has no --execute axis, skipped")
         return
-    from harness.evaluate import evaluate_policies, policy_source, write_meta
+    from harness.evaluate import policy_source, write_meta
 
-    backend = _backend(ctx)
     specs = replanning_specs(ctx.profile)
     for name, _, _ in specs:
         write_meta(ctx.root / name, {"policy": name})
-    sources = [(policy_source(spec, execute=k), ctx.root / name) for name, spec, k in specs]
-    for suite in simpler_suites():
-        task_names, counts = plan(ctx.profile, suite, policies=True)
-        evaluate_policies(sources, suite, tasks=task_names, episodes_by_variant=counts, distinct_states=True,
-                          seed=ctx.seed, table=False, videos=0, backend=backend, provenance=ctx.provenance)
+    named = [(name, policy_source(spec, execute=k)) for name, spec, k in specs]
+    _evaluate_together(ctx, named, simpler_suites(), _simpler_plan(ctx), summarize=False)
 
 
 def _latency_estimate(ctx: Context) -> float:
@@ -516,17 +528,13 @@ def _libero_policy_run(ctx: Context) -> None:
               "data/libero --out runs/train/teacher-libero; actdistill convert --policy runs/train/teacher-libero "
               f"--out {CHECKPOINTS / 'teacher-libero'}")
         return
-    from harness.evaluate import evaluate_policies, policy_source, write_meta
+    from harness.evaluate import policy_source, write_meta
 
-    backend = _backend(ctx)
     for name, _ in specs:
         write_meta(ctx.root / name, {"policy": name})
-    sources = [(policy_source(str(folder)), ctx.root / name) for name, folder in specs]
-    for suite in LIBERO_SUITES:
-        # every policy in one call: each LIBERO scene (seconds to build) is built about once for all of them
-        summaries = evaluate_policies(sources, suite, episodes=episodes, seed=ctx.seed, table=False, videos=0,
-                                      backend=backend, provenance=ctx.provenance)
-        ctx.summaries.update({name: summary for (name, _), summary in zip(specs, summaries)})
+    named = [(name, policy_source(str(folder))) for name, folder in specs]
+    # each LIBERO scene (seconds to build) is built about once for all of them
+    _evaluate_together(ctx, named, list(LIBERO_SUITES), lambda suite: {"episodes": episodes})
 
 
 def _report_run(ctx: Context) -> None:
