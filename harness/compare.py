@@ -35,7 +35,7 @@ from harness.results import current_rows, read_episodes
 from harness.stats import by_state, clustered, wilson
 from tasks.errors import UserInputError
 
-EPISODE_KEY = ("task", "variant", "episode_index", "seed")
+EPISODE_KEY = ("suite", "task", "variant", "episode_index", "seed")
 VM = "visual_matching"
 
 
@@ -82,17 +82,27 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return name or Path(folders[0]).name, folders
 
 
+def parse_suites(suite: str) -> list[str]:
+    """``"a"`` or ``"a,b,c"`` (suites pooled, e.g. ``libero_spatial,libero_object,libero_goal``) -> names."""
+    names = [s.strip() for s in str(suite).split(",") if s.strip()]
+    if not names or len(set(names)) != len(names):
+        raise UserInputError(f"--suite {suite!r}: give one suite or several distinct ones separated by commas, "
+                             "e.g. simpler_google or libero_spatial,libero_object,libero_goal")
+    return names
+
+
 def load_pooled(folders: Sequence[str | os.PathLike], suite: str) -> list[pd.DataFrame]:
-    """Each folder's current rows of ``suite``; raises ValueError when a folder lacks the suite or two
-    folders hold the same episode."""
+    """Each folder's current rows of ``suite`` (one name, or several separated by commas: their episodes
+    pooled); raises ValueError when a folder lacks one of the suites or two folders hold the same episode."""
+    wanted = parse_suites(suite)
     frames = []
     for folder in folders:
         df = current_rows(read_episodes(folder))
-        rows = df[df["suite"] == suite]
-        if rows.empty:
-            found = ", ".join(sorted(set(df["suite"]))) or "none"
-            raise UserInputError(f"run folder {str(folder)!r} has no {suite} episodes; its suites: {found}")
-        frames.append(rows)
+        for name in wanted:
+            if not (df["suite"] == name).any():
+                found = ", ".join(sorted(set(df["suite"]))) or "none"
+                raise UserInputError(f"run folder {str(folder)!r} has no {name} episodes; its suites: {found}")
+        frames.append(df[df["suite"].isin(wanted)])
     seen: dict[tuple, int] = {}
     for i, rows in enumerate(frames):
         for key in set(rows[list(EPISODE_KEY)].itertuples(index=False, name=None)):

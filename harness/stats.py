@@ -33,8 +33,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def by_state(df: pd.DataFrame) -> pd.DataFrame:
-    """Successes and episodes per initial state (index: ``STATE_KEY``)."""
-    return df.groupby(list(STATE_KEY))["success"].agg(k="sum", n="count")
+    """Successes and episodes per initial state (index: ``STATE_KEY``, led by ``suite`` where the frame has that
+    column, so that two suites' tasks of the same name stay distinct states)."""
+    keys = (["suite"] if "suite" in df.columns else []) + list(STATE_KEY)
+    return df.groupby(keys)["success"].agg(k="sum", n="count")
 
 
 def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = BOOTSTRAP,

@@ -112,3 +112,20 @@ def test_compare_by_task_pools_each_task_over_draws(tmp_path, capsys):
                  "--policy", f"s={tmp_path / 's0'}", "--json", str(out)]) == 0
     assert "| t | 66.7% [30, 90] (4/6) | 0.0% [0, 66] (0/2) |" in capsys.readouterr().out
     assert json.loads(out.read_text())["t"]["teacher"]["k"] == 4
+
+
+def test_compare_pools_several_suites_and_keeps_their_states_apart(tmp_path):
+    # the same task name "t" in two suites: two distinct initial states per episode index, not one
+    for name, first, second in (("teacher", [True, True], [True, False]), ("student", [True, False], [False, False])):
+        write_run(tmp_path / name, 0, {"default": first}, suite="libero_spatial")
+        write_run(tmp_path / name, 0, {"default": second}, suite="libero_goal")
+    teacher, student = compare([("teacher", [tmp_path / "teacher"]), ("student", [tmp_path / "student"])],
+                               suite="libero_spatial,libero_goal")
+    assert (teacher["all"].k, teacher["all"].n) == (3, 4) and teacher["states"] == 4
+    assert (student["all"].k, student["all"].n) == (1, 4)
+    assert student["diff"]["all"][0] == pytest.approx(-0.5)
+    assert student["diff_clustered"][0] == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="has no libero_object episodes; its suites: libero_goal, libero_spatial"):
+        compare([("teacher", [tmp_path / "teacher"])], suite="libero_spatial,libero_object")
+    with pytest.raises(ValueError, match="several distinct ones"):
+        compare([("teacher", [tmp_path / "teacher"])], suite="libero_goal,libero_goal")

@@ -6,6 +6,8 @@
         --policy gpu=runs/gpu-teacher-s0,runs/gpu-teacher-s12
     actdistill compare --suite simpler_widowx --policy runs/default/teacher --policy runs/default/student-b0.50 \\
         --json runs/compare.json
+    actdistill compare --suite libero_spatial,libero_object,libero_goal --policy teacher=runs/libero/teacher \\
+        --policy b0.50=runs/libero/student-b0.50      # several suites pooled into one row per policy
 
 Each --policy is NAME=DIR[,DIR...]: one run folder per draw of initial states (actdistill eval --seed S).
 Each folder counts only its current rows (the latest weights), and the draws are concatenated. The table
@@ -26,7 +28,8 @@ HELP = "success of policies over draws, with gaps by state"
 def add_arguments(parser) -> None:
     parser.add_argument("--policy", action="append", required=True, metavar="NAME=DIR[,DIR...]",
                         help="a policy and its run folders, one per draw (repeat; the first is the reference)")
-    parser.add_argument("--suite", default="simpler_google", help="suite to compare (default simpler_google)")
+    parser.add_argument("--suite", default="simpler_google", help="suite to compare (default simpler_google); several separated by commas are "
+                             "pooled, e.g. libero_spatial,libero_object,libero_goal")
     parser.add_argument("--by", default="split", choices=["split", "task"],
                         help="split: VM, VA and all per policy (default); task: a row per task, a column per policy")
     parser.add_argument("--json", default=None, type=out_file, help="also write the rows to this JSON file")
