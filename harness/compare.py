@@ -13,7 +13,7 @@ Episodes are not always independent: with shared initial states (``--states shar
 stored before plans gave each variant its own indices) the variants of a draw replay the same initial
 states (episode ``i`` of a task starts from the same geometry under every look), and a deterministic
 policy tends to do the same thing from the same state. So beside the Wilson figures, which count
-episodes, :func:`compare` gives a cluster bootstrap over initial states (task, seed, episode index):
+episodes, :func:`compare` gives a cluster bootstrap over initial states (suite, task, seed, episode index):
 ``all_clustered`` for the pooled rate and ``diff_clustered`` for the difference to the reference,
 resampling the states the two share (paired). On the old default plan a draw held 165 episodes but
 55 initial states, and the clustered interval was about twice as wide as Wilson's; with distinct
@@ -98,10 +98,11 @@ def load_pooled(folders: Sequence[str | os.PathLike], suite: str) -> list[pd.Dat
     frames = []
     for folder in folders:
         df = current_rows(read_episodes(folder))
+        present = set(df["suite"])
         for name in wanted:
-            if not (df["suite"] == name).any():
-                found = ", ".join(sorted(set(df["suite"]))) or "none"
-                raise UserInputError(f"run folder {str(folder)!r} has no {name} episodes; its suites: {found}")
+            if name not in present:
+                raise UserInputError(f"run folder {str(folder)!r} has no {name} episodes; its suites: "
+                                     f"{', '.join(sorted(present)) or 'none'}")
         frames.append(df[df["suite"].isin(wanted)])
     seen: dict[tuple, int] = {}
     for i, rows in enumerate(frames):

@@ -21,7 +21,7 @@ Files in the run folder:
   "ci_low", "ci_high", "mean_steps", "mean_policy_ms", "failures"}`` with a 95% Wilson interval;
   per-task entries add ``"per_variant": {variant: entry}``, and the suite and overall entries add
   ``"by_state": {"states", "ci_low", "ci_high"}``, a 95% interval from a bootstrap over initial states
-  (task, seed, episode index), which variants share with ``--states shared`` (:func:`harness.stats.clustered`).
+  (suite, task, seed, episode index), which variants share with ``--states shared`` (:func:`harness.stats.clustered`).
 
 The episode key is (policy hash, suite, task, variant, episode index, render mode). Writes go to
 a temporary file then ``os.replace``, so a crash leaves the previous complete files; a crash

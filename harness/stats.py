@@ -10,7 +10,8 @@ import pandas as pd
 from tasks.errors import UserInputError
 
 Z95 = 1.959963984540054
-STATE_KEY = ("task", "seed", "episode_index")  # an initial state: the same under every variant of a draw
+# an initial state: the same under every variant of a draw; the suite keeps two suites' same-named tasks apart
+STATE_KEY = ("suite", "task", "seed", "episode_index")
 BOOTSTRAP = 2000  # resamples of the bootstrap over initial states (seeded: tables are reproducible)
 
 
@@ -33,10 +34,8 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def by_state(df: pd.DataFrame) -> pd.DataFrame:
-    """Successes and episodes per initial state (index: ``STATE_KEY``, led by ``suite`` where the frame has that
-    column, so that two suites' tasks of the same name stay distinct states)."""
-    keys = (["suite"] if "suite" in df.columns else []) + list(STATE_KEY)
-    return df.groupby(keys)["success"].agg(k="sum", n="count")
+    """Successes and episodes per initial state (index: ``STATE_KEY``)."""
+    return df.groupby(list(STATE_KEY))["success"].agg(k="sum", n="count")
 
 
 def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = BOOTSTRAP,
@@ -54,7 +53,7 @@ def clustered(a: pd.DataFrame, b: pd.DataFrame | None = None, resamples: int = B
     if sb is not None:
         shared = sa.index.intersection(sb.index)
         if shared.empty:
-            raise UserInputError("the two policies share no initial state (task, seed, episode index): "
+            raise UserInputError("the two policies share no initial state (suite, task, seed, episode index): "
                              "evaluate them on the same draws to compare them")
         sa, sb = sa.loc[shared], sb.loc[shared]
     weights = np.random.default_rng(seed).multinomial(len(sa), np.full(len(sa), 1.0 / len(sa)), size=resamples)

@@ -28,8 +28,9 @@ HELP = "success of policies over draws, with gaps by state"
 def add_arguments(parser) -> None:
     parser.add_argument("--policy", action="append", required=True, metavar="NAME=DIR[,DIR...]",
                         help="a policy and its run folders, one per draw (repeat; the first is the reference)")
-    parser.add_argument("--suite", default="simpler_google", help="suite to compare (default simpler_google); several separated by commas are "
-                             "pooled, e.g. libero_spatial,libero_object,libero_goal")
+    parser.add_argument("--suite", default="simpler_google",
+                        help="suite to compare (default simpler_google); several separated by commas are pooled, "
+                             "e.g. libero_spatial,libero_object,libero_goal")
     parser.add_argument("--by", default="split", choices=["split", "task"],
                         help="split: VM, VA and all per policy (default); task: a row per task, a column per policy")
     parser.add_argument("--json", default=None, type=out_file, help="also write the rows to this JSON file")
