@@ -35,7 +35,7 @@ import tasks as suites
 from harness.results import ResultsStore, episode_key, format_table, lost_to_server, make_row
 from harness.rollout import EpisodeResult, rollout
 from harness.videos import write_episode_video
-from tasks.errors import MissingInputError, UserInputError
+from tasks.errors import MissingInputError, SetupError, UserInputError
 from tasks.provenance import files_hash, versions
 from tasks.registry import resolve_task, resolve_variant
 
@@ -376,6 +376,7 @@ class _Run:
     policy_hash: str
     render_mode: str
     jobs: list[Job]
+    planned: set[str]  # the episode keys of this call's plan (done or not)
 
 
 def evaluate_policies(policies: Sequence[tuple[str | PolicySource, str | os.PathLike]], suite: str, *,
@@ -427,7 +428,7 @@ def evaluate_policies(policies: Sequence[tuple[str | PolicySource, str | os.Path
             print(f"[eval] {source.name} on {suite}: {len(task_names)} task(s) x "
                   f"{_plan_shape(counts, distinct_states)}; {total - len(jobs)} already done, {len(jobs)} to run"
                   + (f" ({again} of them again: their worker or policy server died)" if again else "") + f" -> {out}")
-        runs.append(_Run(source, out, kwargs, store, policy_hash, render_mode, jobs))
+        runs.append(_Run(source, out, kwargs, store, policy_hash, render_mode, jobs, {key for _, key in keyed}))
     run_versions = {**versions(), **(provenance or {})}
     groups: dict[str, list[int]] = {}  # policies that share environments: the same env_kwargs
     for n, run in enumerate(runs):
@@ -486,4 +487,11 @@ def evaluate_policies(policies: Sequence[tuple[str | PolicySource, str | os.Path
         if table and not quiet:
             print(format_table(summary))
         summaries.append(summary)
+    lost = [(run, len(run.planned & run.store.retry_keys())) for run in runs]
+    if any(n for _, n in lost):
+        raise SetupError(
+            "; ".join(f"{run.source.name}: {n} episode(s) lost" for run, n in lost if n)
+            + f" on {suite}: their worker died every attempt (often the machine running out of memory: Ray's memory "
+            "monitor kills workers; see the Ray log above). They are left out of summary.json, not counted as "
+            "failures; run fewer evaluations at once or fewer --workers and rerun the same command to run them again")
     return summaries

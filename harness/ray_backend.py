@@ -215,6 +215,12 @@ class _EpisodeWorkerImpl:
 EpisodeWorker = ray.remote(num_cpus=1)(_EpisodeWorkerImpl)
 
 
+#: what ends an episode because its worker process went away rather than because the episode failed: the actor
+#: died (``RayActorError``), Ray's memory monitor killed it (``OutOfMemoryError``, not a ``RayActorError``) or
+#: its process crashed (``WorkerCrashedError``). Each is retried on a fresh worker like a killed one.
+WORKER_LOST = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError, ray.exceptions.WorkerCrashedError)
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else ""
 
@@ -225,6 +231,12 @@ def _died(job: Job, attempts: int, exc: Exception) -> EpisodeResult:
 
 
 def _systematic(job: Job, attempts: int, exc: Exception) -> str:
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        return (
+            f"Ray's memory monitor killed the workers before any episode finished ({job.suite}/{job.task} episode "
+            f"{job.episode_index}: {attempts} attempt(s)): the machine ran out of memory; nothing was stored for "
+            f"these episodes. Run fewer evaluations at once, or fewer workers (--workers), and rerun the same command"
+        )
     return (
         f"the Ray workers died before any episode finished ({job.suite}/{job.task} episode {job.episode_index}: "
         f"{attempts} attempt(s), last: {type(exc).__name__}: {_first_line(exc)}); nothing was stored for these episodes. The workers' own "
@@ -367,7 +379,7 @@ class RayBackend:
                 done = None
                 try:
                     done = ray.get(ready[0])
-                except ray.exceptions.RayActorError as exc:
+                except WORKER_LOST as exc:
                     attempts[job] = attempts.get(job, 0) + 1
                     ray.kill(workers[slot], no_restart=True)
                     workers[slot] = spawn()

@@ -22,6 +22,8 @@ Files in the run folder:
   per-task entries add ``"per_variant": {variant: entry}``, and the suite and overall entries add
   ``"by_state": {"states", "ci_low", "ci_high"}``, a 95% interval from a bootstrap over initial states
   (suite, task, seed, episode index), which variants share with ``--states shared`` (:func:`harness.stats.clustered`).
+  ``"lost"``: episodes whose only stored row was lost to a worker death or a policy server that went away; they
+  are in no entry (an infrastructure loss is not a failure of the policy) and a rerun runs them again.
 
 The episode key is (policy hash, suite, task, variant, episode index, render mode). Writes go to
 a temporary file then ``os.replace``, so a crash leaves the previous complete files; a crash
@@ -224,7 +226,12 @@ class ResultsStore:
         df = self.frame()
         if policy is not None:
             df = df[df["policy"] == policy]
-        return summarize(current_rows(df))
+        current = current_rows(df)
+        if current.empty and not df.empty:  # only lost rows: keep the column types of an empty frame
+            current = df.iloc[:0]
+        summary = summarize(current)
+        summary["lost"] = int(_retryable(df).sum()) if not df.empty else 0
+        return summary
 
     def write_summary(self, policy: str | None = None) -> dict[str, Any]:
         """Compact, compute :meth:`summary`, write it to ``summary.json`` atomically and return it."""
@@ -236,11 +243,15 @@ class ResultsStore:
 
 
 def current_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (policy, suite), only the rows of the hash that finished an episode last.
+    """Per (policy, suite), only the rows of the hash that finished an episode last, without the episodes lost
+    to a worker death or a policy server that went away (:func:`_is_lost`: no outcome of the policy).
 
     A policy whose code or weights changed gets a new hash and its episodes run again; the rows
     of the old hash stay in the file for the record but no longer count.
     """
+    if df.empty:
+        return df
+    df = df[~_retryable(df)]
     if df.empty:
         return df
     latest = df.sort_values("finished_at").groupby(["policy", "suite"])["policy_hash"].last()

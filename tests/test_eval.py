@@ -9,7 +9,7 @@ import pytest
 from fake_env import register
 
 from harness.evaluate import evaluate, write_meta
-from harness.results import ResultsStore, format_table, make_row
+from harness.results import ResultsStore, current_rows, format_table, make_row
 from harness.rollout import EpisodeResult
 from harness.stats import wilson
 
@@ -37,6 +37,9 @@ def test_store_retries_episodes_lost_to_a_worker_death(tmp_path):
     lost = {**row(0, False), "failure_reason": "worker died 3 time(s) running this episode (last: X)"}
     assert store.add([lost, row(1, False)]) == 2
     assert store.done_keys() == {row(1, False)["key"]} and store.retry_keys() == {lost["key"]}
+    early = store.summary()  # the lost episode is no failure of the policy: in no entry, counted apart
+    assert early["overall"]["n"] == 1 and early["lost"] == 1
+    assert list(current_rows(store.frame())["key"]) == [row(1, False)["key"]]
     assert store.add([row(0, True), row(1, True)]) == 1  # the lost episode's retry is stored, 1 stays
     for fresh in (store, ResultsStore(tmp_path)):
         df = fresh.frame()
@@ -105,7 +108,7 @@ def test_summary_shape_and_values(tmp_path):
     store.add([row(i, i < 3) for i in range(4)] + [row(i, i < 1, variant="dark") for i in range(2)]
               + [row(i, True, task="reach_early") for i in range(2)])
     summary = store.write_summary()
-    assert set(summary) == {"per_task", "per_group", "overall"}
+    assert set(summary) == {"per_task", "per_group", "overall", "lost"} and summary["lost"] == 0
     assert set(summary["per_task"]) == {"fake_basic/reach", "fake_basic/reach_early"}
     assert set(summary["per_group"]) == {"fake_basic", "fake_basic/base", "fake_basic/dark"}
     reach = summary["per_task"]["fake_basic/reach"]

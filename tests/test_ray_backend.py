@@ -157,20 +157,22 @@ def test_killed_worker_episode_is_retried_and_stored_once(fake, tmp_path, monkey
     assert not list(out.glob(".*.tmp"))
 
 
-def test_episode_that_always_kills_its_worker_becomes_a_failure(fake, tmp_path, monkeypatch):
-    par = run(
-        fake,
-        tmp_path,
-        source("killer", KillAlwaysPolicy),
-        ray_backend=backend(max_restarts=0, max_task_retries=0, max_attempts=2),
-        monkeypatch=monkeypatch,
-        tasks=["reach", "unreachable"],
-        episodes=2,
-    )
+def test_episode_that_always_kills_its_worker_is_stored_as_lost_and_the_run_fails_loudly(fake, tmp_path, monkeypatch):
+    from tasks.errors import SetupError
+
+    with pytest.raises(SetupError, match=r"killer: 2 episode\(s\) lost on fake_basic.*not counted as failures"):
+        run(fake, tmp_path, source("killer", KillAlwaysPolicy),
+            ray_backend=backend(max_restarts=0, max_task_retries=0, max_attempts=2), monkeypatch=monkeypatch,
+            tasks=["reach", "unreachable"], episodes=2)
+    par = pd.read_parquet(tmp_path / "episodes.parquet").set_index("key").sort_index()
     assert len(par) == 4
     dead = par[par["task"] == "unreachable"]
     assert (~dead["success"]).all() and dead["failure_reason"].str.contains("worker died 2 time").all()
     assert par.loc[par["task"] == "reach", "success"].all()
+    # the summary counts only the episodes the policy finished: 2 of 2, with 2 lost beside them
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["overall"]["n"] == 2 and summary["overall"]["successes"] == 2 and summary["lost"] == 2
+    assert "fake_basic/unreachable" not in summary["per_task"]
 
     # a rerun runs the lost episodes again (same policy name and hash, now healthy) and replaces their rows
     again = run(fake, tmp_path, source("killer", FakeExpert), ray_backend=backend(), monkeypatch=monkeypatch,
@@ -179,6 +181,44 @@ def test_episode_that_always_kills_its_worker_becomes_a_failure(fake, tmp_path, 
     assert again["failure_reason"].isna().all()
     assert again.loc[par.index[par["task"] == "reach"], "finished_at"].equals(
         par.loc[par["task"] == "reach", "finished_at"])  # finished episodes were not run again
+
+
+def test_worker_killed_for_memory_is_retried_like_a_killed_one(fake, tmp_path, monkeypatch):
+    """Ray's memory monitor ends an actor task with ``OutOfMemoryError``, which is no ``RayActorError``: the
+    episode runs again on a fresh worker (as a killed worker's does), and only every attempt failing stops the run
+    with a message about memory."""
+    import harness.ray_backend as rb
+
+    real_get, calls = ray.get, []
+
+    def get_once_oom(refs, *a, **k):  # the first episode result the driver collects "was killed for memory"
+        calls.append(1)
+        if len(calls) == 1:
+            raise ray.exceptions.OutOfMemoryError("1 worker(s) were killed due to the node running low on memory")
+        return real_get(refs, *a, **k)
+
+    monkeypatch.setattr(rb.ray, "get", get_once_oom)
+    kw = {"tasks": ["reach", "unreachable"], "episodes": 2}
+    par = run(fake, tmp_path / "run", source("oom", FakeExpert), ray_backend=backend(), monkeypatch=monkeypatch,
+              **kw)
+    monkeypatch.setattr(rb.ray, "get", real_get)
+    seq = run(fake, tmp_path / "seq", source("oom", FakeExpert), **kw)
+    assert len(par) == 4 and list(par.index) == list(seq.index)
+    pd.testing.assert_frame_equal(par[COMPARED], seq[COMPARED])
+    assert len(calls) == 5  # 4 episodes + the one collected again
+
+    def always_oom(refs, *a, **k):
+        raise ray.exceptions.OutOfMemoryError("1 worker(s) were killed due to the node running low on memory")
+
+    monkeypatch.setattr(rb.ray, "get", always_oom)
+    from tasks.errors import SetupError
+
+    try:
+        with pytest.raises(SetupError, match=r"memory monitor killed the workers .*ran out of memory.*--workers"):
+            run(fake, tmp_path / "doomed", source("oom2", FakeExpert),
+                ray_backend=backend(max_attempts=2), monkeypatch=monkeypatch, **kw)
+    finally:
+        monkeypatch.setattr(rb.ray, "get", real_get)
 
 
 class KillEveryPolicy(FakeExpert):
