@@ -184,8 +184,55 @@ def test_record_dagger_writes_a_training_dataset_with_failures_kept(tmp_path):
         record_dagger(TEACHER, "simpler_google", out, tasks=["open_bottom_drawer"], episodes=1, progress=False)
 
 
+def test_a_teacher_labeller_labels_the_students_states_from_the_given_initial_states(tmp_path):
+    """On-policy distillation data: the student drives, the teacher (replanning every step) labels. The first
+    label is the teacher's own action on the reset observation of the first initial state asked for."""
+    import json
+
+    import pandas as pd
+
+    from harness.evaluate import policy_source
+
+    student = "results/checkpoints/student-simpler-b0.50"
+    out = tmp_path / "onpolicy"
+    meta = record_dagger(student, "simpler_google", out, tasks=["open_bottom_drawer"], episodes=1, seed=101,
+                         first_episode=3, labeller=TEACHER, progress=False)
+    d = meta["dagger"]
+    assert d["labeller"] == TEACHER and d["labeller_hash"].startswith("ckpt-") and d["first_episode"] == 3
+    assert d["labeller_hash"] != d["policy_hash"]
+    row = d["tasks"]["open_bottom_drawer"]
+    assert row["learner_steps"] == row["steps"] == meta["steps"]  # the student drove every step
+    episodes = pd.read_parquet(out / "episodes.parquet")
+    assert episodes["episode_index"].tolist() == [3]
+    first = np.asarray(pd.read_parquet(out / "steps.parquet")["action"].iloc[0], np.float32)
+
+    env = suites.make("simpler_google", "open_bottom_drawer", seed=101)
+    try:
+        obs, _ = env.reset(seed=101, options={"episode_index": 3})
+        teacher = policy_source(TEACHER, execute=1).build(env)
+        teacher.reset()
+        want = np.asarray(teacher.act(obs), np.float32)
+        expert = suites.expert(env)
+        expert.reset()
+        scripted = np.asarray(expert.act(obs), np.float32)
+    finally:
+        env.close()
+    np.testing.assert_allclose(first, want, atol=1e-5)
+    assert np.abs(first - scripted).max() > 1e-3  # the teacher's label, not the scripted expert's
+    assert json.loads((out / "meta.json").read_text())["dagger"]["labeller"] == TEACHER
+
+
+def test_a_teacher_labeller_admits_suites_the_scripted_expert_cannot_relabel():
+    from harness.dagger import check_suite
+
+    with pytest.raises(UserInputError, match="plans once.*--labeller"):
+        check_suite("libero_spatial")
+    check_suite("libero_spatial", labeller=TEACHER)  # a reactive policy labels any state
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"suite": "libero_spatial"}, "plans once"),
+    ({"first_episode": -1}, "first-episode"),
     ({"suite": "simpler_nope"}, "valid suites"),
     ({"beta": 1.5}, "beta"),
     ({"episodes": 0}, "episodes"),

@@ -3,11 +3,16 @@
     actdistill dagger --policy results/checkpoints/teacher-simpler --suite simpler_google --episodes 10 --out data/dagger-r1/google
     actdistill dagger --policy runs/train/teacher --family simpler --out data/dagger-r1 --jobs 2
     actdistill train-teacher --data data/simpler data/dagger-r1 --out runs/train/teacher-r1   # the next round
+    actdistill dagger --policy results/checkpoints/student-libero-b0.50 --labeller results/checkpoints/teacher-libero \
+        --suite libero_goal --variant sampled_init --episodes 3 --seed 201 --out data/onpolicy/libero_goal
+    actdistill distill --teacher results/checkpoints/teacher-libero --data data/libero data/onpolicy ...   # on-policy distillation
 
 The policy drives (with --beta, each step's action is the expert's with that probability); the expert
 labels every visited state; failed episodes are kept. Initial states come from --seed (default 101, away
-from the evaluation draws). SIMPLER-style suites only: their experts replan from any state they are
-shown; LIBERO's plans once from the initial state. An existing dataset is never overwritten without
+from the evaluation draws). With the scripted expert, SIMPLER-style suites only: their experts replan from any
+state they are shown; LIBERO's plans once from the initial state. With --labeller TEACHER a policy labels
+instead (replanning every step): any suite; the student-drives/teacher-labels data of on-policy distillation.
+--first-episode moves the episode indices (a suite's official init states) away from those you evaluate on. An existing dataset is never overwritten without
 --overwrite; with --family, finished folders are skipped, so an interrupted run resumes.
 """
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 from harness.commands import out_folder, set_threads
 from tasks.errors import UserInputError
 
-HELP = "relabel a policy's rollouts with the scripted expert (DAgger data)"
+HELP = "relabel a policy's rollouts with the scripted expert or a teacher policy (DAgger data)"
 
 
 def add_arguments(parser) -> None:
@@ -34,6 +39,10 @@ def add_arguments(parser) -> None:
                         help=f"seed of the initial states (default {DEFAULT_SEED})")
     parser.add_argument("--beta", type=float, default=0.0,
                         help="per-step probability of executing the expert's action instead (default 0)")
+    parser.add_argument("--labeller", default=None,
+                        help="a policy (teacher checkpoint) that labels instead of the scripted expert; any suite")
+    parser.add_argument("--first-episode", type=int, default=0,
+                        help="episode index of the first initial state (default 0)")
     parser.add_argument("--codec", default="h264", choices=["h264", "npy"], help="image storage (default h264)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", required=True, type=out_folder, help="dataset folder to create")
@@ -48,13 +57,13 @@ def run(args) -> int:
     set_threads(args.threads)
     if args.family is not None:
         folders = record_dagger_family(args.policy, args.family, args.out, scale=args.scale, seed=args.seed,
-                                       beta=args.beta, codec=args.codec)
+                                       beta=args.beta, codec=args.codec, labeller=args.labeller)
         print(f"[dagger] {args.family}: {len(folders)} dataset folders under {args.out}")
         return 0
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     meta = record_dagger(args.policy, args.suite, args.out, tasks=task_list, variant=args.variant,
                          episodes=args.episodes, seed=args.seed, beta=args.beta, overwrite=args.overwrite,
-                         codec=args.codec)
+                         codec=args.codec, labeller=args.labeller, first_episode=args.first_episode)
     ok = sum(t["successes"] for t in meta["dagger"]["tasks"].values())
     n = args.episodes * len(meta["dagger"]["tasks"])
     print(f"[dagger] wrote {meta['episodes']} episodes ({meta['steps']} steps) to {args.out}; "
