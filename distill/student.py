@@ -325,8 +325,14 @@ def budget_dir(out: str | Path, budget: float) -> Path:
 
 
 def distill(teacher: str | Path, data: Data, budgets: Sequence[float], out: str | Path, *,
-            config: ActDistillConfig | None = None, device: str = "cpu", progress: bool = True) -> dict:
+            config: ActDistillConfig | None = None, device: str = "cpu", progress: bool = True,
+            stage1_from: str | Path | None = None) -> dict:
     """Run ActDistill: stage 1 once (``out/encapsulation``), then one student per budget (``out/student-bB``).
+
+    ``stage1_from``: a finished stage-1 folder (``OTHER/encapsulation``) of the same teacher and graph settings
+    whose extractors are reused although this run's data is larger (e.g. demonstrations plus on-policy data):
+    its teacher cache is copied for the samples it holds and computed for the new ones only
+    (:func:`_stage1_from`), instead of training stage 1 and caching every sample again.
 
     Resumable: a finished stage 1 (weights + cache) is reused, a budget whose student checkpoint exists is
     skipped, an unfinished one continues from its last training state. Returns a summary (also written to
@@ -345,7 +351,8 @@ def distill(teacher: str | Path, data: Data, budgets: Sequence[float], out: str 
     dataset = open_dataset(data, teacher_vla.config.chunk)
     out = Path(out)
     summary: dict = {"teacher": source["path"], "teacher_hash": source["hash"], "budgets": {}}
-    enc, cache, summary["stage1"] = _stage1(teacher_vla, source, dataset, out / STAGE1_DIR, config, progress)
+    enc, cache, summary["stage1"] = _stage1(teacher_vla, source, dataset, out / STAGE1_DIR, config, progress,
+                                            None if stage1_from is None else Path(stage1_from))
     for b in budgets:
         summary["budgets"][f"{b:g}"] = _stage2(teacher_vla, source, enc, cache, dataset, b, out, config, progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,9 +361,10 @@ def distill(teacher: str | Path, data: Data, budgets: Sequence[float], out: str 
 
 
 def _stage1(teacher: VLA, source: dict, dataset: Dataset, folder: Path, config: ActDistillConfig,
-            progress: bool) -> tuple[GraphEncapsulation, TeacherCache, dict]:
+            progress: bool, stage1_from: Path | None = None) -> tuple[GraphEncapsulation, TeacherCache, dict]:
     """Stage 1 in ``folder``: reused when finished (with the same teacher, data size and graph settings), else
-    trained and cached. Returns the encapsulation (eval), the teacher cache and the stage's summary entry."""
+    made from ``stage1_from`` (:func:`_stage1_from`) when given, else trained and cached. Returns the
+    encapsulation (eval), the teacher cache and the stage's summary entry."""
     meta = {"teacher": source["path"], "teacher_hash": source["hash"], "num_samples": len(dataset),
             "graph": config.graph_settings(), "cache_dtype": cache_dtype(teacher.action_mean.device)}
     # the cache's precision is recorded, not matched: extractors and cache are always made together, at one precision
@@ -369,6 +377,8 @@ def _stage1(teacher: VLA, source: dict, dataset: Dataset, folder: Path, config: 
         enc = build_encapsulation(teacher, config).to(teacher.action_mean.device)
         enc.load_state_dict(load_file(str(folder / ENC_WEIGHTS), device=str(teacher.action_mean.device)))
         return enc.eval(), TeacherCache.load(folder / CACHE_FILE), {"status": "skipped"}
+    if stage1_from is not None:
+        return _stage1_from(teacher, source, dataset, stage1_from, folder, config, meta, progress)
     enc, result = train_encapsulation(teacher, dataset, folder, config, fingerprint, progress)
     cache = build_teacher_cache(teacher, enc, dataset, batch_size=max(4 * config.batch_size, 64),
                                 num_workers=config.num_workers, progress=progress)
@@ -380,6 +390,52 @@ def _stage1(teacher: VLA, source: dict, dataset: Dataset, folder: Path, config: 
     history = result["history"]
     return enc, cache, {"status": "trained", "steps_per_s": result["steps_per_s"],
                         "last": history[-1] if history else None}
+
+
+def _stage1_from(teacher: VLA, source: dict, dataset: Dataset, src: Path, folder: Path, config: ActDistillConfig,
+                 meta: dict, progress: bool) -> tuple[GraphEncapsulation, TeacherCache, dict]:
+    """Stage 1 in ``folder`` from the finished stage 1 in ``src``: its extractors (same teacher and graph
+    settings, checked), its cached teacher targets for the samples of ``dataset`` it holds (by sample id), and
+    new ones computed for the rest. ``folder`` then records ``stage1_from`` and is a finished stage 1 of this
+    dataset (a rerun reuses it)."""
+    from torch.utils.data import Subset
+
+    if not ((src / ENC_CONFIG).is_file() and (src / CACHE_FILE).is_file()):
+        raise UserInputError(f"--stage1-from {src}: not a finished stage-1 folder (it needs {ENC_CONFIG} and "
+                             f"{CACHE_FILE}; give OTHER_OUT/{STAGE1_DIR} of a finished distill run)")
+    saved = json.loads((src / ENC_CONFIG).read_text())
+    for key in ("teacher_hash", "graph"):
+        if json.loads(json.dumps(meta[key])) != saved.get(key):
+            raise UserInputError(f"--stage1-from {src} was built with {key}={saved.get(key)!r}, this run has "
+                                 f"{meta[key]!r}; stage 1 can only be reused for the same teacher and graph settings")
+    if not hasattr(dataset, "sample_ids"):
+        raise UserInputError(f"--stage1-from needs a dataset that lists its sample ids ({type(dataset).__name__} "
+                             "does not); run stage 1 afresh")
+    device = teacher.action_mean.device
+    enc = build_encapsulation(teacher, config).to(device)
+    enc.load_state_dict(load_file(str(src / ENC_WEIGHTS), device=str(device)))
+    enc.eval()
+    old = TeacherCache.load(src / CACHE_FILE)
+    ids = torch.as_tensor(np.asarray(dataset.sample_ids()), dtype=torch.int64)  # (N,) in item order
+    held = torch.isin(ids, old.sample_ids)
+    new_items = torch.nonzero(~held).flatten().tolist()
+    print(f"[distill] stage 1 from {src}: {int(held.sum())} of {len(ids)} samples cached there, "
+          f"{len(new_items)} to cache now")
+    keep = torch.isin(old.sample_ids, ids)  # only this dataset's samples
+    parts = [(old.sample_ids[keep], old.semantics[keep].float(), old.actions[keep], old.final[keep])]
+    if new_items:
+        fresh = build_teacher_cache(teacher, enc, Subset(dataset, new_items), batch_size=max(4 * config.batch_size, 64),
+                                    num_workers=config.num_workers, progress=progress)
+        parts.append((fresh.sample_ids, fresh.semantics.float(), fresh.actions, fresh.final))
+    cache = TeacherCache(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+    folder.mkdir(parents=True, exist_ok=True)
+    cache.save(folder / CACHE_FILE)
+    save_file({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}, str(folder / ENC_WEIGHTS))
+    if (src / "history.json").is_file():
+        (folder / "history.json").write_text((src / "history.json").read_text())
+    (folder / ENC_CONFIG).write_text(json.dumps({**meta, "stage1_from": str(src),
+                                                 "cached_here": len(new_items)}, indent=2))
+    return enc, cache, {"status": "reused", "stage1_from": str(src), "cached_here": len(new_items)}
 
 
 def _stage2(teacher: VLA, source: dict, enc: GraphEncapsulation, cache: TeacherCache, dataset: Dataset,

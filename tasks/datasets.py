@@ -388,6 +388,11 @@ class DemoDataset(torch.utils.data.Dataset):
             self._cache.popitem(last=False)
         return frames
 
+    def sample_ids(self) -> np.ndarray:
+        """(N,) int64: the ``sample_id`` of every item, in item order, without reading a frame."""
+        ds = np.array([int(f.meta["dataset_id"]) for f in self.folders], np.int64)[self.index[:, 0]]
+        return (ds << _DS_SHIFT) + (self.index[:, 1].astype(np.int64) << _EP_SHIFT) + self.index[:, 2]
+
     def episode_of(self, i: int) -> tuple[int, int]:
         """(folder index, episode) of item ``i``: lets a sampler keep items of one episode together."""
         d, e, _ = self.index[i]

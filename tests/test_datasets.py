@@ -72,6 +72,7 @@ def test_sample_ids_are_stable_and_unique_across_folders(tmp_path):
     ds = DemoDataset([tmp_path / "a", tmp_path / "b"], preload=True)
     ids = [int(ds[i]["sample_id"]) for i in range(len(ds))]
     assert len(set(ids)) == len(ids) == 27
+    assert ds.sample_ids().tolist() == ids  # listed without reading a frame, in item order
     reordered = DemoDataset([tmp_path / "b", tmp_path / "a"])
     assert {int(reordered[i]["sample_id"]) for i in range(len(reordered))} == set(ids)
     with pytest.raises(DatasetError, match="share dataset_id"):

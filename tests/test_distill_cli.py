@@ -137,3 +137,55 @@ def test_time_boxed_distillation_records_steps(setup, capsys):
         steps = config["training"]["steps_total"]
         assert 20 < steps < 100_000 and config["training"]["steps_done"] == steps
         assert config["training"]["time_budget_s"] == pytest.approx(1.8)
+
+
+class ListedDemos(SyntheticDemos):
+    """Synthetic demos that list their sample ids, as ``tasks.datasets.DemoDataset`` does."""
+
+    def sample_ids(self):
+        return [int(self[i]["sample_id"]) for i in range(len(self))]
+
+
+def test_stage1_from_reuses_the_extractors_and_caches_only_the_added_samples(setup, capsys, monkeypatch):
+    from distill.student import ActDistillConfig, build_encapsulation
+    from distill.teacher_cache import TeacherCache, build_teacher_cache
+
+    tmp_path, args, _ = setup
+    small, large = ListedDemos(n=16), ListedDemos(n=24)  # the first 16 items of both are the same samples
+    monkeypatch.setattr(distill_cmd, "_open_dataset", lambda dirs, chunk: small)
+    one = [a if a != "0.5,0.25" else "0.5" for a in args]
+    assert cli.main(one) == 0
+    capsys.readouterr()
+    first = tmp_path / "out" / "encapsulation"
+
+    monkeypatch.setattr(distill_cmd, "_open_dataset", lambda dirs, chunk: large)
+    two = [a if a != str(tmp_path / "out") else str(tmp_path / "out2") for a in one] + ["--stage1-from", str(first)]
+    assert cli.main(two) == 0
+    out = capsys.readouterr().out
+    assert "16 of 24 samples cached there, 8 to cache now" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stage1"] == {"status": "reused", "stage1_from": str(first), "cached_here": 8}
+    assert summary["budgets"]["0.5"]["status"] == "trained"
+    old = TeacherCache.load(first / "teacher_cache.safetensors")
+    new = TeacherCache.load(tmp_path / "out2" / "encapsulation" / "teacher_cache.safetensors")
+    assert len(new) == 24
+    ids = torch.tensor(small.sample_ids())
+    for a, b in zip(old.lookup(ids), new.lookup(ids)):
+        assert torch.equal(a, b)  # copied, not recomputed
+    # the added samples: what the first run's extractors give on them
+    config = ActDistillConfig(**json.loads((first / "encapsulation.json").read_text())["graph"])
+    teacher = tiny_teacher()
+    enc = build_encapsulation(teacher, config).eval()
+    enc.load_state_dict(load_file(str(first / "encapsulation.safetensors")))
+    added = torch.tensor(large.sample_ids()[16:])
+    want = build_teacher_cache(teacher, enc, torch.utils.data.Subset(large, list(range(16, 24))), batch_size=8)
+    for a, b in zip(want.lookup(added), new.lookup(added)):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)  # semantics are stored as float16
+    # the folder is now a finished stage 1 of the larger data: a rerun skips it
+    assert cli.main(two) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stage1"]["status"] == "skipped"
+    # other graph settings cannot reuse it
+    three = [a if a != str(tmp_path / "out2") else str(tmp_path / "out3") for a in two]
+    three[three.index("--stage1-steps") + 1] = "3"
+    assert cli.main(three) == 2
+    assert "same teacher and graph settings" in capsys.readouterr().err

@@ -73,6 +73,10 @@ def add_arguments(parser) -> None:
     method.add_argument("--gate-center", action="store_true", default=None,
                         help="soft gates relative to each input's top-k threshold, so they cannot saturate "
                              "(off by default; see distill.router.centered_gates)")
+    parser.add_argument("--stage1-from", default=None, metavar="DIR",
+                        help="reuse the finished stage 1 in DIR (OTHER_OUT/encapsulation: same teacher and graph "
+                             "settings) for larger data: its extractors, its cached teacher targets, and new ones "
+                             "for the added samples only")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is much faster on a shared machine)")
@@ -115,6 +119,6 @@ def run(args) -> int:
     chunk = int(read_config(args.teacher).get("vla", {}).get("chunk", 8))
     dataset = _open_dataset(list(args.data), chunk)
     summary = distill(args.teacher, dataset, budgets, args.out, config=config, device=args.device,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, stage1_from=args.stage1_from)
     print(json.dumps(summary))
     return 0
