@@ -249,6 +249,8 @@ class VLAPolicy:
 
     def __init__(self, model: VLA, checkpoint_hash: str = "", path: str | None = None):
         self.model = model.eval()
+        if hasattr(model, "fast_inference"):  # the reference VLA: frozen vision encoder on the CPU (VLA.fast_inference)
+            model.fast_inference()
         self.checkpoint_hash = checkpoint_hash
         self.path = path
         self.last_info: dict = {}

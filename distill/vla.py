@@ -546,6 +546,23 @@ class AuxHead(nn.Module):
         return self.mlp(pooled)  # (B, A)
 
 
+class _TraceSlot:
+    """Holds the frozen vision trace of :meth:`VLA.fast_inference`; a copy or a pickle of the model starts
+    with an empty slot (the trace is made again on first use), so models copy and travel as before."""
+
+    def __init__(self):
+        self.module = None
+
+    def __deepcopy__(self, memo) -> _TraceSlot:
+        return _TraceSlot()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.module = None
+
+
 class VLA(nn.Module):
     """Vision-language-action model over an ordered stack of ``transformers`` decoder layers.
 
@@ -642,7 +659,7 @@ class VLA(nn.Module):
             vis = self.vision(batch["objects"].to(dtype))  # (B, E, D)
         else:
             images = torch.cat([batch[cam] for cam in cfg.cameras])  # (C*B, H, W, 3)
-            vis = self.vision(images)  # (C*B, P, D)
+            vis = self._encode_images(images)  # (C*B, P, D)
             p = vis.shape[1]
             vis = vis.view(len(cfg.cameras), b, p, -1) + self.camera_embed[:, None, None, :]  # (C, B, P, D)
             vis = vis.transpose(0, 1).reshape(b, len(cfg.cameras) * p, -1)  # (B, C*P, D)
@@ -653,6 +670,33 @@ class VLA(nn.Module):
         text = self.text_embed(batch["input_ids"])  # (B, T, D)
         queries = self.action_queries.expand(b, -1, -1)  # (B, K, D)
         return assemble_tokens(vis, prop, text, queries, batch["text_mask"], self.rotary_emb, dtype)
+
+    def fast_inference(self, enabled: bool = True) -> None:
+        """Run the vision encoder as a frozen TorchScript trace in CPU float32 inference (no grad, eval mode):
+        the same operations with the module overhead and constant work folded away, about 20% faster on the
+        reference encoder at batch 1 (1 thread), to within 1e-7 of the eager output. The trace is taken on the
+        first such call and holds the weights of that moment: call this again after changing them. Training,
+        autograd, other devices and dtypes, and dispatch modes (the FLOP counter) always run the eager
+        encoder. Policies (:class:`distill.checkpoint.VLAPolicy`) turn it on; ``enabled=False`` turns it off."""
+        self.__dict__["_fast_vision"] = _TraceSlot() if enabled else None  # not a submodule: not in the state dict
+
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The vision encoder on (C*B, H, W, 3) uint8 images: the frozen trace of :meth:`fast_inference` where it
+        applies, else the module itself."""
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        slot = self.__dict__.get("_fast_vision")
+        if not (slot is not None and not self.training and not torch.is_grad_enabled()
+                and images.device.type == "cpu" and self.vision.pos.dtype == torch.float32
+                and _get_current_dispatch_mode() is None):
+            return self.vision(images)
+        if slot.module is None:
+            import warnings
+
+            with warnings.catch_warnings():  # torch.jit's deprecation notice and GroupNorm's traced size check
+                warnings.simplefilter("ignore")
+                slot.module = torch.jit.freeze(torch.jit.trace(self.vision.eval(), images, check_trace=False))
+        return slot.module(images)
 
     def run_layer(self, idx: int, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:
         """Decoder layer ``idx`` on ``hidden`` (B, N, D) -> (B, N, D); ``emb`` must hold the same B rows."""

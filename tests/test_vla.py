@@ -320,3 +320,40 @@ def test_keypoint_token_is_the_soft_argmax_of_the_stride8_map(tmp_path):
     save_checkpoint(tmp_path / "kp", model)
     with torch.no_grad():
         assert torch.equal(model(batch), load_vla(tmp_path / "kp")[0](batch))
+
+
+@pytest.mark.parametrize("encoder", ["deep", "patch"])
+def test_fast_inference_vision_matches_eager_and_stays_out_of_training_and_flop_counting(encoder):
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny_vla(vision_encoder=encoder, vision_keypoints=4)
+    policy = VLAPolicy(model)  # policies turn the frozen encoder on
+    slot = model.__dict__["_fast_vision"]
+    one, three = (model.prepare(make_obs(n)) for n in (1, 3))
+    with torch.inference_mode():
+        fast1 = model.embed(one).hidden
+        assert slot.module is not None  # traced on the first call (2 images)...
+        fast3 = model.embed(three).hidden  # ...and reused at another batch size
+        model.fast_inference(False)
+        eager1, eager3 = model.embed(one).hidden, model.embed(three).hidden
+    torch.testing.assert_close(fast1, eager1, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast3, eager3, atol=1e-5, rtol=0)
+    model.fast_inference()
+    assert not any("fast" in k for k in model.state_dict())  # checkpoints are unchanged
+    assert copy.deepcopy(model).__dict__["_fast_vision"].module is None  # a copy traces afresh
+    with torch.inference_mode():
+        model.embed(one)
+        with FlopCounterMode(display=False) as counter:  # a dispatch mode sees the eager ops
+            model.embed(one)
+    model.fast_inference(False)
+    with torch.inference_mode(), FlopCounterMode(display=False) as eager_counter:
+        model.embed(one)
+    assert counter.get_total_flops() == eager_counter.get_total_flops() > 0
+    model.fast_inference()
+    model.train()  # training runs the module itself: gradients reach the stem
+    model.embed(one).hidden.sum().backward()
+    assert next(model.vision.stem.parameters()).grad is not None
+    model.eval()
+    assert policy.model is model
